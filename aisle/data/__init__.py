@@ -1,0 +1,1 @@
+"""The shop: synthetic catalog/sessions generator, on-disk format, ESCI loader."""

@@ -1,0 +1,1 @@
+"""Towers, pooling, fusion head and checkpoints. Submodules import torch, except `user`."""

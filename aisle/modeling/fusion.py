@@ -1,0 +1,107 @@
+"""The fusion head: query, user and item embeddings plus item features -> one ranking score.
+
+It takes whole requests ([B] queries/users against [B, N] candidates) so the query and user are
+encoded once per request and broadcast here, never once per candidate. Feature normalisation
+lives inside the head (its statistics are buffers saved with the weights), so every runtime that
+runs the head's graph normalises identically, and the wire carries raw feature values.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from aisle.schema import ITEM_FEATURES
+
+#: Features that are heavy-tailed and standardised after log1p.
+LOG_FEATURES = frozenset({"price", "review_count", "popularity"})
+
+
+@dataclass
+class FusionHeadConfig:
+    """Shape of the head and the catalog statistics its normaliser was fitted on."""
+
+    embedding_dim: int
+    hidden_dims: tuple[int, ...] = (256, 64)
+    dropout: float = 0.1
+    feature_names: tuple[str, ...] = ITEM_FEATURES
+    #: Mean and std of each feature after its log1p (where it applies), from the training catalog.
+    feature_mean: tuple[float, ...] = field(default_factory=lambda: (0.0,) * len(ITEM_FEATURES))
+    feature_std: tuple[float, ...] = field(default_factory=lambda: (1.0,) * len(ITEM_FEATURES))
+
+    @property
+    def input_dim(self) -> int:
+        return 5 * self.embedding_dim + 2 + len(self.feature_names)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> FusionHeadConfig:
+        raw = json.loads(text)
+        for key in ("hidden_dims", "feature_names", "feature_mean", "feature_std"):
+            raw[key] = tuple(raw[key])
+        return cls(**raw)
+
+    @classmethod
+    def load(cls, path: Path) -> FusionHeadConfig:
+        return cls.from_json(path.read_text())
+
+
+class FeatureNormalizer(nn.Module):
+    """Raw features [..., F] -> standardised; NaN (unknown) becomes 0, the catalog mean."""
+
+    def __init__(self, config: FusionHeadConfig) -> None:
+        super().__init__()
+        log_mask = [name in LOG_FEATURES for name in config.feature_names]
+        self.register_buffer("log_mask", torch.tensor(log_mask, dtype=torch.bool))
+        self.register_buffer("mean", torch.tensor(config.feature_mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(config.feature_std, dtype=torch.float32))
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        logged = torch.where(self.log_mask, torch.log1p(raw.clamp(min=0.0)), raw)
+        z = (logged - self.mean) / self.std
+        return torch.where(torch.isnan(z), torch.zeros_like(z), z)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine along the last dim, 0 where either side is the zero vector (no query, no history)."""
+    return (a * b).sum(-1, keepdim=True) / (a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True)).clamp(
+        min=1e-6
+    )
+
+
+class FusionHead(nn.Module):
+    """[B,D] query, [B,D] user, [B,N,D] items, [B,N,F] raw features -> [B,N] scores (logits)."""
+
+    def __init__(self, config: FusionHeadConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.normalizer = FeatureNormalizer(config)
+        layers: list[nn.Module] = []
+        width = config.input_dim
+        for hidden in config.hidden_dims:
+            layers += [nn.Linear(width, hidden), nn.GELU(), nn.Dropout(config.dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.mlp = nn.Sequential(*layers)
+
+    def forward(
+        self,
+        query_embedding: torch.Tensor,
+        user_embedding: torch.Tensor,
+        item_embeddings: torch.Tensor,
+        item_features: torch.Tensor,
+    ) -> torch.Tensor:
+        q = query_embedding.unsqueeze(1).expand_as(item_embeddings)
+        u = user_embedding.unsqueeze(1).expand_as(item_embeddings)
+        i = item_embeddings
+        x = torch.cat(
+            [q, i, q * i, (q - i).abs(), u * i, cosine(q, i), cosine(u, i), self.normalizer(item_features)],
+            dim=-1,
+        )
+        return self.mlp(x).squeeze(-1)
