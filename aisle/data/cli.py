@@ -1,4 +1,5 @@
 """`aisle data`: placeholder until the generator lands."""
+
 import argparse
 
 

@@ -1,10 +1,10 @@
 """The checkpoint format: two towers saved with save_pretrained, the fusion head, and a manifest.
 
-    CKPT/query_encoder/       model + tokenizer, loadable by plain transformers.AutoModel/AutoTokenizer
-    CKPT/item_encoder/        same (a copy of query_encoder when the towers are tied)
-    CKPT/fusion_head.safetensors, CKPT/fusion_head.json
-    CKPT/aisle.json           the manifest (Manifest below)
-    CKPT/metrics.json         evaluation written by `aisle train`
+CKPT/query_encoder/       model + tokenizer, loadable by plain transformers.AutoModel/AutoTokenizer
+CKPT/item_encoder/        same (a copy of query_encoder when the towers are tied)
+CKPT/fusion_head.safetensors, CKPT/fusion_head.json
+CKPT/aisle.json           the manifest (Manifest below)
+CKPT/metrics.json         evaluation written by `aisle train`
 """
 
 from __future__ import annotations
@@ -74,9 +74,7 @@ class Manifest:
         if missing:
             raise CheckpointError(f"{path}: missing field(s) {sorted(missing)}")
         if raw.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise CheckpointError(
-                f"{path}: format_version={raw['format_version']}, this aisle reads {FORMAT_VERSION}"
-            )
+            raise CheckpointError(f"{path}: format_version={raw['format_version']}, this aisle reads {FORMAT_VERSION}")
         for key in ("query_buckets", "item_buckets"):
             if key in raw:
                 raw[key] = tuple(raw[key])

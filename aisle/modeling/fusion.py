@@ -70,9 +70,7 @@ class FeatureNormalizer(nn.Module):
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine along the last dim, 0 where either side is the zero vector (no query, no history)."""
-    return (a * b).sum(-1, keepdim=True) / (a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True)).clamp(
-        min=1e-6
-    )
+    return (a * b).sum(-1, keepdim=True) / (a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True)).clamp(min=1e-6)
 
 
 class FusionHead(nn.Module):

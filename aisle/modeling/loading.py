@@ -90,3 +90,17 @@ def embed_texts(tower: TextTower, tokenizer, texts: list[str], bucketing, batch_
             ids, mask = encode_batch(tokenizer, texts[start : start + batch_size], bucketing)
             outputs.append(tower(torch.from_numpy(ids), torch.from_numpy(mask)))
     return torch.cat(outputs) if outputs else torch.zeros(0, tower.embedding_dim)
+
+
+def init_checkpoint(
+    base_model_dir: str | Path, out: str | Path, manifest: Manifest, head_config: FusionHeadConfig
+) -> None:
+    """Write a checkpoint whose towers are the base model and whose head is freshly initialised.
+
+    Training starts from this; export and serving tests use it when the weights' quality is moot.
+    """
+    from transformers import AutoTokenizer
+
+    tower = TextTower.from_pretrained(base_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))
+    save_checkpoint(Path(out), manifest, tower, tower, FusionHead(head_config), tokenizer)
