@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.data",
     "tests.fixtures.model",
+    "tests.fixtures.export",
 ]
