@@ -1,0 +1,255 @@
+"""Start and stop the tritonserver shipped in the nvidia-pytriton wheel, without Docker.
+
+The wheel carries a full tritonserver (python backend only) but not a ready-to-use layout: its
+backends/python/ lacks the stub for the running Python, and the binary and stub need the wheel's
+bundled libraries and libpython on LD_LIBRARY_PATH. `backends_dir()` builds (once, cached) a
+backends directory with the stub beside libtriton_python.so, `TritonServer.env()` sets the library
+and import paths, and `TritonServer.command()` is the plain tritonserver command line, which works
+by itself with that environment.
+
+The server is bound to loopback, refuses to start over ports in use, and is started in its own
+process group so that stopping it (SIGTERM, drain, then SIGKILL) never leaves python stubs behind.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from aisle.model_repository.errors import ServerStartError
+
+#: Lines of the server log quoted in a ServerStartError.
+LOG_TAIL_LINES = 60
+#: How often start() polls readiness.
+POLL_INTERVAL_S = 0.5
+
+
+def pytriton_home() -> Path:
+    """The wheel's tritonserver tree (bin/, backends/, python_backend_stubs/, caches/)."""
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerStartError("nvidia-pytriton is not installed: pip install 'aisle[serve]'")
+    return Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
+
+
+def pytriton_libs() -> Path:
+    """The wheel's bundled shared libraries (libcudart, libb64, ... that binary and stub link against)."""
+    return pytriton_home().parent.parent / "nvidia_pytriton.libs"
+
+
+def python_version_tag() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def backends_dir(cache_root: Path | None = None) -> Path:
+    """A copy of the wheel's backends/ with this Python's stub next to libtriton_python.so.
+
+    Cached per wheel and Python version under ~/.cache/aisle (or `cache_root`); built in a
+    temporary directory and renamed into place, so concurrent test sessions never see half a copy.
+    """
+    root = cache_root or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "aisle"
+    version = importlib.metadata.version("nvidia-pytriton")
+    target = root / f"backends-{version}-py{python_version_tag()}"
+    if (target / "python" / "triton_python_backend_stub").is_file():
+        return target
+    home = pytriton_home()
+    stub = home / "python_backend_stubs" / python_version_tag() / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise ServerStartError(f"{stub}: nvidia-pytriton {version} ships no python backend stub for this Python")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="backends-", dir=root))
+    shutil.copytree(home / "backends", staging / "backends", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(stub, staging / "backends" / "python" / stub.name)
+    try:
+        (staging / "backends").rename(target)
+    except OSError:
+        if not (target / "python" / stub.name).is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS reports free on `host` right now (another process may still take it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+        return False
+
+
+@dataclass
+class ServerConfig:
+    """Where the server listens and what it serves.
+
+    repo: a rendered model repository (embedded target).
+    host: address of all three endpoints; loopback by default so nothing is exposed by accident.
+    extra_args: appended verbatim to the tritonserver command line (e.g. "--model-control-mode=explicit").
+    log_verbose: tritonserver's --log-verbose level (0 = info/warnings/errors only).
+    """
+
+    repo: Path
+    grpc_port: int = 8001
+    http_port: int = 8000
+    metrics_port: int = 8002
+    host: str = "127.0.0.1"
+    extra_args: tuple[str, ...] = ()
+    log_verbose: int = 0
+
+
+class TritonServer:
+    """One tritonserver process: `with TritonServer(config) as server:` starts, waits ready, stops."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_dir: Path | None = None
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.config.host}:{self.config.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.config.host}:{self.config.http_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.config.host}:{self.config.metrics_port}"
+
+    @property
+    def log_path(self) -> Path | None:
+        """The server's combined stdout/stderr of the current or last run."""
+        return self._log_dir / "tritonserver.log" if self._log_dir else None
+
+    def command(self) -> list[str]:
+        """The plain tritonserver command line (run it with env())."""
+        c = self.config
+        return [
+            str(pytriton_home() / "bin" / "tritonserver"),
+            f"--model-repository={Path(c.repo).resolve()}",
+            f"--backend-directory={backends_dir()}",
+            f"--grpc-address={c.host}",
+            f"--grpc-port={c.grpc_port}",
+            f"--http-address={c.host}",
+            f"--http-port={c.http_port}",
+            f"--metrics-address={c.host}",
+            f"--metrics-port={c.metrics_port}",
+            f"--log-verbose={c.log_verbose}",
+            *c.extra_args,
+        ]
+
+    def env(self) -> dict[str, str]:
+        """os.environ plus the library paths and the Python the python stubs need.
+
+        LD_LIBRARY_PATH: the wheel's bundled libraries and the directory of libpython.
+        PATH: this environment's bin/ first. The stub embeds Python in isolated mode (PYTHONPATH
+        and PYTHONHOME are ignored) and derives sys.prefix from the `python3` it finds on PATH; a
+        venv's python3 makes the venv's site-packages, .pth hooks included (an editable install of
+        aisle is importable only through one), the stub's site directory.
+        """
+        env = dict(os.environ)
+        libdir = sysconfig.get_config_var("LIBDIR") or ""
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(
+            p for p in (str(pytriton_libs()), libdir, env.get("LD_LIBRARY_PATH", "")) if p
+        )
+        env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.prefix) / "bin"), env.get("PATH", "")) if p)
+        return env
+
+    def is_ready(self) -> bool:
+        """True when the server answers GET /v2/health/ready with 200 (all models loaded and warm)."""
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    def start(self, timeout_s: float = 240.0) -> None:
+        """Start the server and block until it is ready; raise ServerStartError with the log tail if not."""
+        if self._process is not None:
+            raise ServerStartError(f"server on {self.grpc_url} is already started")
+        c = self.config
+        for name, port in (("grpc_port", c.grpc_port), ("http_port", c.http_port), ("metrics_port", c.metrics_port)):
+            if port_in_use(c.host, port):
+                raise ServerStartError(
+                    f"{name}={port} on {c.host} is already in use (another tritonserver?); pick a free port"
+                )
+        repo = Path(c.repo)
+        if not repo.is_dir():
+            raise ServerStartError(f"{repo}: model repository does not exist")
+        self._log_dir = Path(tempfile.mkdtemp(prefix="aisle-tritonserver-"))
+        assert self.log_path is not None
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(
+                self.command(), env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            code = self._process.poll()
+            if code is not None:
+                self._process = None
+                raise ServerStartError(f"tritonserver exited with code {code} during start-up:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(POLL_INTERVAL_S)
+        tail = self.log_tail()
+        self.stop()
+        raise ServerStartError(f"tritonserver not ready after timeout_s={timeout_s}:\n{tail}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM (Triton stops accepting and drains in-flight requests), then SIGKILL the group."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self._kill_leftover_stubs(process.pid)
+
+    @staticmethod
+    def _kill_leftover_stubs(pgid: int) -> None:
+        """Python stubs exit with their server; SIGKILL any of its process group that did not."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return "(no log)"
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.stop()
