@@ -1,0 +1,241 @@
+"""AsyncAisleClient: the asyncio client over tritonclient.grpc.aio, same verbs as AisleClient.
+
+Why asyncio: one event loop keeps thousands of calls in flight on one gRPC channel without a
+thread each. A large input's chunks are awaited concurrently (at most
+`config.max_concurrent_chunks` at once) and reassembled in order.
+
+The aio channel binds to the event loop that is running when it is created, so it is opened at
+the first call rather than in `__init__`; create and use a client within one loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from types import TracebackType
+from typing import TypeVar
+
+import numpy as np
+import tritonclient.grpc.aio as aioclient
+from tritonclient.grpc import InferResult
+from tritonclient.utils import InferenceServerException
+
+from aisle.schema import EMBED_ITEM, EMBED_QUERY, Schema
+
+from .base import READY_POLL_S, UNKNOWN_MODEL_ERRORS, ClientBase, translated
+from .config import ClientConfig
+from .contract import CONTRACT_ENSEMBLES, ServedEnsemble, verify_contract
+from .errors import UnavailableError
+from .requests import (
+    AisleRequest,
+    InferCall,
+    Text,
+    embed_request,
+    new_request_id,
+    rank_cold_request,
+    rank_request,
+)
+from .results import RankResult, ServerInfo
+from .retry import acall_with_retry
+
+T = TypeVar("T")
+
+
+class AsyncAisleClient(ClientBase):
+    """The asyncio form of AisleClient: the same methods, awaited; see AisleClient for each."""
+
+    def __init__(self, url: str | None = None, *, config: ClientConfig | None = None) -> None:
+        super().__init__(url, config)
+        self._triton_client: aioclient.InferenceServerClient | None = None
+        self._contract_lock = asyncio.Lock()
+
+    # --- Calls ---------------------------------------------------------------------------------
+
+    async def embed_queries(
+        self, texts: Sequence[Text], *, timeout_s: float | None = None, request_id: str | None = None
+    ) -> np.ndarray:
+        """See AisleClient.embed_queries."""
+        return await self._execute(embed_request(EMBED_QUERY, texts), timeout_s, request_id)
+
+    async def embed_items(
+        self, texts: Sequence[Text], *, timeout_s: float | None = None, request_id: str | None = None
+    ) -> np.ndarray:
+        """See AisleClient.embed_items."""
+        return await self._execute(embed_request(EMBED_ITEM, texts), timeout_s, request_id)
+
+    async def rank(
+        self,
+        query: Text,
+        candidate_ids: Sequence[int] | np.ndarray,
+        user_history_ids: Sequence[int] | np.ndarray = (),
+        *,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> RankResult:
+        """See AisleClient.rank."""
+        request = rank_request(self._limits, query, candidate_ids, user_history_ids, top_k)
+        return await self._execute(request, timeout_s, request_id)
+
+    async def rank_cold(
+        self,
+        query: Text,
+        candidate_texts: Sequence[Text],
+        candidate_features: object = None,
+        user_history_ids: Sequence[int] | np.ndarray = (),
+        *,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> RankResult:
+        """See AisleClient.rank_cold."""
+        request = rank_cold_request(self._limits, query, candidate_texts, candidate_features, user_history_ids, top_k)
+        return await self._execute(request, timeout_s, request_id)
+
+    async def recommend(
+        self,
+        user_history_ids: Sequence[int] | np.ndarray,
+        candidate_ids: Sequence[int] | np.ndarray,
+        *,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> RankResult:
+        """See AisleClient.recommend."""
+        return await self.rank(
+            "", candidate_ids, user_history_ids, top_k=top_k, timeout_s=timeout_s, request_id=request_id
+        )
+
+    # --- Health and metadata -------------------------------------------------------------------
+
+    async def is_ready(self, *, timeout_s: float | None = None) -> bool:
+        """See AisleClient.is_ready."""
+        probe_s = self._probe_timeout_s(timeout_s)
+        triton = self._triton()
+        try:
+            if not await triton.is_server_ready(headers=self._headers, client_timeout=probe_s):
+                return False
+            for name in CONTRACT_ENSEMBLES:
+                if not await triton.is_model_ready(name, headers=self._headers, client_timeout=probe_s):
+                    return False
+            return True
+        except InferenceServerException:
+            return False
+
+    async def wait_until_ready(self, timeout_s: float) -> None:
+        """See AisleClient.wait_until_ready."""
+        deadline = time.monotonic() + timeout_s
+        while not await self.is_ready(timeout_s=max(READY_POLL_S, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                raise UnavailableError(f"server {self.url}: aisle ensembles not ready within {timeout_s} s")
+            await asyncio.sleep(READY_POLL_S)
+
+    async def server_info(self, *, timeout_s: float | None = None, request_id: str | None = None) -> ServerInfo:
+        """See AisleClient.server_info."""
+        deadline = self._deadline(timeout_s)
+        request_id = request_id or new_request_id()
+        schema = await self._verified_schema(request_id, deadline)
+        triton = self._triton()
+        metadata = await self._retrying(
+            "server metadata",
+            lambda t: triton.get_server_metadata(headers=self._headers, client_timeout=t),
+            request_id,
+            deadline,
+        )
+        ready = {name: await self._ensemble_ready(name, request_id, deadline) for name in CONTRACT_ENSEMBLES}
+        return self._server_info(metadata, schema, ready)
+
+    # --- Lifecycle -----------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the channel (if a call opened it)."""
+        if self._triton_client is not None:
+            await self._triton_client.close()
+            self._triton_client = None
+
+    async def __aenter__(self) -> AsyncAisleClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # --- Internals -----------------------------------------------------------------------------
+
+    def _triton(self) -> aioclient.InferenceServerClient:
+        """The aio client, created in the running loop on first use."""
+        if self._triton_client is None:
+            self._triton_client = aioclient.InferenceServerClient(**self._connection_kwargs())
+        return self._triton_client
+
+    async def _retrying(
+        self, what: str, send: Callable[[float | None], Awaitable[T]], request_id: str, deadline: float | None
+    ) -> T:
+        """`await send(timeout_s)` with typed errors and the retry policy."""
+
+        async def attempt(timeout_s: float | None) -> T:
+            with translated(what, request_id):
+                return await send(timeout_s)
+
+        return await acall_with_retry(attempt, self._attempts(what, request_id, deadline), asyncio.sleep)
+
+    async def _ensemble_ready(self, name: str, request_id: str, deadline: float | None) -> bool:
+        triton = self._triton()
+        return await self._retrying(
+            f"{name} readiness",
+            lambda t: triton.is_model_ready(name, headers=self._headers, client_timeout=t),
+            request_id,
+            deadline,
+        )
+
+    async def _served(self, name: str, request_id: str, deadline: float | None) -> ServedEnsemble | None:
+        triton = self._triton()
+        try:
+            metadata = await self._retrying(
+                f"{name} metadata",
+                lambda t: triton.get_model_metadata(name, headers=self._headers, client_timeout=t),
+                request_id,
+                deadline,
+            )
+            config = await self._retrying(
+                f"{name} config",
+                lambda t: triton.get_model_config(name, headers=self._headers, client_timeout=t),
+                request_id,
+                deadline,
+            )
+        except UNKNOWN_MODEL_ERRORS:
+            return None
+        return ServedEnsemble(metadata, config.config.max_batch_size)
+
+    async def _verified_schema(self, request_id: str, deadline: float | None) -> Schema:
+        """The server's schema, checked once per client (concurrent first calls wait for one check)."""
+        if self._schema is None:
+            async with self._contract_lock:
+                if self._schema is None:
+                    served = {name: await self._served(name, request_id, deadline) for name in CONTRACT_ENSEMBLES}
+                    self._schema = verify_contract(self.url, served)
+        return self._schema
+
+    async def _execute(self, request: AisleRequest[T], timeout_s: float | None, request_id: str | None) -> T:
+        deadline = self._deadline(timeout_s)
+        request_id = request_id or new_request_id()
+        schema = await self._verified_schema(request_id, deadline)
+        triton = self._triton()
+        in_flight = asyncio.Semaphore(self.config.max_concurrent_chunks)
+
+        async def send(call: InferCall) -> InferResult:
+            async with in_flight:
+                return await self._retrying(
+                    call.model, lambda t: triton.infer(**self._infer_kwargs(call, t)), call.request_id, deadline
+                )
+
+        tasks = [asyncio.ensure_future(send(call)) for call in request.calls(schema, request_id)]
+        try:
+            results = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one chunk failed: the call has failed, stop its other chunks
+                task.cancel()
+            raise
+        return request.finish(schema, results, request_id)

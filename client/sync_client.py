@@ -1,0 +1,236 @@
+"""AisleClient: the blocking client. One gRPC channel, safe to share between threads.
+
+Why one channel: opening a channel per call costs a TCP (and TLS) handshake each time; gRPC
+channels multiplex concurrent calls, so threads share one. Large inputs are split into chunks of
+the ensemble's max batch size that are sent concurrently from a small thread pool (the chunks are
+in flight together on the one channel) and reassembled in order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import TypeVar
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from aisle.schema import EMBED_ITEM, EMBED_QUERY, Schema
+
+from .base import READY_POLL_S, UNKNOWN_MODEL_ERRORS, ClientBase, translated
+from .config import ClientConfig
+from .contract import CONTRACT_ENSEMBLES, ServedEnsemble, verify_contract
+from .errors import UnavailableError
+from .requests import (
+    AisleRequest,
+    InferCall,
+    Text,
+    embed_request,
+    new_request_id,
+    rank_cold_request,
+    rank_request,
+)
+from .results import RankResult, ServerInfo
+from .retry import call_with_retry
+
+T = TypeVar("T")
+
+
+class AisleClient(ClientBase):
+    """Search, recommendation and embeddings from an aisle Triton server (blocking calls).
+
+    Every method takes keyword-only `timeout_s` (the call's deadline, retries included; default
+    `config.timeout_s`) and `request_id` (sent to the server and attached to errors; generated
+    when omitted). At the first call the server's ensembles are checked against the schema.
+    """
+
+    def __init__(self, url: str | None = None, *, config: ClientConfig | None = None) -> None:
+        super().__init__(url, config)
+        self._triton = grpcclient.InferenceServerClient(**self._connection_kwargs())
+        self._contract_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    # --- Calls ---------------------------------------------------------------------------------
+
+    def embed_queries(
+        self, texts: Sequence[Text], *, timeout_s: float | None = None, request_id: str | None = None
+    ) -> np.ndarray:
+        """Query-tower embeddings, [len(texts), dim] float32, L2-normalised (empty text -> zeros)."""
+        return self._execute(embed_request(EMBED_QUERY, texts), timeout_s, request_id)
+
+    def embed_items(
+        self, texts: Sequence[Text], *, timeout_s: float | None = None, request_id: str | None = None
+    ) -> np.ndarray:
+        """Item-tower embeddings, [len(texts), dim] float32, L2-normalised."""
+        return self._execute(embed_request(EMBED_ITEM, texts), timeout_s, request_id)
+
+    def rank(
+        self,
+        query: Text,
+        candidate_ids: Sequence[int] | np.ndarray,
+        user_history_ids: Sequence[int] | np.ndarray = (),
+        *,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> RankResult:
+        """Score catalog items for a search query and (optionally) the user's history, oldest first."""
+        request = rank_request(self._limits, query, candidate_ids, user_history_ids, top_k)
+        return self._execute(request, timeout_s, request_id)
+
+    def rank_cold(
+        self,
+        query: Text,
+        candidate_texts: Sequence[Text],
+        candidate_features: object = None,
+        user_history_ids: Sequence[int] | np.ndarray = (),
+        *,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> RankResult:
+        """Score items not in the catalog, given as texts (+ raw features; None or NaN = unknown).
+
+        `candidate_features` has one row per candidate in the order of `aisle.schema.ITEM_FEATURES`
+        (price, rating, review_count, popularity). Result ids are positions in `candidate_texts`.
+        """
+        request = rank_cold_request(self._limits, query, candidate_texts, candidate_features, user_history_ids, top_k)
+        return self._execute(request, timeout_s, request_id)
+
+    def recommend(
+        self,
+        user_history_ids: Sequence[int] | np.ndarray,
+        candidate_ids: Sequence[int] | np.ndarray,
+        *,
+        top_k: int | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> RankResult:
+        """Rank candidates for a user's history alone (`rank` with an empty query)."""
+        return self.rank("", candidate_ids, user_history_ids, top_k=top_k, timeout_s=timeout_s, request_id=request_id)
+
+    # --- Health and metadata -------------------------------------------------------------------
+
+    def is_ready(self, *, timeout_s: float | None = None) -> bool:
+        """True when the server is ready and so is every aisle ensemble; False if unreachable."""
+        probe_s = self._probe_timeout_s(timeout_s)
+        try:
+            return self._triton.is_server_ready(headers=self._headers, client_timeout=probe_s) and all(
+                self._triton.is_model_ready(name, headers=self._headers, client_timeout=probe_s)
+                for name in CONTRACT_ENSEMBLES
+            )
+        except InferenceServerException:
+            return False
+
+    def wait_until_ready(self, timeout_s: float) -> None:
+        """Block until `is_ready()`; UnavailableError if it is not within `timeout_s` seconds."""
+        deadline = time.monotonic() + timeout_s
+        while not self.is_ready(timeout_s=max(READY_POLL_S, deadline - time.monotonic())):
+            if time.monotonic() >= deadline:
+                raise UnavailableError(f"server {self.url}: aisle ensembles not ready within {timeout_s} s")
+            time.sleep(READY_POLL_S)
+
+    def server_info(self, *, timeout_s: float | None = None, request_id: str | None = None) -> ServerInfo:
+        """Server name, version, extensions, embedding size and per-ensemble readiness.
+
+        Checks the ensembles against the schema first, like any call (SchemaMismatchError if not).
+        """
+        deadline = self._deadline(timeout_s)
+        request_id = request_id or new_request_id()
+        schema = self._verified_schema(request_id, deadline)
+        metadata = self._retrying(
+            "server metadata",
+            lambda t: self._triton.get_server_metadata(headers=self._headers, client_timeout=t),
+            request_id,
+            deadline,
+        )
+        ready = {name: self._ensemble_ready(name, request_id, deadline) for name in CONTRACT_ENSEMBLES}
+        return self._server_info(metadata, schema, ready)
+
+    # --- Lifecycle -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the channel and the chunk threads; calls in progress fail with an error."""
+        with self._pool_lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        self._triton.close()
+
+    def __enter__(self) -> AisleClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- Internals -----------------------------------------------------------------------------
+
+    def _retrying(self, what: str, send: Callable[[float | None], T], request_id: str, deadline: float | None) -> T:
+        """`send(timeout_s)` with typed errors and the retry policy."""
+
+        def attempt(timeout_s: float | None) -> T:
+            with translated(what, request_id):
+                return send(timeout_s)
+
+        return call_with_retry(attempt, self._attempts(what, request_id, deadline), time.sleep)
+
+    def _ensemble_ready(self, name: str, request_id: str, deadline: float | None) -> bool:
+        return self._retrying(
+            f"{name} readiness",
+            lambda t: self._triton.is_model_ready(name, headers=self._headers, client_timeout=t),
+            request_id,
+            deadline,
+        )
+
+    def _served(self, name: str, request_id: str, deadline: float | None) -> ServedEnsemble | None:
+        try:
+            metadata = self._retrying(
+                f"{name} metadata",
+                lambda t: self._triton.get_model_metadata(name, headers=self._headers, client_timeout=t),
+                request_id,
+                deadline,
+            )
+            config = self._retrying(
+                f"{name} config",
+                lambda t: self._triton.get_model_config(name, headers=self._headers, client_timeout=t),
+                request_id,
+                deadline,
+            )
+        except UNKNOWN_MODEL_ERRORS:
+            return None
+        return ServedEnsemble(metadata, config.config.max_batch_size)
+
+    def _verified_schema(self, request_id: str, deadline: float | None) -> Schema:
+        """The server's schema, checked once per client (the first caller checks, others wait)."""
+        with self._contract_lock:
+            if self._schema is None:
+                served = {name: self._served(name, request_id, deadline) for name in CONTRACT_ENSEMBLES}
+                self._schema = verify_contract(self.url, served)
+            return self._schema
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.config.max_concurrent_chunks, thread_name_prefix="aisle-chunks")
+            return self._pool
+
+    def _execute(self, request: AisleRequest[T], timeout_s: float | None, request_id: str | None) -> T:
+        deadline = self._deadline(timeout_s)
+        request_id = request_id or new_request_id()
+        schema = self._verified_schema(request_id, deadline)
+        calls = request.calls(schema, request_id)
+
+        def send(call: InferCall) -> grpcclient.InferResult:
+            return self._retrying(
+                call.model, lambda t: self._triton.infer(**self._infer_kwargs(call, t)), call.request_id, deadline
+            )
+
+        results = list(self._executor().map(send, calls)) if len(calls) > 1 else [send(c) for c in calls]
+        return request.finish(schema, results, request_id)
