@@ -254,11 +254,13 @@ def build_schema(
             rank_batching,
         ),
         ModelDecl(USER_PROFILE, Role.USER_PROFILE, (history,), (user_embedding,), rank_batching),
+        # Takes the features too (passed through) so it can check they match the texts one to one
+        # and name CANDIDATE_FEATURES when they do not, on every target.
         ModelDecl(
             COLD_ITEM_ENCODER,
             Role.COLD_ITEM_ENCODER,
-            (TensorDecl(CANDIDATE_TEXTS, DType.BYTES, (-1,)),),
-            (item_embeddings,),
+            (TensorDecl(CANDIDATE_TEXTS, DType.BYTES, (-1,)), TensorDecl(CANDIDATE_FEATURES, DType.FP32, (-1, f))),
+            (item_embeddings, item_features),
             Batching(RANK_MAX_BATCH),
         ),
         ModelDecl(
@@ -347,15 +349,11 @@ def build_schema(
             + (
                 Step(
                     COLD_ITEM_ENCODER,
-                    _pairs(CANDIDATE_TEXTS=CANDIDATE_TEXTS),
-                    _pairs(ITEM_EMBEDDINGS="item_embeddings"),
+                    _pairs(CANDIDATE_TEXTS=CANDIDATE_TEXTS, CANDIDATE_FEATURES=CANDIDATE_FEATURES),
+                    _pairs(ITEM_EMBEDDINGS="item_embeddings", ITEM_FEATURES="item_features"),
                 ),
                 user_step,
-                Step(
-                    FUSION_HEAD,
-                    head_step.input_map[:3] + (("ITEM_FEATURES", CANDIDATE_FEATURES),),
-                    head_step.output_map,
-                ),
+                head_step,
             ),
             "Cold start: score candidates given as item texts (+ raw features, NaN = unknown), "
             "encoded by the item tower on the fly.",
