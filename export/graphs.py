@@ -7,6 +7,10 @@ Why the legacy exporter (dynamo=False) at opset 17: it traces HF BERT with dynam
 sequence axes and ORT matches PyTorch to ~1e-7 on padded and unpadded batches alike; opset 17 has
 LayerNormalization as a single op, which the transformer optimizer and TensorRT both fuse.
 
+Why the towers are traced with eager attention: PyTorch's SDPA path traces into a graph in which
+onnxruntime's transformer optimizer finds no Attention or EmbedLayerNormalization pattern; the
+eager path fuses fully and matches SDPA to ~1e-7.
+
 Why the tracing inputs are padded: some attention-mask code paths short-circuit when the mask is
 all ones; tracing such a mask could bake "no padding" into the graph, a bug all-ones parity
 inputs would never see.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 
 from aisle.errors import ExportError
@@ -39,9 +44,20 @@ TRACE_BATCH = 2
 TRACE_VARIABLE = 5
 
 
-def graph_file(model_name: str, variant: str = "") -> str:
+class Variant(str, Enum):
+    """The graphs an export can write per model, each under its own file name, never swapped in silently."""
+
+    FP32 = "fp32"  # the plain traced graph: the reference every other variant is compared with
+    OPT = "opt"  # fp32 with onnxruntime's transformer fusions, for CPU serving
+    INT8 = "int8"  # dynamically quantised towers, for CPU serving when its gate passes
+    FP16 = "fp16"  # mixed precision (LayerNorm, softmax, reductions in fp32), for GPU targets
+
+
+def graph_file(model_name: str, variant: Variant = Variant.FP32) -> str:
     """File name of a model's graph: `query_encoder.onnx`, or `query_encoder.<variant>.onnx`."""
-    return f"{model_name}.{variant}{ONNX_SUFFIX}" if variant else model_name + ONNX_SUFFIX
+    if variant is Variant.FP32:
+        return model_name + ONNX_SUFFIX
+    return f"{model_name}.{variant.value}{ONNX_SUFFIX}"
 
 
 def external_data_file(graph_path: Path) -> str:
@@ -169,6 +185,8 @@ def export_onnx(
     checkpoint = load_checkpoint(checkpoint_dir)
     schema = checkpoint.manifest.schema()
     out_dir.mkdir(parents=True, exist_ok=True)
+    for tower in (checkpoint.query_tower, checkpoint.item_tower):
+        tower.encoder.set_attn_implementation("eager")
     modules = {QUERY_ENCODER: checkpoint.query_tower, ITEM_ENCODER: checkpoint.item_tower, FUSION_HEAD: checkpoint.head}
     paths: dict[str, Path] = {}
     for name in GRAPH_MODELS:

@@ -6,6 +6,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 import pytest
+
+from aisle.errors import CheckpointError, ExportError
 from aisle.export.graphs import (
     BATCH_AXIS,
     GRAPH_MODELS,
@@ -15,8 +17,6 @@ from aisle.export.graphs import (
     external_data_file,
     graph_file,
 )
-
-from aisle.errors import CheckpointError, ExportError
 from aisle.modeling.checkpoint import HEAD_WEIGHTS, Manifest
 from aisle.modeling.loading import load_checkpoint
 from aisle.schema import FUSION_HEAD, DType
