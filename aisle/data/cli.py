@@ -65,8 +65,10 @@ def _convert_esci(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     locale = None if args.locale == "all" else args.locale
     options = EsciOptions(locale=locale, max_queries=args.max_queries)
-    manifest = convert_esci(args.esci_examples, args.esci_products, args.out, options)
-    _summarise(args.out, manifest.counts, time.perf_counter() - start)
+    converted = convert_esci(args.esci_examples, args.esci_products, args.out, options)
+    _summarise(args.out, converted.dataset.manifest.counts, time.perf_counter() - start)
+    if converted.dropped_examples:
+        print(f"dropped {converted.dropped_examples} examples whose product is missing or has no title")
     return 0
 
 
