@@ -13,7 +13,7 @@ import sys
 from aisle.errors import AisleError
 
 #: Modules exposing `register(subparsers)`; each adds its subcommands and sets `func`.
-COMMAND_MODULES = ("aisle.data.cli", "aisle.client.cli")
+COMMAND_MODULES = ("aisle.data.cli", "aisle.client.cli", "aisle.benchmarks.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,156 @@
+"""In-process baselines: the machine's fp32 GEMM rate, encoder FLOPs, and raw ONNX Runtime.
+
+Why these: Triton's number alone says nothing about how good it is. Raw ORT on pre-tokenised
+batches is the compute ceiling of the CPU target (no tokenizer, no IPC, no queue); the GEMM rate
+is the physical ceiling of the machine; the FLOP count turns a throughput into a fraction of it.
+
+FLOPs of a BERT encoder for one sequence of L tokens (h hidden, i intermediate, n layers), with a
+multiply-add counted as 2 FLOPs: n * (8*L*h^2 [Q,K,V,O projections] + 4*L^2*h [QK^T and AV]
++ 4*L*h*i [feed-forward]). Embedding lookups, layer norms, softmax and GELU are elementwise and
+left out, so the count is a lower bound of the work done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aisle.benchmarks.errors import BenchmarkError
+from aisle.benchmarks.load import Latency
+from aisle.schema import ATTENTION_MASK, INPUT_IDS
+from aisle.tokenization import Bucketing, encode_batch
+
+Batch = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """The sizes of a BERT-family encoder that its FLOPs depend on (from its HF config.json)."""
+
+    layers: int
+    hidden: int
+    intermediate: int
+
+    @classmethod
+    def from_model_dir(cls, model_dir: str | Path) -> EncoderShape:
+        path = Path(model_dir) / "config.json"
+        try:
+            config = json.loads(path.read_text())
+            return cls(int(config["num_hidden_layers"]), int(config["hidden_size"]), int(config["intermediate_size"]))
+        except FileNotFoundError as e:
+            raise BenchmarkError(f"{path}: not found; FLOPs are counted from the encoder's HF config") from e
+        except KeyError as e:
+            raise BenchmarkError(f"{path}: missing field {e.args[0]!r} needed to count encoder FLOPs") from e
+
+    def flops(self, tokens: int) -> float:
+        """Forward FLOPs of one sequence of `tokens` tokens."""
+        h, i, length = self.hidden, self.intermediate, tokens
+        return float(self.layers * (8 * length * h * h + 4 * length * length * h + 4 * length * h * i))
+
+    def batch_flops(self, mask: np.ndarray) -> tuple[float, float]:
+        """(useful, executed) FLOPs of a padded batch: real token counts vs the padded width."""
+        useful = sum(self.flops(int(n)) for n in mask.sum(axis=1))
+        return useful, self.flops(mask.shape[1]) * mask.shape[0]
+
+
+def gemm_gflops(*, threads: int = 2, size: int = 1024, duration_s: float = 2.0) -> float:
+    """Best fp32 matmul rate (GFLOP/s) of torch on `threads` threads: the machine's compute ceiling."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a = torch.randn(size, size)
+        b = torch.randn(size, size)
+        torch.mm(a, b)
+        best = float("inf")
+        deadline = time.perf_counter() + duration_s
+        while time.perf_counter() < deadline:
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return 2.0 * size**3 / best / 1e9
+
+
+def pretokenize(texts: Sequence[str], tokenizer, bucketing: Bucketing, batch_size: int) -> list[Batch]:
+    """Tokenise `texts` once, in consecutive batches padded like the serving tokenizer pads them."""
+    starts = range(0, len(texts), batch_size)
+    return [encode_batch(tokenizer, list(texts[i : i + batch_size]), bucketing) for i in starts]
+
+
+@dataclass(frozen=True)
+class OrtResult:
+    """Raw ORT over pre-tokenised batches: sequences/s, per-batch latency, achieved GFLOP/s."""
+
+    name: str
+    batch_size: int
+    padding: str
+    threads: int
+    throughput_seqs: float
+    latency: Latency
+    mean_tokens: float
+    mean_padded_tokens: float
+    useful_gflops: float
+    executed_gflops: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ort_session(onnx_path: str | Path, threads: int):
+    """An ORT CPU session with `threads` intra-op threads (the embedded target's setting)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_throughput(
+    session, batches: Sequence[Batch], shape: EncoderShape, *, name: str, padding: str, duration_s: float
+) -> OrtResult:
+    """Run `batches` round-robin for `duration_s` (after one warm-up pass) and time each run."""
+    if not batches:
+        raise BenchmarkError(f"ORT baseline {name!r}: no batches to run")
+    output = session.get_outputs()[0].name
+    for ids, mask in batches[: min(len(batches), 4)]:
+        session.run([output], {INPUT_IDS: ids, ATTENTION_MASK: mask})
+    latencies: list[float] = []
+    sequences = 0
+    useful = executed = 0.0
+    tokens = padded = 0
+    deadline = time.perf_counter() + duration_s
+    index = 0
+    while time.perf_counter() < deadline or not latencies:
+        ids, mask = batches[index % len(batches)]
+        start = time.perf_counter()
+        session.run([output], {INPUT_IDS: ids, ATTENTION_MASK: mask})
+        latencies.append(time.perf_counter() - start)
+        sequences += len(ids)
+        u, e = shape.batch_flops(mask)
+        useful, executed = useful + u, executed + e
+        tokens += int(mask.sum())
+        padded += mask.size
+        index += 1
+    busy = sum(latencies)
+    return OrtResult(
+        name=name,
+        batch_size=len(batches[0][0]),
+        padding=padding,
+        threads=session.get_session_options().intra_op_num_threads,
+        throughput_seqs=sequences / busy,
+        latency=Latency.of(latencies),
+        mean_tokens=tokens / sequences,
+        mean_padded_tokens=padded / sequences,
+        useful_gflops=useful / busy / 1e9,
+        executed_gflops=executed / busy / 1e9,
+    )

@@ -1,0 +1,112 @@
+"""CPU use of the load generator, the server process tree and everything else, from /proc (Linux).
+
+Why: on a small machine the load generator and the server share the same cores, so a throughput
+number is only honest next to how much CPU each side took. Cores used = CPU seconds / wall seconds;
+"other" is the rest of the machine's busy time (other users, the kernel), which distorts too.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PROC = Path("/proc")
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        text = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces; fields after it start behind the last ')'.
+    return text[text.rindex(")") + 2 :].split()
+
+
+def process_tree_cpu_s(root_pid: int) -> float:
+    """user + system CPU seconds of `root_pid` and all its live descendants (threads included)."""
+    parents: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in PROC.iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields:
+                parents[int(entry.name)] = int(fields[1])
+                ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    tree, frontier = {root_pid}, [root_pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(ticks.get(pid, 0) for pid in tree) / CLOCK_TICKS
+
+
+def find_server_pid(grpc_port: int) -> int | None:
+    """The pid of a local tritonserver started with --grpc-port=`grpc_port`, if any."""
+    flag = f"--grpc-port={grpc_port}".encode()
+    for entry in PROC.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"tritonserver") and flag in argv:
+            return int(entry.name)
+    return None
+
+
+def _own_cpu_s() -> float:
+    """This process (all threads) plus its finished children, e.g. a perf_analyzer run."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def _machine_busy_s() -> float:
+    values = [int(v) for v in (PROC / "stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Cores used on average over a measured interval."""
+
+    client_cores: float
+    server_cores: float | None
+    other_cores: float
+    wall_s: float
+
+
+class CpuMeter:
+    """`with CpuMeter(server_pid) as meter: ...`; then `meter.result` holds the CpuUse.
+
+    The client side is this process and the children it waited for (perf_analyzer), so measure
+    while nothing else runs in this process.
+    """
+
+    def __init__(self, server_pid: int | None) -> None:
+        self.server_pid = server_pid
+        self.result: CpuUse | None = None
+
+    def _server_s(self) -> float | None:
+        return process_tree_cpu_s(self.server_pid) if self.server_pid else None
+
+    def __enter__(self) -> CpuMeter:
+        self._start = (time.perf_counter(), _own_cpu_s(), self._server_s(), _machine_busy_s())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        wall0, own0, server0, busy0 = self._start
+        wall = time.perf_counter() - wall0
+        own = _own_cpu_s() - own0
+        server_after = self._server_s()
+        server = server_after - server0 if server_after is not None and server0 is not None else None
+        busy = _machine_busy_s() - busy0
+        other = max(0.0, busy - own - (server or 0.0))
+        self.result = CpuUse(own / wall, server / wall if server is not None else None, other / wall, wall)

@@ -1,0 +1,237 @@
+"""Write a suite's results: summary.json, results.json, CSVs, PNG plots and a markdown summary.
+
+summary.json is the contract other tools read: {"targets": [{name, measured, goal, unit, pass,
+...}], "environment": {...}}. Everything else is for people: summary.md (targets table,
+environment, CPU-sharing caveat, every load point), latency_vs_throughput.png and
+step_breakdown.png.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+SUMMARY = "summary.json"
+RESULTS = "results.json"
+POINTS_CSV = "points.csv"
+ORT_CSV = "ort.csv"
+MARKDOWN = "summary.md"
+LATENCY_PLOT = "latency_vs_throughput.png"
+BREAKDOWN_PLOT = "step_breakdown.png"
+
+POINT_COLUMNS = (
+    "system",
+    "generator",
+    "workload",
+    "mode",
+    "level",
+    "throughput_rps",
+    "p50_ms",
+    "p90_ms",
+    "p95_ms",
+    "p99_ms",
+    "mean_ms",
+    "errors",
+    "stable",
+    "server_ms",
+    "client_cpu_cores",
+    "server_cpu_cores",
+    "other_cpu_cores",
+)
+
+
+def _flat(point: dict) -> dict:
+    row = {key: point.get(key) for key in POINT_COLUMNS}
+    row.update({key: point["latency"][key] for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms")})
+    return row
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "PASS", False: "FAIL", None: "NOT MEASURED"}[passed]
+
+
+def targets_table(targets: list[dict]) -> str:
+    """The markdown table of targets (also printed by `aisle bench`)."""
+    lines = ["| target | measured | goal | result |", "| --- | --- | --- | --- |"]
+    for t in targets:
+        lines.append(
+            f"| {t['name']} | {_fmt(t['measured'])} {t['unit']} | {t['comparator']} {t['goal']:g} {t['unit']} "
+            f"| {_verdict(t['pass'])} |"
+        )
+    return "\n".join(lines)
+
+
+def points_table(points: list[dict]) -> str:
+    lines = [
+        "| system | generator | workload | mode | level | req/s | p50 ms | p90 ms | p99 ms | errors | stable "
+        "| server ms | CPU client/server/other |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in points:
+        lat = p["latency"]
+        cpu = "/".join(_fmt(p.get(k)) for k in ("client_cpu_cores", "server_cpu_cores", "other_cpu_cores"))
+        lines.append(
+            f"| {p['system']} | {p['generator']} | {p['workload']} | {p['mode']} | {p['level']:g} "
+            f"| {p['throughput_rps']:.1f} | {lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} "
+            f"| {p['errors']} | {p['stable']} | {_fmt(p.get('server_ms'))} | {cpu} |"
+        )
+    return "\n".join(lines)
+
+
+def ort_table(ort: list[dict], gemm_gflops: float) -> str:
+    lines = [
+        "| run | batch | padding | seq/s | p50 ms/batch | real tokens | padded tokens | GFLOP/s real "
+        "| GFLOP/s executed |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in ort:
+        lines.append(
+            f"| {r['name']} | {r['batch_size']} | {r['padding']} | {r['throughput_seqs']:.1f} "
+            f"| {r['latency']['p50_ms']:.2f} | {r['mean_tokens']:.1f} | {r['mean_padded_tokens']:.1f} "
+            f"| {r['useful_gflops']:.1f} | {r['executed_gflops']:.1f} |"
+        )
+    threads = ort[0]["threads"] if ort else "?"
+    lines.append(f"\nMeasured fp32 GEMM rate (torch, {threads} threads): {gemm_gflops:.1f} GFLOP/s")
+    return "\n".join(lines)
+
+
+def plot_latency(points: list[dict], path: Path) -> None:
+    """p50/p99 latency vs throughput per workload, each closed-loop level annotated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, list[dict]] = {}
+    for p in points:
+        if p["mode"] == "concurrency":
+            series.setdefault(p["workload"], []).append(p)
+    workloads = sorted(series)
+    fig, axes = plt.subplots(1, max(1, len(workloads)), figsize=(5 * max(1, len(workloads)), 4), squeeze=False)
+    for ax, workload in zip(axes[0], workloads):
+        lines: dict[tuple[str, str], list[dict]] = {}
+        for p in series[workload]:
+            lines.setdefault((p["system"], p["generator"]), []).append(p)
+        for (system, generator), line in sorted(lines.items()):
+            line.sort(key=lambda p: p["level"])
+            x = [p["throughput_rps"] for p in line]
+            for key, style in (("p50_ms", "-o"), ("p99_ms", "--x")):
+                ax.plot(x, [p["latency"][key] for p in line], style, label=f"{system}/{generator} {key[:3]}")
+            for p in line:
+                ax.annotate(f"c{p['level']:g}", (p["throughput_rps"], p["latency"]["p50_ms"]), fontsize=7)
+        ax.set_title(workload)
+        ax.set_xlabel("throughput (req/s)")
+        ax.set_ylabel("latency (ms)")
+        ax.set_yscale("log")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_breakdown(points: list[dict], path: Path) -> None:
+    """Stacked queue/compute per composing model, for each workload's highest perf_analyzer level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    chosen: dict[str, dict] = {}
+    for p in points:
+        if p["generator"] == "perf_analyzer" and p["mode"] == "concurrency" and p.get("steps"):
+            if p["workload"] not in chosen or p["level"] > chosen[p["workload"]]["level"]:
+                chosen[p["workload"]] = p
+    labels, queue, compute = [], [], []
+    for workload, p in sorted(chosen.items()):
+        for step in p["steps"]:
+            labels.append(f"{workload} c{p['level']:g}\n{step['model']}")
+            queue.append(step["queue_ms"])
+            compute.append(step["compute_ms"])
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels)), 4.5))
+    positions = range(len(labels))
+    ax.bar(positions, queue, label="queue")
+    ax.bar(positions, compute, bottom=queue, label="compute (input + infer + output)")
+    ax.set_xticks(list(positions))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("ms per request")
+    ax.set_title("Server-side time per composing model (Triton statistics)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(results: dict) -> str:
+    env = results["environment"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+    notes = "\n".join(f"- **{t['name']}**: {t['note']}" for t in results["targets"] if t["note"])
+    failures = "\n".join(f"- {f}" for f in results["failures"]) or "none"
+    return f"""# aisle benchmark
+
+## Targets
+
+{targets_table(results["targets"])}
+
+{notes}
+
+## Environment
+
+- CPU: {env["cpu_model"]}, {env["cpu_count"]} cores ({env["cpus_usable"]} usable); load average at start
+  {", ".join(f"{v:.2f}" for v in env["load_average_at_start"])}
+- target: {env["target"]} (query encoder backend `{env["encoder_backend"]}`), tritonserver {env["server_version"]}
+- perf_analyzer: {env["perf_analyzer"]}
+- versions: {versions}
+- **The load generator and the server share the same cores.** Every point records the CPU cores used
+  by the generator (Python or perf_analyzer), by the server process tree, and by the rest of the
+  machine: throughput on a 2-core box is bounded by all three together.
+
+## Raw ONNX Runtime and the machine
+
+{ort_table(results["ort"], results["machine"]["gemm_gflops"])}
+
+## Load points
+
+{points_table(results["points"])}
+
+Failures: {failures}
+
+![latency vs throughput]({LATENCY_PLOT})
+![per-step breakdown]({BREAKDOWN_PLOT})
+"""
+
+
+def write_report(results: dict, out: Path) -> dict[str, Path]:
+    """Write every output file into `out`; returns their paths by kind."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "summary": out / SUMMARY,
+        "results": out / RESULTS,
+        "points_csv": out / POINTS_CSV,
+        "ort_csv": out / ORT_CSV,
+        "markdown": out / MARKDOWN,
+        "latency_plot": out / LATENCY_PLOT,
+        "breakdown_plot": out / BREAKDOWN_PLOT,
+    }
+    summary = {"targets": results["targets"], "environment": results["environment"], "failures": results["failures"]}
+    paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
+    paths["results"].write_text(json.dumps(results, indent=2) + "\n")
+    with paths["points_csv"].open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=POINT_COLUMNS)
+        writer.writeheader()
+        writer.writerows(_flat(p) for p in results["points"])
+    with paths["ort_csv"].open("w", newline="") as handle:
+        fields = ("name", "batch_size", "padding", "threads", "throughput_seqs", "mean_tokens", "mean_padded_tokens")
+        writer = csv.DictWriter(handle, fieldnames=(*fields, "useful_gflops", "executed_gflops"), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(results["ort"])
+    plot_latency(results["points"], paths["latency_plot"])
+    plot_breakdown(results["points"], paths["breakdown_plot"])
+    paths["markdown"].write_text(markdown(results))
+    return paths

@@ -1,0 +1,449 @@
+"""The whole benchmark suite: baselines, perf_analyzer sweeps, SDK and eager-server load, report.
+
+Order matters on a shared small machine: the in-process baselines (GEMM, raw ORT) run before the
+server starts, the eager baseline server runs after the Triton points, so no two systems under
+test ever compete for the cores while one of them is measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from importlib import metadata
+from pathlib import Path
+
+from aisle.benchmarks.baselines import (
+    EncoderShape,
+    OrtResult,
+    gemm_gflops,
+    ort_session,
+    ort_throughput,
+    pretokenize,
+)
+from aisle.benchmarks.cpu import CpuMeter, find_server_pid
+from aisle.benchmarks.errors import BenchmarkError
+from aisle.benchmarks.load import LoadConfig, LoadPoint, closed_loop, open_loop
+from aisle.benchmarks.workloads import Workload, WorkloadConfig, build_workloads
+from aisle.schema import EMBED_QUERY, QUERY, QUERY_ENCODER, Schema
+
+#: Versions recorded with every result.
+PACKAGES = ("aisle", "numpy", "onnxruntime", "torch", "transformers", "tokenizers", "tritonclient", "nvidia-pytriton")
+
+
+@dataclass(frozen=True)
+class TargetLevels:
+    """The load levels the targets are stated at (the smoke test lowers them to what it runs)."""
+
+    throughput_concurrency: int = 16
+    latency_concurrency: int = 4
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """What to benchmark and for how long.
+
+    duration_s: measured time of each load point (plus warm-up); the whole suite runs ~25 points.
+    url: a running server's gRPC host:port (e.g. a GPU box with the tensorrt target); when unset,
+        `repo` is served by a local embedded tritonserver started for the run.
+    concurrencies: the closed-loop sweep of embed_query; the other workloads run at the target levels.
+    rate_fractions: open-loop Poisson rates, as fractions of embed_query's peak closed-loop throughput.
+    threads: intra-op threads of raw ORT and the GEMM measurement (the cores the server gets).
+    """
+
+    out: Path
+    checkpoint: Path
+    data: Path
+    duration_s: float = 10.0
+    repo: Path | None = None
+    url: str | None = None
+    concurrencies: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
+    levels: TargetLevels = field(default_factory=TargetLevels)
+    rate_fractions: tuple[float, ...] = (0.5, 0.8)
+    threads: int = 2
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    perf_analyzer_cache: Path | None = None
+    server_start_timeout_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if (self.url is None) == (self.repo is None):
+            raise BenchmarkError(f"give exactly one of url={self.url!r} (remote server) and repo={self.repo} (local)")
+        if self.duration_s <= 0:
+            raise BenchmarkError(f"duration_s={self.duration_s} must be > 0")
+
+    @classmethod
+    def quick(cls, **kwargs) -> SuiteConfig:
+        """A short run: concurrency 1-2, targets evaluated at those levels, one Poisson rate."""
+        defaults = dict(concurrencies=(1, 2), levels=TargetLevels(2, 1), rate_fractions=(0.5,))
+        return cls(**{**defaults, **kwargs})
+
+    def load_config(self) -> LoadConfig:
+        return LoadConfig(window_s=self.duration_s / 3, warmup_s=min(2.0, self.duration_s / 4))
+
+
+# --- environment ----------------------------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _served_target(triton) -> dict[str, str]:
+    """Server version and how the query encoder is served (backend/platform), asked from the server."""
+    config = triton.get_model_config(QUERY_ENCODER, as_json=True)["config"]
+    backend = config.get("backend") or config.get("platform", "")
+    target = {"python": "embedded", "onnxruntime": "onnxruntime", "tensorrt_plan": "tensorrt"}.get(backend, backend)
+    return {"server_version": triton.get_server_metadata().version, "encoder_backend": backend, "target": target}
+
+
+def environment(triton, analyzer_version: str) -> dict:
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "load_average_at_start": list(os.getloadavg()),
+        "platform": platform.platform(),
+        "versions": _versions(),
+        "perf_analyzer": analyzer_version,
+        **_served_target(triton),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+# --- in-process baselines -------------------------------------------------------------------------
+
+
+def default_pad_length(model_dir: Path, fallback: int) -> int:
+    """The length a user of this tokenizer pads to by default (tokenizer.json's Fixed padding)."""
+    try:
+        padding = json.loads((Path(model_dir) / "tokenizer.json").read_text()).get("padding") or {}
+    except (OSError, json.JSONDecodeError):
+        return fallback
+    strategy = padding.get("strategy")
+    return int(strategy["Fixed"]) if isinstance(strategy, dict) and "Fixed" in strategy else fallback
+
+
+def query_graph(config: SuiteConfig, out: Path) -> Path:
+    """The query encoder graph Triton runs (from the repository), else a fresh export of the checkpoint."""
+    if config.repo:
+        served = sorted((Path(config.repo) / QUERY_ENCODER).rglob("*.onnx"))
+        if served:
+            return served[0]
+    from aisle.export.graphs import export_onnx
+
+    return export_onnx(config.checkpoint, out / "onnx")[QUERY_ENCODER]
+
+
+def ort_baselines(config: SuiteConfig, schema: Schema, workload: Workload, graph: Path) -> list[OrtResult]:
+    """Raw ORT on the embed_query texts: buckets at batch 1 and C, pad-to-max at batch C."""
+    from aisle.modeling.checkpoint import QUERY_ENCODER_DIR
+    from aisle.tokenization import Bucketing, load_tokenizer
+
+    model_dir = config.checkpoint / QUERY_ENCODER_DIR
+    tokenizer = load_tokenizer(model_dir, schema.query_buckets[-1])
+    shape = EncoderShape.from_model_dir(model_dir)
+    pad_to = max(default_pad_length(model_dir, schema.query_buckets[-1]), schema.query_buckets[-1])
+    session = ort_session(graph, config.threads)
+    texts = workload.texts(QUERY)
+    batch = config.levels.throughput_concurrency
+    runs = (("buckets", Bucketing(schema.query_buckets), 1), ("buckets", Bucketing(schema.query_buckets), batch))
+    runs += (("max", Bucketing((pad_to,)), batch),)
+    return [
+        ort_throughput(
+            session,
+            pretokenize(texts, tokenizer, bucketing, size),
+            shape,
+            name=f"ort_{padding}_b{size}",
+            padding=padding if padding == "buckets" else f"max ({pad_to})",
+            duration_s=config.duration_s,
+        )
+        for padding, bucketing, size in runs
+    ]
+
+
+def request_flops(config: SuiteConfig, schema: Schema, workload: Workload) -> dict[str, float]:
+    """Mean useful (real tokens) and executed (bucket-padded) encoder FLOPs per embed_query request."""
+    from aisle.modeling.checkpoint import QUERY_ENCODER_DIR
+    from aisle.tokenization import Bucketing, load_tokenizer
+
+    model_dir = config.checkpoint / QUERY_ENCODER_DIR
+    tokenizer = load_tokenizer(model_dir, schema.query_buckets[-1])
+    shape = EncoderShape.from_model_dir(model_dir)
+    bucketing = Bucketing(schema.query_buckets)
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(workload.texts(QUERY))]
+    return {
+        "useful": sum(shape.flops(n) for n in lengths) / len(lengths),
+        "executed": sum(shape.flops(bucketing.bucket_for(n)) for n in lengths) / len(lengths),
+    }
+
+
+# --- the server ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def serving(config: SuiteConfig) -> Iterator[str]:
+    """The gRPC url to benchmark: the given one, or a local embedded server started for the run."""
+    if config.url:
+        yield config.url
+        return
+    from aisle.model_repository.server import ServerConfig, TritonServer, free_port
+
+    server = TritonServer(
+        ServerConfig(Path(config.repo), grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
+    )
+    server.start(config.server_start_timeout_s)
+    try:
+        yield server.grpc_url
+    finally:
+        server.stop()
+
+
+def local_server_pid(url: str) -> int | None:
+    host, port = url.rsplit(":", 1)
+    return find_server_pid(int(port)) if host in ("127.0.0.1", "localhost", "0.0.0.0") else None
+
+
+@dataclass
+class Measurer:
+    """Runs load points with CPU metering and Triton statistics deltas around each."""
+
+    triton: object
+    schema: Schema
+    server_pid: int | None
+    flops_per_query: dict[str, float]
+    failures: list[dict] = field(default_factory=list)
+
+    @contextmanager
+    def around(self, ensemble: str) -> Iterator[dict]:
+        """Yield a dict; after the block it holds the point's CPU use and server-side breakdown."""
+        from aisle.benchmarks import server_stats
+
+        measured: dict = {}
+        before = server_stats.snapshot(self.triton)
+        with CpuMeter(self.server_pid) as meter:
+            yield measured
+        window = server_stats.delta(before, server_stats.snapshot(self.triton))
+        decl = self.schema.ensemble(ensemble)
+        steps = server_stats.step_times(decl, window)
+        measured.update(
+            client_cpu_cores=meter.result.client_cores,
+            server_cpu_cores=meter.result.server_cores,
+            other_cpu_cores=meter.result.other_cores,
+            steps=[s.to_dict() for s in steps],
+            server_ms=server_stats.ensemble_ms(decl, window),
+        )
+        encoder = next((s for s in steps if s.model == QUERY_ENCODER), None)
+        if ensemble == EMBED_QUERY and encoder and encoder.busy_s > 0:
+            measured["extra"] = {
+                f"encoder_{kind}_gflops": encoder.requests * flops / encoder.busy_s / 1e9
+                for kind, flops in self.flops_per_query.items()
+            }
+
+    @staticmethod
+    def finish(point: LoadPoint, measured: dict) -> LoadPoint:
+        extra = {**point.extra, **measured.pop("extra", {})}
+        return replace(point, **measured, extra=extra)
+
+
+def _perf_analyzer_points(
+    config: SuiteConfig, analyzer, url: str, workloads: dict[str, Workload], measurer: Measurer, progress
+) -> list[LoadPoint]:
+    from aisle.benchmarks import perf_analyzer as pa
+
+    inputs_dir = config.out / "perf_analyzer" / "inputs"
+    files = {
+        name: pa.write_input_data(measurer.schema.ensemble(w.ensemble), w, inputs_dir) for name, w in workloads.items()
+    }
+    window_ms = max(500, int(config.duration_s * 1000 / 3))
+    lv = config.levels
+    plan: list[tuple[str, dict]] = [("embed_query", {"concurrency": c}) for c in config.concurrencies]
+    plan += [("embed_query_zipf", {"concurrency": lv.throughput_concurrency})]
+    plan += [("embed_item", {"concurrency": c}) for c in sorted({1, lv.throughput_concurrency})]
+    plan += [("rank", {"concurrency": c}) for c in sorted({1, lv.latency_concurrency, lv.throughput_concurrency})]
+    plan += [("rank_cold", {"concurrency": c}) for c in sorted({1, lv.latency_concurrency})]
+    points: list[LoadPoint] = []
+
+    def run(name: str, level: dict) -> None:
+        sweep = pa.Sweep(workloads[name].ensemble, url, files[name], window_ms=window_ms, **level)
+        timeout_s = 30 + 2 * sweep.max_trials * window_ms / 1000
+        try:
+            with measurer.around(workloads[name].ensemble) as measured:
+                result = pa.run_sweep(analyzer, sweep, name, config.out / "perf_analyzer", timeout_s=timeout_s)
+        except BenchmarkError as e:
+            measurer.failures.append({"generator": "perf_analyzer", "workload": name, **level, "error": str(e)})
+            return
+        finally:
+            progress.update(1)
+        point = Measurer.finish(result.point, measured)
+        point.extra.update({f"pa_{k.lower().replace(' ', '_')}_us": v for k, v in result.server_us.items()})
+        points.append(point)
+
+    for name, level in plan:
+        run(name, level)
+    peak = max((p.throughput_rps for p in points if p.workload == "embed_query"), default=0.0)
+    for fraction in config.rate_fractions if peak > 0 else ():
+        run("embed_query", {"rate_rps": round(peak * fraction, 1)})
+    return points
+
+
+async def _sdk_points(
+    config: SuiteConfig, url: str, workloads: dict[str, Workload], measurer: Measurer, peak_rps: float, progress
+) -> list[LoadPoint]:
+    from aisle.benchmarks.callers import sdk_call
+    from aisle.client import AsyncAisleClient
+
+    load = config.load_config()
+    lv = config.levels
+    plan = [("embed_query", c) for c in sorted({1, lv.throughput_concurrency})]
+    plan += [("rank", c) for c in sorted({lv.latency_concurrency, lv.throughput_concurrency})]
+    plan += [("embed_item", 1), ("rank_cold", 1)]
+    points = []
+    async with AsyncAisleClient(url) as client:
+        await client.wait_until_ready(60.0)
+        for name, concurrency in plan:
+            workload = workloads[name]
+            call = sdk_call(client, workload.ensemble)
+            with measurer.around(workload.ensemble) as measured:
+                point = await closed_loop(call, workload.requests, concurrency, load, workload=name)
+            points.append(Measurer.finish(point, measured))
+            progress.update(1)
+        if peak_rps > 0:
+            workload = workloads["embed_query"]
+            rate = round(peak_rps * min(config.rate_fractions), 1)
+            with measurer.around(workload.ensemble) as measured:
+                call = sdk_call(client, workload.ensemble)
+                point = await open_loop(call, workload.requests, rate, load, workload=workload.name)
+            points.append(Measurer.finish(point, measured))
+            progress.update(1)
+    return points
+
+
+def _eager_points(config: SuiteConfig, workload: Workload, progress) -> list[LoadPoint]:
+    from aisle.benchmarks.callers import eager_call
+    from aisle.benchmarks.eager_server import EagerServer, HttpEmbedCaller
+    from aisle.model_repository.server import free_port
+    from aisle.modeling.checkpoint import QUERY_ENCODER_DIR
+
+    load = config.load_config()
+    levels = sorted({1, config.levels.throughput_concurrency})
+    points = []
+    log = config.out / "eager_server.log"
+    with EagerServer(config.checkpoint / QUERY_ENCODER_DIR, free_port(), log) as server:
+
+        async def sweep() -> None:
+            caller = HttpEmbedCaller(server.url)
+            try:
+                for concurrency in levels:
+                    assert server.process is not None
+                    with CpuMeter(server.process.pid) as meter:
+                        point = await closed_loop(
+                            eager_call(caller), workload.requests, concurrency, load, workload=workload.name
+                        )
+                    cpu = meter.result
+                    assert cpu is not None
+                    points.append(
+                        replace(
+                            point,
+                            system="eager-http",
+                            client_cpu_cores=cpu.client_cores,
+                            server_cpu_cores=cpu.server_cores,
+                            other_cpu_cores=cpu.other_cores,
+                        )
+                    )
+                    progress.update(1)
+            finally:
+                await caller.close()
+
+        asyncio.run(sweep())
+    return points
+
+
+def planned_points(config: SuiteConfig) -> int:
+    lv = config.levels
+    pa = len(config.concurrencies) + 1 + len({1, lv.throughput_concurrency})
+    pa += len({1, lv.latency_concurrency, lv.throughput_concurrency}) + len({1, lv.latency_concurrency})
+    pa += len(config.rate_fractions)
+    sdk = len({1, lv.throughput_concurrency}) + len({lv.latency_concurrency, lv.throughput_concurrency}) + 2 + 1
+    return pa + sdk + len({1, lv.throughput_concurrency})
+
+
+def run_suite(config: SuiteConfig) -> dict:
+    """Run everything and write the report into config.out; returns the results dict."""
+    import tritonclient.grpc as grpcclient
+    from tqdm import tqdm
+
+    from aisle.benchmarks.perf_analyzer import locate
+    from aisle.benchmarks.report import write_report
+    from aisle.benchmarks.targets import evaluate
+    from aisle.data.format import load_dataset
+    from aisle.modeling.checkpoint import Manifest
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    schema = Manifest.load(config.checkpoint).schema()
+    workloads = build_workloads(load_dataset(config.data), config.workload)
+    progress = tqdm(total=planned_points(config) + 2, desc="aisle bench", unit="step")
+    analyzer = locate(config.perf_analyzer_cache)
+    progress.set_postfix_str("GEMM rate")
+    machine = {
+        "gemm_gflops": gemm_gflops(threads=config.threads, duration_s=min(3.0, config.duration_s)),
+        "threads": config.threads,
+    }
+    progress.update(1)
+    progress.set_postfix_str("raw ORT baselines")
+    ort = ort_baselines(config, schema, workloads["embed_query"], query_graph(config, out))
+    progress.update(1)
+    flops = request_flops(config, schema, workloads["embed_query"])
+    with serving(config) as url:
+        triton = grpcclient.InferenceServerClient(url)
+        env = environment(triton, analyzer.version())
+        measurer = Measurer(triton, schema, local_server_pid(url), flops)
+        progress.set_postfix_str("perf_analyzer")
+        pa_points = _perf_analyzer_points(config, analyzer, url, workloads, measurer, progress)
+        peak = max(
+            (p.throughput_rps for p in pa_points if p.workload == "embed_query" and p.mode == "concurrency"),
+            default=0.0,
+        )
+        progress.set_postfix_str("SDK load generator")
+        sdk_points = asyncio.run(_sdk_points(config, url, workloads, measurer, peak, progress))
+        triton.close()
+    progress.set_postfix_str("eager HTTP baseline")
+    eager = _eager_points(config, workloads["embed_query"], progress)
+    progress.close()
+    results = {
+        "environment": env,
+        "config": json.loads(json.dumps(asdict(config), default=str)),
+        "workloads": {
+            name: {"ensemble": w.ensemble, "requests": len(w.requests), "description": w.description}
+            for name, w in workloads.items()
+        },
+        "machine": machine,
+        "encoder_flops_per_query": flops,
+        "ort": [r.to_dict() for r in ort],
+        "points": [p.to_dict() for p in pa_points + sdk_points + eager],
+        "failures": measurer.failures,
+    }
+    results["targets"] = [t.to_dict() for t in evaluate(results, config.levels)]
+    write_report(results, out)
+    return results
