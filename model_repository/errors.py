@@ -14,10 +14,6 @@ class ServingError(AisleError):
     """Anything the repository renderer or the server launcher reports to a user."""
 
 
-class RepositoryError(ServingError):
-    """A rendered repository is missing a piece or disagrees with its manifest (names file and field)."""
-
-
 class ServerStartError(ServingError):
     """tritonserver could not start (ports taken, early exit, not ready in time); carries its log tail."""
 

@@ -1,0 +1,156 @@
+"""The on-disk format of a rendered model repository, beyond Triton's own config.pbtxt files.
+
+    REPO/aisle_repo.json            RepoManifest: target, the schema's sizes, the checkpoint's
+                                    manifest and the data fingerprint it was rendered from
+    REPO/item_store/1/catalog.npz   Catalog: item ids, item-tower embeddings, raw features
+    REPO/<tokenizer>/1/tokenizer.json   the tower's fast tokenizer (truncating, never padding)
+
+numpy and the standard library only: the python-backend models inside tritonserver read these
+files (and the declarations, through tokenizer_buckets) with the same code that writes them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aisle.errors import ExportError
+from aisle.schema import (
+    HISTORY_DECAY,
+    ITEM_BUCKETS,
+    MAX_CANDIDATES,
+    MAX_HISTORY,
+    QUERY_BUCKETS,
+    ModelDecl,
+    Schema,
+    build_schema,
+)
+
+REPO_MANIFEST = "aisle_repo.json"
+CATALOG_FILE = "catalog.npz"
+TOKENIZER_FILE = "tokenizer.json"
+#: A graph model's files in its version directory: the ONNX graph, and on the tensorrt target the
+#: plan built from it at container start.
+GRAPH_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+#: Version directory every rendered model uses.
+MODEL_VERSION = "1"
+FORMAT_VERSION = 1
+
+
+def tokenizer_buckets(decl: ModelDecl) -> tuple[int, ...]:
+    """A tokenizer model's length buckets, as declared in its `buckets` parameter ("8,16,32")."""
+    return tuple(int(b) for b in dict(decl.parameters)["buckets"].split(","))
+
+
+class RepositoryError(ExportError):
+    """A rendered repository is missing a piece or a file disagrees with the manifest."""
+
+
+@dataclass
+class RepoManifest:
+    """What a rendered repository serves and what it was rendered from."""
+
+    target: str
+    embedding_dim: int
+    query_buckets: tuple[int, ...] = QUERY_BUCKETS
+    item_buckets: tuple[int, ...] = ITEM_BUCKETS
+    max_candidates: int = MAX_CANDIDATES
+    max_history: int = MAX_HISTORY
+    history_decay: float = HISTORY_DECAY
+    catalog_items: int = 0
+    data_fingerprint: str = ""
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def schema(self) -> Schema:
+        """The served interface; the same call the renderer used, so configs and models agree."""
+        return build_schema(
+            self.embedding_dim,
+            query_buckets=self.query_buckets,
+            item_buckets=self.item_buckets,
+            max_candidates=self.max_candidates,
+            max_history=self.max_history,
+            history_decay=self.history_decay,
+        )
+
+    def save(self, repo: Path) -> None:
+        (Path(repo) / REPO_MANIFEST).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, repo: Path) -> RepoManifest:
+        path = Path(repo) / REPO_MANIFEST
+        if not path.is_file():
+            raise RepositoryError(f"{repo}: not a rendered aisle repository (missing {REPO_MANIFEST})")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise RepositoryError(f"{path}: invalid JSON: {e}") from e
+        if raw.get("format_version") != FORMAT_VERSION:
+            raise RepositoryError(
+                f"{path}: format_version={raw.get('format_version')}, this aisle reads {FORMAT_VERSION}"
+            )
+        missing = sorted({"target", "embedding_dim"} - raw.keys())
+        if missing:
+            raise RepositoryError(f"{path}: missing field {missing[0]!r}")
+        for key in ("query_buckets", "item_buckets"):
+            if key in raw:
+                raw[key] = tuple(raw[key])
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The served catalog, row-aligned: ascending item ids, their embeddings and raw features."""
+
+    item_ids: np.ndarray  # int64 [N], strictly ascending
+    embeddings: np.ndarray  # float32 [N, D]
+    features: np.ndarray  # float32 [N, F], schema.ITEM_FEATURES order, NaN = unknown
+
+    def __post_init__(self) -> None:
+        n = len(self.item_ids)
+        if self.item_ids.ndim != 1 or self.embeddings.ndim != 2 or self.features.ndim != 2:
+            raise RepositoryError(
+                f"catalog: expected item_ids [N], embeddings [N, D], features [N, F]; got shapes "
+                f"{self.item_ids.shape}, {self.embeddings.shape}, {self.features.shape}"
+            )
+        if len(self.embeddings) != n or len(self.features) != n:
+            raise RepositoryError(
+                f"catalog: {n} item_ids but {len(self.embeddings)} embeddings and {len(self.features)} feature rows"
+            )
+        if n > 1 and not (np.diff(self.item_ids) > 0).all():
+            raise RepositoryError("catalog: item_ids must be strictly ascending (sorted, no duplicates)")
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @classmethod
+    def build(cls, item_ids: np.ndarray, embeddings: np.ndarray, features: np.ndarray) -> Catalog:
+        """Sort rows by item id (any input order), with the dtypes the wire uses."""
+        order = np.argsort(item_ids, kind="stable")
+        return cls(
+            np.ascontiguousarray(item_ids[order], dtype=np.int64),
+            np.ascontiguousarray(embeddings[order], dtype=np.float32),
+            np.ascontiguousarray(features[order], dtype=np.float32),
+        )
+
+    def save(self, path: Path) -> None:
+        with Path(path).open("wb") as handle:
+            np.savez(handle, item_ids=self.item_ids, embeddings=self.embeddings, features=self.features)
+
+    @classmethod
+    def load(cls, path: Path) -> Catalog:
+        path = Path(path)
+        if not path.is_file():
+            raise RepositoryError(f"{path}: catalog file not found")
+        with np.load(path, allow_pickle=False) as data:
+            missing = sorted({"item_ids", "embeddings", "features"} - set(data.files))
+            if missing:
+                raise RepositoryError(f"{path}: missing array {missing[0]!r}")
+            return cls(data["item_ids"], data["embeddings"], data["features"])

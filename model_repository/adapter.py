@@ -1,0 +1,68 @@
+"""Glue between Triton's python backend and the logic modules. Imported only inside tritonserver.
+
+Every model.py subclasses PythonModel and names its logic; this module turns Triton requests into
+numpy dicts, the logic's outcomes into responses, and InvalidInput into INVALID_ARGUMENT: the one
+place where aisle errors meet wire codes on the server side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from aisle.model_repository.batching import Outcome, Tensors
+from aisle.model_repository.context import ModelContext
+from aisle.model_repository.errors import InvalidInput, ServingError
+from aisle.schema import EMBED_ITEM, Schema
+
+Logic = Callable[[Sequence[Tensors]], list[Outcome]]
+
+
+def to_response(outcome: Outcome) -> Any:
+    """Output tensors, or INVALID_ARGUMENT carrying the message that names tensor and value."""
+    if isinstance(outcome, InvalidInput):
+        return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(outcome), pb_utils.TritonError.INVALID_ARG))
+    return pb_utils.InferenceResponse(
+        output_tensors=[pb_utils.Tensor(name, np.ascontiguousarray(array)) for name, array in outcome.items()]
+    )
+
+
+class PythonModel:
+    """Base of the TritonPythonModel classes: build the logic once, then adapt every batch to it."""
+
+    def build(self, context: ModelContext) -> Logic:
+        raise NotImplementedError(f"{type(self).__name__} must say which logic it runs")
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        context = ModelContext.from_triton_args(args)
+        self.input_names = [tensor.name for tensor in context.decl.inputs]
+        self.logic = self.build(context)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        inputs = [
+            {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+            for request in requests
+        ]
+        return [to_response(outcome) for outcome in self.logic(inputs)]
+
+
+def embed_item_via_bls(schema: Schema) -> Callable[[np.ndarray], np.ndarray]:
+    """Embed item texts by calling the embed_item ensemble from inside the server (BLS)."""
+    ensemble = schema.ensemble(EMBED_ITEM)
+    text, embedding = ensemble.inputs[0].name, ensemble.outputs[0].name
+
+    def embed(texts: np.ndarray) -> np.ndarray:
+        request = pb_utils.InferenceRequest(
+            model_name=EMBED_ITEM,
+            requested_output_names=[embedding],
+            inputs=[pb_utils.Tensor(text, texts.reshape(-1, 1))],
+        )
+        response = request.exec()
+        if response.has_error():
+            raise ServingError(f"BLS call to {EMBED_ITEM} failed: {response.error().message()}")
+        return pb_utils.get_output_tensor_by_name(response, embedding).as_numpy()
+
+    return embed

@@ -1,0 +1,8 @@
+"""Triton python model for user_profile (logic: aisle.model_repository.user_profile)."""
+
+from aisle.model_repository.adapter import PythonModel
+from aisle.model_repository.user_profile import UserProfile
+
+
+class TritonPythonModel(PythonModel):
+    build = staticmethod(UserProfile.from_context)
