@@ -13,7 +13,13 @@ import sys
 from aisle.errors import AisleError
 
 #: Modules exposing `register(subparsers)`; each adds its subcommands and sets `func`.
-COMMAND_MODULES = ("aisle.data.cli", "aisle.client.cli", "aisle.benchmarks.cli")
+COMMAND_MODULES = (
+    "aisle.data.cli",
+    "aisle.training.cli",
+    "aisle.client.cli",
+    "aisle.benchmarks.cli",
+    "aisle.model_repository.cli",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from aisle.model_repository.errors import ServerStartError
+from aisle.model_repository.errors import ServerStartError, ServingError
 
 #: Lines of the server log quoted in a ServerStartError.
 LOG_TAIL_LINES = 60
@@ -178,6 +178,9 @@ class TritonServer:
         env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.prefix) / "bin"), env.get("PATH", "")) if p)
         return env
 
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def is_ready(self) -> bool:
         """True when the server answers GET /v2/health/ready with 200 (all models loaded and warm)."""
         try:
@@ -253,3 +256,42 @@ class TritonServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.stop()
+
+
+class _StopRequested(Exception):
+    """Raised by the SIGINT/SIGTERM handler of serve_until_signalled."""
+
+
+def serve_until_signalled(config: ServerConfig, *, start_timeout_s: float = 240.0) -> None:
+    """Start, print endpoints and the plain command, serve until SIGINT/SIGTERM, then drain and stop.
+
+    The handlers are installed before start-up so a signal during loading also stops the server
+    (it runs in its own session and would otherwise outlive this process).
+    """
+
+    def request_stop(signum: int, frame: object) -> None:
+        raise _StopRequested(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = TritonServer(config)
+    try:
+        server.start(timeout_s=start_timeout_s)
+        env = server.env()
+        print(
+            f"ready: grpc {server.grpc_url}  http http://{server.http_url}  metrics http://{server.metrics_url}/metrics"
+        )
+        print(f"repository: {Path(config.repo).resolve()}")
+        print("plain command (what this runs):")
+        print(f"  LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']} PATH={Path(sys.prefix) / 'bin'}:$PATH \\")
+        print("  " + " \\\n    ".join(server.command()))
+        print(f"server log: {server.log_path}")
+        print("Ctrl-C or SIGTERM drains in-flight requests and stops.", flush=True)
+        while server.is_running():
+            time.sleep(1.0)
+        raise ServingError(f"tritonserver exited unexpectedly:\n{server.log_tail()}")
+    except _StopRequested as stop:
+        print(f"{stop}: draining in-flight requests and stopping", flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop()
