@@ -122,11 +122,11 @@ def test_clicks_follow_relevance_and_hidden_tastes(shop: Dataset) -> None:
 
 def test_typo_is_one_small_edit_of_one_word() -> None:
     rng = np.random.default_rng(0)
-    for _ in range(50):
-        typed = _typo(rng, "nike pegasus running shoes")
-        assert typed != "nike pegasus running shoes"
-        assert abs(len(typed) - len("nike pegasus running shoes")) <= 1
-        assert sum(a != b for a, b in zip(typed.split(), "nike pegasus running shoes".split())) == 1
+    text = "running coffee kettle"  # doubled letters: a swap of equal letters must not pass for a typo
+    for _ in range(200):
+        typed = _typo(rng, text)
+        assert abs(len(typed) - len(text)) <= 1
+        assert sum(a != b for a, b in zip(typed.split(), text.split())) == 1, typed
 
 
 def test_config_below_one_item_per_leaf_is_refused() -> None:

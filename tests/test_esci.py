@@ -192,3 +192,6 @@ def test_cli_converts_and_reports_bad_input_without_traceback(
     assert f"{missing}: file not found" in err and "Traceback" not in err
     assert main(["data", "--esci-examples", str(tables[0]), "--out", str(out)]) == 2
     assert "--esci-products" in capsys.readouterr().err
+    both = ["--esci-examples", str(tables[0]), "--esci-products", str(tables[1])]
+    assert main(["data", *both, "--out", str(out), "--preset", "tiny"]) == 2
+    assert "--preset and --seed" in capsys.readouterr().err

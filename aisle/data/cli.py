@@ -23,12 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", required=True, help="dataset directory to write (created if missing)")
     synthetic = parser.add_argument_group("synthetic shop")
-    synthetic.add_argument("--seed", type=int, default=0, help="random seed: same seed, same bytes (default 0)")
+    synthetic.add_argument("--seed", type=int, help="random seed: same seed, same bytes (default 0)")
     synthetic.add_argument(
         "--preset",
         choices=PRESET_NAMES,
-        default="small",
-        help="size: tiny ~300 items (tests), small ~5k items / 20k sessions, full ~50k items / 200k sessions",
+        help="size: tiny ~300 items (tests), small ~5k items / 20k sessions (default), full ~50k items / 200k sessions",
     )
     esci = parser.add_argument_group("Amazon Shopping Queries (ESCI) conversion")
     esci.add_argument("--esci-examples", metavar="FILE", help="shopping_queries_dataset_examples (.parquet or .csv)")
@@ -44,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if args.esci_examples or args.esci_products:
         if not (args.esci_examples and args.esci_products):
             raise DataError("--esci-examples and --esci-products go together: give both files")
+        if args.preset is not None or args.seed is not None:
+            raise DataError("--preset and --seed shape the synthetic shop; an ESCI conversion takes neither")
         return _convert_esci(args)
     return _generate(args)
 
@@ -52,8 +53,10 @@ def _generate(args: argparse.Namespace) -> int:
     from aisle.data.format import write_dataset
     from aisle.data.generator import PRESETS, generate
 
+    preset = args.preset or "small"
+    seed = 0 if args.seed is None else args.seed
     start = time.perf_counter()
-    dataset = generate(PRESETS[args.preset], args.seed, preset=args.preset, progress=args.preset != "tiny")
+    dataset = generate(PRESETS[preset], seed, preset=preset, progress=preset != "tiny")
     manifest = write_dataset(args.out, dataset)
     _summarise(args.out, manifest.counts, time.perf_counter() - start)
     return 0

@@ -15,13 +15,14 @@ bytes every time. The pieces, in the order they are drawn:
    (up to `judged` per label); unjudged pairs are unknown, not irrelevant.
 3. Users with hidden favourite leaves and brands, gender, colour and price sensitivity (never
    written out), and a short pre-existing history drawn from those tastes.
-4. Sessions in time order: ~70% searches (a query mostly from the user's favourite leaves),
-   ~30% feeds (query ""). A non-personalised legacy system picks ~20 impressions (for a search,
-   its judged items ranked by grade, popularity and its own errors; for a feed, items from the
-   user's leaves plus popular items). Clicks come from a hidden utility: relevance + brand
-   affinity + price sensitivity + gender/colour fit + leaf affinity + quality + position bias +
-   Gumbel noise; purchases are a subset of clicks. The base text model can know none of the
-   personal terms: only histories reveal them.
+4. Sessions in time order (session ids ascend with time): ~70% searches (a query mostly from the
+   user's favourite leaves), ~30% feeds (query ""). A non-personalised legacy system picks ~20
+   impressions (for a search, its judged items ranked by grade, popularity and its own errors;
+   for a feed, items from the user's leaves plus popular items). Clicks come from a hidden
+   utility: relevance + brand affinity + price sensitivity + gender/colour fit + leaf affinity +
+   quality + position bias + Gumbel noise; purchases are a subset of clicks. The base text model
+   can know none of the personal terms: only histories reveal them. A session's history is the
+   user's clicks before it (oldest first, at most MAX_HISTORY), cold-start clicks withheld.
 
 Sessions split train/valid/test ~80/10/10 by a hash of the session id (split_of).
 """
@@ -137,72 +138,87 @@ def _leaf_counts(rng: np.random.Generator, num_items: int) -> np.ndarray:
     return base + rng.multinomial(num_items - base * len(LEAVES), weights / weights.sum())
 
 
-def _build_catalog(rng: np.random.Generator, config: GeneratorConfig) -> _Catalog:
-    counts = _leaf_counts(rng, config.num_items)
-    brand_premium = rng.normal(0.0, 0.25, size=len(_BRANDS))
-    brand_strength = rng.normal(0.0, 0.5, size=len(_BRANDS))
-    line_names: list[str] = []
+@dataclass
+class _Listings:
+    """What a seller writes: per item its leaf, brand, model line, attribute values, title."""
+
+    leaf: list[int] = field(default_factory=list)
+    brand: list[int] = field(default_factory=list)
+    line: list[int] = field(default_factory=list)
+    attrs: list[np.ndarray] = field(default_factory=list)
+    titles: list[str] = field(default_factory=list)
+    attributes: list[dict[str, str]] = field(default_factory=list)
+    line_names: list[str] = field(default_factory=list)
+
+
+def _draw_listings(rng: np.random.Generator, counts: np.ndarray) -> _Listings:
+    listings = _Listings()
     line_index: dict[str, int] = {}
-    columns: dict[str, list] = {k: [] for k in ("leaf", "brand", "line", "attrs", "price", "rel", "tier")}
-    titles: list[str] = []
-    attributes: list[dict[str, str]] = []
-    for leaf_id, (leaf, count) in enumerate(zip(LEAVES, counts)):
-        share = rng.permutation(_zipf_weights(len(leaf.brands), 0.8))
+    for leaf_id, (leaf, count) in enumerate(zip(LEAVES, counts.tolist())):
+        share = rng.permutation(_zipf_weights(len(leaf.brands), 0.8))  # a few brands lead each leaf
         lines = {brand: _model_lines(rng) for brand in leaf.brands}
-        brands = rng.choice(len(leaf.brands), size=int(count), p=share)
-        drawn = [rng.choice(len(vals), size=int(count), p=_zipf_weights(len(vals), 0.5)) for _, vals in leaf.attributes]
-        for row_index, brand_index in enumerate(brands.tolist()):
-            brand = leaf.brands[brand_index]
+        brands = rng.choice(len(leaf.brands), size=count, p=share).tolist()
+        drawn = [rng.choice(len(vals), size=count, p=_zipf_weights(len(vals), 0.5)) for _, vals in leaf.attributes]
+        for row_index, brand in enumerate(leaf.brands[b] for b in brands):
             line = lines[brand][int(rng.integers(len(lines[brand])))]
             key = f"{brand}|{line}"
             if key not in line_index:
-                line_index[key] = len(line_names)
-                line_names.append(line)
+                line_index[key] = len(listings.line_names)
+                listings.line_names.append(line)
             values = [(kind, vals[d[row_index]]) for (kind, vals), d in zip(leaf.attributes, drawn)]
             row = np.full(len(ATTRIBUTE_KINDS), -1)
             for kind, value in values:
                 row[_KIND_INDEX[kind.key]] = _VALUES[kind.key].index(value)
-            columns["leaf"].append(leaf_id)
-            columns["brand"].append(_BRANDS.index(brand))
-            columns["line"].append(line_index[key])
-            columns["attrs"].append(row)
-            titles.append(_title(brand, line, leaf, values))
-            attributes.append({"model": line.lower(), **{kind.key: value.lower() for kind, value in values}})
-        columns["tier"].extend(rng.normal(0.0, 0.15, size=int(count)).tolist())
-    n = len(titles)
-    leaf_arr = np.asarray(columns["leaf"])
-    brand_arr = np.asarray(columns["brand"])
-    medians = np.array([leaf.price_median for leaf in LEAVES])
-    sigmas = np.array([leaf.price_sigma for leaf in LEAVES])
-    log_rel = brand_premium[brand_arr] + np.asarray(columns["tier"]) + sigmas[leaf_arr] * rng.normal(0.0, 0.8, size=n)
-    prices = [_shop_price(p) for p in medians[leaf_arr] * np.exp(log_rel)]
+            listings.leaf.append(leaf_id)
+            listings.brand.append(_BRANDS.index(brand))
+            listings.line.append(line_index[key])
+            listings.attrs.append(row)
+            listings.titles.append(_title(brand, line, leaf, values))
+            listings.attributes.append({"model": line.lower(), **{k.key: v.lower() for k, v in values}})
+    return listings
+
+
+def _build_catalog(rng: np.random.Generator, config: GeneratorConfig) -> _Catalog:
+    """Listings, then prices (leaf median x brand premium x model tier x noise), hidden quality,
+    rating and popularity as noisy views of it, cold-start flags; finally shuffled item ids."""
+    listings = _draw_listings(rng, _leaf_counts(rng, config.num_items))
+    n = len(listings.titles)
+    leaf = np.asarray(listings.leaf)
+    brand = np.asarray(listings.brand)
+    line = np.asarray(listings.line)
+    brand_premium = rng.normal(0.0, 0.25, size=len(_BRANDS))
+    brand_strength = rng.normal(0.0, 0.5, size=len(_BRANDS))
+    line_tier = rng.normal(0.0, 0.15, size=len(listings.line_names))
+    medians = np.array([spec.price_median for spec in LEAVES])
+    sigmas = np.array([spec.price_sigma for spec in LEAVES])
+    log_rel = brand_premium[brand] + line_tier[line] + sigmas[leaf] * rng.normal(0.0, 0.8, size=n)
+    prices = np.array([_shop_price(p) for p in medians[leaf] * np.exp(log_rel)])
     quality = rng.normal(0.0, 1.0, size=n)
     rating = np.clip(4.2 + 0.35 * quality + rng.normal(0.0, 0.3, size=n), 1.0, 5.0).round(1)
-    popularity = np.exp(1.5 + 0.6 * quality + 0.8 * brand_strength[brand_arr] + rng.normal(0.0, 0.9, size=n))
-    cold = _pick_cold(rng, leaf_arr, config.cold_start_fraction)
+    popularity = np.exp(1.5 + 0.6 * quality + 0.8 * brand_strength[brand] + rng.normal(0.0, 0.9, size=n))
+    cold = _pick_cold(rng, leaf, config.cold_start_fraction)
     popularity = np.where(cold, popularity * 0.5, popularity).round(2)  # new listings: less traffic so far
     reviews = (popularity * np.exp(rng.normal(1.0, 0.8, size=n)) * np.where(cold, 0.1, 1.0)).astype(np.int64)
-    # Shuffle so item ids do not follow the taxonomy.
-    order = rng.permutation(n)
+    order = rng.permutation(n)  # item ids must not follow the taxonomy
     catalog = _Catalog(
-        leaf=leaf_arr[order],
-        brand=brand_arr[order],
-        line=np.asarray(columns["line"])[order],
-        attrs=np.asarray(columns["attrs"])[order],
-        log_price_rel=np.log(np.asarray(prices) / medians[leaf_arr])[order],
+        leaf=leaf[order],
+        brand=brand[order],
+        line=line[order],
+        attrs=np.asarray(listings.attrs)[order],
+        log_price_rel=np.log(prices / medians[leaf])[order],
         popularity=popularity[order],
         quality=quality[order],
         cold=cold[order],
-        line_names=line_names,
+        line_names=listings.line_names,
     )
     catalog.items = [
         Item(
             item_id=new_id,
-            title=titles[old],
-            brand=_BRANDS[brand_arr[old]],
-            category=LEAVES[leaf_arr[old]].path,
-            attributes=attributes[old],
-            price=prices[old],
+            title=listings.titles[old],
+            brand=_BRANDS[brand[old]],
+            category=LEAVES[leaf[old]].path,
+            attributes=listings.attributes[old],
+            price=float(prices[old]),
             rating=float(rating[old]),
             review_count=int(reviews[old]),
             popularity=float(popularity[old]),
@@ -323,9 +339,9 @@ def _typo(rng: np.random.Generator, text: str) -> str:
     word = words[index]
     at = int(rng.integers(1, len(word) - 1))
     kind = int(rng.integers(3))
-    if kind == 0:
+    if kind == 0 and word[at - 1] != word[at]:  # swapping equal letters would change nothing
         word = word[: at - 1] + word[at] + word[at - 1] + word[at + 1 :]
-    elif kind == 1:
+    elif kind != 2:
         word = word[:at] + word[at + 1 :]
     else:
         word = word[:at] + word[at] + word[at:]
@@ -378,29 +394,63 @@ def _sample_by_popularity(rng: np.random.Generator, catalog: _Catalog, items: np
     return items[np.argpartition(-keys, k)[:k]]
 
 
-def _judge(rng: np.random.Generator, catalog: _Catalog, spec: _QuerySpec, judged: tuple[int, ...]) -> _Pool:
-    """Judge a popularity-weighted sample per label; the same items are the legacy system's pool."""
-    leaf_items = catalog.by_leaf[spec.leaf]
-    leaf_labels = _labels(catalog, spec, leaf_items)
-    complements = [_LEAF_INDEX[name] for name in LEAVES[spec.leaf].complements]
-    complement_items = np.concatenate([catalog.by_leaf[c] for c in complements]) if complements else leaf_items[:0]
-    # Irrelevant: half from the same top category (hard), half from anywhere else.
-    top = LEAVES[spec.leaf].path[0]
-    near = [i for i, leaf in enumerate(LEAVES) if leaf.path[0] == top and i != spec.leaf and i not in complements]
-    near_items = np.concatenate([catalog.by_leaf[i] for i in near]) if near else leaf_items[:0]
-    far_items = rng.choice(len(catalog.leaf), size=4 * judged[IRRELEVANT], replace=False)
-    far_items = far_items[_labels(catalog, spec, far_items) == IRRELEVANT]
-    picked = [
-        _sample_by_popularity(rng, catalog, leaf_items[leaf_labels == EXACT], judged[EXACT]),
-        _sample_by_popularity(rng, catalog, leaf_items[leaf_labels == SUBSTITUTE], judged[SUBSTITUTE]),
-        _sample_by_popularity(rng, catalog, complement_items, judged[COMPLEMENT]),
-        _sample_by_popularity(rng, catalog, near_items, judged[IRRELEVANT] // 2),
-    ]
-    picked.append(far_items[: judged[IRRELEVANT] - len(picked[-1])])
-    items = np.unique(np.concatenate(picked))
-    labels = _labels(catalog, spec, items)
-    legacy = _LEGACY_GRADE[labels] + 0.3 * np.log1p(catalog.popularity[items]) + rng.normal(0.0, 1.0, size=len(items))
-    return _Pool(items, labels, legacy)
+@dataclass(frozen=True)
+class _Group:
+    """Items and their cumulative popularity, for cheap repeated draws from a large fixed set."""
+
+    items: np.ndarray
+    cum: np.ndarray
+
+    @classmethod
+    def of(cls, catalog: _Catalog, leaves: list[int]) -> _Group:
+        items = np.concatenate([catalog.by_leaf[leaf] for leaf in leaves]) if leaves else np.zeros(0, np.int64)
+        return cls(items, _cumulative(catalog.popularity[items]) if len(items) else items.astype(np.float64))
+
+    def draw(self, rng: np.random.Generator, k: int) -> np.ndarray:
+        """About k distinct items, popular ones more likely (a few fewer when draws repeat)."""
+        if len(self.items) <= k:
+            return self.items
+        return np.unique(self.items[np.searchsorted(self.cum, rng.random(size=k))])
+
+
+@dataclass(frozen=True)
+class _Neighbours:
+    """Per leaf: its complement leaves' items, and the other leaves of its top category (hard I)."""
+
+    complements: _Group
+    near: _Group
+
+    @classmethod
+    def of(cls, catalog: _Catalog, leaf: int) -> _Neighbours:
+        complements = [_LEAF_INDEX[name] for name in LEAVES[leaf].complements]
+        top = LEAVES[leaf].path[0]
+        near = [i for i, other in enumerate(LEAVES) if other.path[0] == top and i != leaf and i not in complements]
+        return cls(_Group.of(catalog, complements), _Group.of(catalog, near))
+
+
+def _judge_all(
+    rng: np.random.Generator, catalog: _Catalog, specs: list[_QuerySpec], judged: tuple[int, ...]
+) -> list[_Pool]:
+    """Judge a popularity-weighted sample per label and query; the same items are the legacy pool."""
+    neighbours = [_Neighbours.of(catalog, leaf) for leaf in range(len(LEAVES))]
+    pools = []
+    for spec in specs:
+        leaf_items = catalog.by_leaf[spec.leaf]
+        leaf_labels = _labels(catalog, spec, leaf_items)
+        around = neighbours[spec.leaf]
+        far = rng.choice(len(catalog.leaf), size=judged[IRRELEVANT], replace=False)
+        picked = [
+            _sample_by_popularity(rng, catalog, leaf_items[leaf_labels == EXACT], judged[EXACT]),
+            _sample_by_popularity(rng, catalog, leaf_items[leaf_labels == SUBSTITUTE], judged[SUBSTITUTE]),
+            around.complements.draw(rng, judged[COMPLEMENT]),
+            around.near.draw(rng, judged[IRRELEVANT] // 2),  # hard irrelevant: same top category
+        ]
+        far = far[_labels(catalog, spec, far) == IRRELEVANT][: judged[IRRELEVANT] - len(picked[-1])]
+        items = np.unique(np.concatenate([*picked, far]))
+        labels = _labels(catalog, spec, items)
+        noise = rng.normal(0.0, 1.0, size=len(items))
+        pools.append(_Pool(items, labels, _LEGACY_GRADE[labels] + 0.3 * np.log1p(catalog.popularity[items]) + noise))
+    return pools
 
 
 # --- users ---------------------------------------------------------------------------------------
@@ -504,18 +554,18 @@ def _cumulative(weights: np.ndarray) -> np.ndarray:
 
 
 def _initial_histories(rng: np.random.Generator, catalog: _Catalog, users: _Users) -> list[list[int]]:
-    """What each user did before the logged period: a few warm items drawn from their tastes."""
+    """What each user did before the logged period: ~6 warm items, each the user's favourite
+    (by hidden utility plus noise) among 16 popular items of a leaf they like."""
     warm = _Sampler(catalog, warm_only=True)
+    offered = 16
     histories: list[list[int]] = []
     for user in range(len(users.activity)):
         count = min(MAX_HISTORY, int(rng.poisson(6)))
         leaves = np.searchsorted(_cumulative(users.leaf_affinity[user] + 0.01), rng.random(size=count))
-        history = []
-        for leaf in leaves.tolist():
-            members = warm.by_leaf[leaf]
-            taste = _utility(catalog, users, user, members) + 0.5 * np.log1p(catalog.popularity[members])
-            history.append(int(members[np.argmax(taste + rng.gumbel(size=len(members)))]))
-        histories.append(history)
+        candidates = warm.in_leaves(np.repeat(leaves, offered), rng.random(size=count * offered))
+        taste = _utility(catalog, users, user, candidates) + rng.gumbel(size=len(candidates))
+        best = taste.reshape(count, offered).argmax(axis=1)
+        histories.append(candidates.reshape(count, offered)[np.arange(count), best].tolist())
     return histories
 
 
@@ -636,7 +686,7 @@ def generate(config: GeneratorConfig, seed: int, *, preset: str = "custom", prog
     rng = np.random.default_rng(seed)
     catalog = _build_catalog(rng, config)
     specs = _build_queries(rng, catalog, config)
-    pools = [_judge(rng, catalog, spec, config.judged) for spec in specs]
+    pools = _judge_all(rng, catalog, specs, config.judged)
     users = _build_users(rng, config)
     histories = _initial_histories(rng, catalog, users)
     sessions = _Simulator(rng, catalog, specs, pools, users, config).run(histories, progress)
