@@ -133,9 +133,10 @@ def _copy_graph(graph: Path, version_dir: Path) -> None:
         shutil.copy2(sidecar, version_dir / sidecar.name)
 
 
-def _write_models(
+def write_models(
     schema: Schema, options: RenderOptions, root: Path, checkpoint_dir: Path, graphs: dict[str, Path], catalog: Catalog
 ) -> None:
+    """Write every model and ensemble directory of `schema` for one target under `root`."""
     from aisle.modeling.checkpoint import ITEM_ENCODER_DIR, QUERY_ENCODER_DIR
     from aisle.tokenization import load_tokenizer
 
@@ -173,7 +174,7 @@ def render_repository(spec: RepoSpec) -> RepoManifest:
     try:
         graphs = _graphs(spec, staging / "onnx_export.partial")
         catalog = compute_catalog(spec.checkpoint, dataset.items, batch_size=spec.catalog_batch, progress=spec.progress)
-        _write_models(schema, spec.options, staging, spec.checkpoint, graphs, catalog)
+        write_models(schema, spec.options, staging, spec.checkpoint, graphs, catalog)
         shutil.rmtree(staging / "onnx_export.partial", ignore_errors=True)
         manifest = RepoManifest(
             target=spec.options.target.value,

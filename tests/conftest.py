@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.data",
     "tests.fixtures.model",
     "tests.fixtures.export",
+    "tests.fixtures.server",
 ]

@@ -1,0 +1,220 @@
+"""Rendered configs, for every target (even those that cannot run here), agree with the schema."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tritonclient.grpc import model_config_pb2 as pb
+
+from aisle.errors import ExportError
+from aisle.export.repo_format import GRAPH_FILE, MODEL_VERSION, TOKENIZER_FILE, Catalog, RepoManifest
+from aisle.export.repository import write_models
+from aisle.export.triton_config import (
+    CONFIG_FILE,
+    GRAPH_ROLES,
+    RenderOptions,
+    encoder_buckets,
+    read_config,
+    render_configs,
+    write_config,
+)
+from aisle.schema import ITEM_ENCODER, QUERY_ENCODER, Role, Schema, Target, TensorDecl, build_schema
+
+SCHEMA = build_schema(384)
+ALL_OPTIONS = [
+    RenderOptions(Target.TENSORRT),
+    RenderOptions(Target.ONNXRUNTIME),
+    RenderOptions(Target.ONNXRUNTIME, gpu=True, trt_accelerator=True),
+    RenderOptions(Target.EMBEDDED),
+]
+OPTION_IDS = ["tensorrt", "onnxruntime-cpu", "onnxruntime-gpu-trt", "embedded"]
+
+
+def written_and_parsed(options: RenderOptions, tmp_path: Path) -> dict[str, pb.ModelConfig]:
+    """Every config written as config.pbtxt and parsed back by protobuf's text_format."""
+    parsed = {}
+    for name, config in render_configs(SCHEMA, options).items():
+        (tmp_path / name).mkdir()
+        write_config(config, tmp_path / name)
+        parsed[name] = read_config(tmp_path / name)
+    return parsed
+
+
+def assert_tensors(actual, declared: tuple[TensorDecl, ...]) -> None:
+    assert [(t.name, pb.DataType.Name(t.data_type), list(t.dims)) for t in actual] == [
+        (t.name, t.dtype.config_name, list(t.dims)) for t in declared
+    ]
+
+
+@pytest.mark.parametrize("options", ALL_OPTIONS, ids=OPTION_IDS)
+def test_every_model_config_parses_and_matches_its_declaration(options: RenderOptions, tmp_path: Path) -> None:
+    configs = written_and_parsed(options, tmp_path)
+    assert set(configs) == {m.name for m in SCHEMA.models} | {e.name for e in SCHEMA.ensembles}
+    for decl in SCHEMA.models:
+        config = configs[decl.name]
+        assert config.name == decl.name
+        assert config.max_batch_size == decl.batching.max_batch_size
+        assert_tensors(config.input, decl.inputs)
+        assert_tensors(config.output, decl.outputs)
+        if decl.batching.max_queue_delay_us is None:
+            assert not config.HasField("dynamic_batching")
+        else:
+            assert config.dynamic_batching.max_queue_delay_microseconds == decl.batching.max_queue_delay_us
+        assert dict(decl.parameters) == {k: v.string_value for k, v in config.parameters.items()}
+
+
+@pytest.mark.parametrize("options", ALL_OPTIONS, ids=OPTION_IDS)
+def test_every_ensemble_config_wires_the_declared_steps(options: RenderOptions, tmp_path: Path) -> None:
+    configs = written_and_parsed(options, tmp_path)
+    for decl in SCHEMA.ensembles:
+        config = configs[decl.name]
+        assert config.platform == "ensemble"
+        assert config.max_batch_size == decl.max_batch_size
+        assert_tensors(config.input, decl.inputs)
+        assert_tensors(config.output, decl.outputs)
+        steps = [(s.model_name, dict(s.input_map), dict(s.output_map)) for s in config.ensemble_scheduling.step]
+        assert steps == [(s.model, dict(s.input_map), dict(s.output_map)) for s in decl.steps]
+
+
+def test_ensemble_wiring_is_complete_and_type_consistent() -> None:
+    """Every step input is an ensemble input or an earlier step's output, with the same dtype and dims."""
+    for ensemble in SCHEMA.ensembles:
+        available = {t.name: t for t in ensemble.inputs}
+        for step in ensemble.steps:
+            decl = SCHEMA.model(step.model)
+            assert ensemble.max_batch_size <= decl.batching.max_batch_size, (ensemble.name, step.model)
+            for model_tensor, ensemble_tensor in step.input_map:
+                declared = next(t for t in decl.inputs if t.name == model_tensor)
+                assert ensemble_tensor in available, (ensemble.name, step.model, ensemble_tensor)
+                assert (available[ensemble_tensor].dtype, available[ensemble_tensor].dims) == (
+                    declared.dtype,
+                    declared.dims,
+                ), (ensemble.name, step.model, model_tensor)
+            for model_tensor, ensemble_tensor in step.output_map:
+                declared = next(t for t in decl.outputs if t.name == model_tensor)
+                available[ensemble_tensor] = TensorDecl(ensemble_tensor, declared.dtype, declared.dims)
+        for output in ensemble.outputs:
+            assert (available[output.name].dtype, available[output.name].dims) == (output.dtype, output.dims)
+
+
+@pytest.mark.parametrize(
+    ("options", "graph_platform", "graph_kind"),
+    [
+        (RenderOptions(Target.TENSORRT), "tensorrt_plan", pb.ModelInstanceGroup.KIND_GPU),
+        (RenderOptions(Target.ONNXRUNTIME), "onnxruntime_onnx", pb.ModelInstanceGroup.KIND_CPU),
+        (RenderOptions(Target.ONNXRUNTIME, gpu=True), "onnxruntime_onnx", pb.ModelInstanceGroup.KIND_GPU),
+        (RenderOptions(Target.EMBEDDED), "", pb.ModelInstanceGroup.KIND_CPU),
+    ],
+    ids=["tensorrt", "onnxruntime-cpu", "onnxruntime-gpu", "embedded"],
+)
+def test_graph_models_run_on_the_target_backend_and_the_rest_in_python(
+    options: RenderOptions, graph_platform: str, graph_kind: int
+) -> None:
+    configs = render_configs(SCHEMA, options)
+    for decl in SCHEMA.models:
+        config = configs[decl.name]
+        if decl.role in GRAPH_ROLES and graph_platform:
+            assert (config.platform, config.backend) == (graph_platform, "")
+            assert config.instance_group[0].kind == graph_kind
+        else:
+            assert (config.platform, config.backend) == ("", "python")
+            assert config.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+
+
+def test_only_the_onnxruntime_gpu_target_asks_for_the_tensorrt_execution_accelerator() -> None:
+    for options in ALL_OPTIONS:
+        for config in render_configs(SCHEMA, options).values():
+            accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+            if options.trt_accelerator and config.platform == "onnxruntime_onnx":
+                assert [(a.name, a.parameters["precision_mode"]) for a in accelerators] == [("tensorrt", "FP16")]
+            else:
+                assert not accelerators
+
+
+@pytest.mark.parametrize("options", ALL_OPTIONS, ids=OPTION_IDS)
+def test_encoders_warm_up_every_length_bucket_and_the_head_a_rank_sized_request(options: RenderOptions) -> None:
+    configs = render_configs(SCHEMA, options)
+    for name, buckets in ((QUERY_ENCODER, SCHEMA.query_buckets), (ITEM_ENCODER, SCHEMA.item_buckets)):
+        warmed = {(w.batch_size, tuple(w.inputs["INPUT_IDS"].dims)) for w in configs[name].model_warmup}
+        assert warmed == {(batch, (bucket,)) for bucket in buckets for batch in (1, 64)}
+    head = configs["fusion_head"].model_warmup
+    assert head and all(list(w.inputs["ITEM_FEATURES"].dims) == [100, 4] for w in head)
+    for decl in SCHEMA.models:
+        assert bool(configs[decl.name].model_warmup) == (decl.role in GRAPH_ROLES)
+
+
+def test_encoder_buckets_follow_the_tokenizer_feeding_the_encoder() -> None:
+    schema = build_schema(384, query_buckets=(4, 12), item_buckets=(24, 48))
+    assert encoder_buckets(schema, QUERY_ENCODER) == (4, 12)
+    assert encoder_buckets(schema, ITEM_ENCODER) == (24, 48)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"target": Target.TENSORRT, "gpu": True}, {"target": Target.ONNXRUNTIME, "trt_accelerator": True}],
+    ids=["gpu-on-tensorrt", "trt-accelerator-without-gpu"],
+)
+def test_render_options_reject_combinations_that_mean_nothing(kwargs: dict) -> None:
+    with pytest.raises(ExportError):
+        RenderOptions(**kwargs)
+
+
+def test_read_config_names_the_file_of_an_invalid_config(tmp_path: Path) -> None:
+    (tmp_path / CONFIG_FILE).write_text('name: "x"\nmax_batch_sizes: 3\n')
+    with pytest.raises(ExportError, match="config.pbtxt"):
+        read_config(tmp_path)
+
+
+def synthetic_catalog(schema: Schema) -> Catalog:
+    rng = np.random.default_rng(0)
+    return Catalog.build(
+        np.array([5, 3, 9], np.int64),
+        rng.standard_normal((3, schema.embedding_dim)).astype(np.float32),
+        rng.random((3, len(schema.item_features))).astype(np.float32),
+    )
+
+
+@pytest.mark.parametrize("options", ALL_OPTIONS, ids=OPTION_IDS)
+def test_written_repository_holds_each_models_files_for_its_target(
+    options: RenderOptions, serving_checkpoint: Path, onnx_dir: Path, tmp_path: Path
+) -> None:
+    from aisle.export.graphs import graph_file
+
+    graphs = {m.name: onnx_dir / graph_file(m.name) for m in SCHEMA.models if m.role in GRAPH_ROLES}
+    write_models(SCHEMA, options, tmp_path, serving_checkpoint, graphs, synthetic_catalog(SCHEMA))
+    for decl in SCHEMA.models:
+        version = tmp_path / decl.name / MODEL_VERSION
+        python = decl.role not in GRAPH_ROLES or options.target is Target.EMBEDDED
+        assert (version / "model.py").is_file() == python, decl.name
+        assert (version / GRAPH_FILE).is_file() == (decl.role in GRAPH_ROLES), decl.name
+        assert (version / TOKENIZER_FILE).is_file() == (decl.role is Role.TOKENIZER), decl.name
+        assert read_config(tmp_path / decl.name).name == decl.name
+    for ensemble in SCHEMA.ensembles:
+        assert (tmp_path / ensemble.name / MODEL_VERSION).is_dir()
+        assert read_config(tmp_path / ensemble.name).name == ensemble.name
+
+
+def test_catalog_is_sorted_by_id_and_survives_a_round_trip(tmp_path: Path) -> None:
+    catalog = synthetic_catalog(SCHEMA)
+    assert catalog.item_ids.tolist() == [3, 5, 9]
+    catalog.save(tmp_path / "catalog.npz")
+    loaded = Catalog.load(tmp_path / "catalog.npz")
+    np.testing.assert_array_equal(loaded.embeddings, catalog.embeddings)
+    np.testing.assert_array_equal(loaded.features, catalog.features)
+
+
+def test_catalog_rejects_duplicate_item_ids() -> None:
+    with pytest.raises(ExportError, match="ascending"):
+        Catalog.build(np.array([1, 1]), np.zeros((2, 4)), np.zeros((2, 4)))
+
+
+def test_repo_manifest_rebuilds_the_rendering_schema(tmp_path: Path) -> None:
+    manifest = RepoManifest(target="embedded", embedding_dim=32, item_buckets=(16, 64), max_history=7)
+    manifest.save(tmp_path)
+    schema = RepoManifest.load(tmp_path).schema()
+    assert schema == build_schema(32, item_buckets=(16, 64), max_history=7)
+
+
+def test_repo_manifest_load_names_a_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="aisle_repo.json"):
+        RepoManifest.load(tmp_path)

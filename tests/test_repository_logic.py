@@ -1,0 +1,279 @@
+"""The python models' logic, without Triton: tokenizer, item store, user profile, cold encoder, ORT runner."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aisle.export.repo_format import Catalog
+from aisle.model_repository.batching import group_by_shape, run_stacked
+from aisle.model_repository.cold_items import ColdItemEncoder
+from aisle.model_repository.errors import InvalidInput
+from aisle.model_repository.item_store import ItemStore
+from aisle.model_repository.ort_runner import OrtGraph
+from aisle.model_repository.tokenizer_logic import BatchTokenizer, decode_texts, public_inputs
+from aisle.model_repository.user_profile import UserProfile
+from aisle.modeling.user import user_vector
+from aisle.schema import (
+    ATTENTION_MASK,
+    CANDIDATE_FEATURES,
+    CANDIDATE_IDS,
+    CANDIDATE_TEXTS,
+    EMBEDDING,
+    INPUT_IDS,
+    ITEM_EMBEDDINGS,
+    ITEM_FEATURES_TENSOR,
+    ITEM_TOKENIZER,
+    QUERY_TOKENIZER,
+    TEXT,
+    USER_EMBEDDING,
+    USER_HISTORY_IDS,
+    build_schema,
+)
+from aisle.tokenization import Bucketing, encode_batch, load_tokenizer
+
+BUCKETS = Bucketing((8, 16, 32))
+LONG_TEXT = "running shoes with extra cushioning " * 40
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base_model_dir: Path):
+    return load_tokenizer(base_model_dir, BUCKETS.max_length)
+
+
+@pytest.fixture(scope="module")
+def batch_tokenizer(tokenizer) -> BatchTokenizer:
+    return BatchTokenizer(tokenizer, BUCKETS, source="QUERY")
+
+
+def text_request(*texts: str | bytes) -> dict[str, np.ndarray]:
+    values = [t.encode() if isinstance(t, str) else t for t in texts]
+    return {TEXT: np.array(values, dtype=object).reshape(-1, 1)}
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    rng = np.random.default_rng(0)
+    ids = np.array([10, 11, 12, 20, 30], np.int64)
+    return Catalog.build(ids, rng.standard_normal((5, 6)).astype(np.float32), rng.random((5, 4)).astype(np.float32))
+
+
+# --- tokenizer -------------------------------------------------------------------------------------
+
+
+def test_each_request_of_a_batch_gets_exactly_what_tokenizing_it_alone_gives(batch_tokenizer, tokenizer) -> None:
+    requests = [
+        text_request("red shoes"),
+        text_request("a much longer query about trail running shoes"),
+        text_request(""),
+    ]
+    outcomes = batch_tokenizer(requests)
+    for request, outcome in zip(requests, outcomes):
+        texts = [t.decode() for t in request[TEXT].reshape(-1)]
+        ids, mask = encode_batch(tokenizer, texts, BUCKETS)
+        np.testing.assert_array_equal(outcome[INPUT_IDS], ids)
+        np.testing.assert_array_equal(outcome[ATTENTION_MASK], mask)
+
+
+def test_requests_are_padded_to_their_own_bucket_not_the_batchs_longest(batch_tokenizer) -> None:
+    outcomes = batch_tokenizer([text_request("shoes"), text_request("word " * 20)])
+    assert [o[INPUT_IDS].shape for o in outcomes] == [(1, 8), (1, 32)]
+
+
+def test_whole_dynamic_batch_is_tokenized_in_one_tokenizers_call(tokenizer) -> None:
+    calls = []
+
+    class CountingTokenizer:
+        def encode_batch(self, texts):
+            calls.append(len(texts))
+            return tokenizer.encode_batch(texts)
+
+        def token_to_id(self, token):
+            return tokenizer.token_to_id(token)
+
+    BatchTokenizer(CountingTokenizer(), BUCKETS)([text_request("a", "b"), text_request("c")])
+    assert calls == [3]
+
+
+@pytest.mark.parametrize("text", ["", "   \t\n "], ids=["empty", "whitespace"])
+def test_blank_text_keeps_special_tokens_with_an_all_zero_mask(batch_tokenizer, text: str) -> None:
+    (outcome,) = batch_tokenizer([text_request(text)])
+    assert outcome[INPUT_IDS].shape == (1, 8)
+    assert outcome[ATTENTION_MASK].sum() == 0
+
+
+@pytest.mark.parametrize(
+    "text", ["running shoes 🏃‍♀️👟🔥", "跑步鞋 男款 轻便", "ランニングシューズ"], ids=["emoji", "cjk", "kana"]
+)
+def test_emoji_and_cjk_text_tokenize_to_a_nonempty_mask(batch_tokenizer, tokenizer, text: str) -> None:
+    (outcome,) = batch_tokenizer([text_request(text)])
+    expected = tokenizer.encode(text).ids
+    assert outcome[ATTENTION_MASK].sum() == len(expected) > 2
+    assert outcome[INPUT_IDS][0, : len(expected)].tolist() == expected
+
+
+def test_very_long_text_is_truncated_to_the_largest_bucket(batch_tokenizer) -> None:
+    (outcome,) = batch_tokenizer([text_request(LONG_TEXT)])
+    assert outcome[INPUT_IDS].shape == (1, 32)
+    assert outcome[ATTENTION_MASK].sum() == 32
+
+
+def test_invalid_utf8_rejects_only_its_request_naming_the_public_tensor(batch_tokenizer) -> None:
+    outcomes = batch_tokenizer([text_request("fine"), text_request("ok", b"caf\xe9")])
+    assert outcomes[0][INPUT_IDS].shape == (1, 8)
+    assert isinstance(outcomes[1], InvalidInput)
+    assert outcomes[1].tensor == "QUERY"
+    assert "[1, 0]" in str(outcomes[1]) and "UTF-8" in str(outcomes[1])
+
+
+def test_decode_texts_reports_the_byte_offset() -> None:
+    with pytest.raises(InvalidInput, match=r"CANDIDATE_TEXTS: element \[0, 1\].*at byte 2"):
+        decode_texts(np.array([[b"ok", b"ab\xff"]], dtype=object), CANDIDATE_TEXTS)
+
+
+def test_tokenizer_errors_name_the_ensemble_input_the_client_sent() -> None:
+    schema = build_schema(8)
+    assert public_inputs(schema, QUERY_TOKENIZER, TEXT) == "QUERY"
+    assert public_inputs(schema, ITEM_TOKENIZER, TEXT) == "ITEM_TEXT"
+
+
+# --- item store --------------------------------------------------------------------------------------
+
+
+def test_item_store_returns_rows_of_the_requested_ids_in_request_order(catalog: Catalog) -> None:
+    store = ItemStore(catalog, max_candidates=10)
+    (outcome,) = store([{CANDIDATE_IDS: np.array([[30, 10, 30]], np.int64)}])
+    rows = [4, 0, 4]
+    np.testing.assert_array_equal(outcome[ITEM_EMBEDDINGS], catalog.embeddings[rows][None])
+    np.testing.assert_array_equal(outcome[ITEM_FEATURES_TENSOR], catalog.features[rows][None])
+
+
+@pytest.mark.parametrize(
+    ("ids", "message"),
+    [
+        ([[10, -3]], r"CANDIDATE_IDS: \[0, 1\] = -3 is negative"),
+        ([[10, 15]], r"CANDIDATE_IDS: \[0, 1\] = 15 is not an item of the served catalog \(5 items, ids 10..30\)"),
+        ([[99]], r"= 99 is not an item"),
+        ([[10] * 4], r"CANDIDATE_IDS: 4 candidates per request is more than max_candidates=3"),
+    ],
+    ids=["negative", "unknown-between", "unknown-above", "too-many"],
+)
+def test_item_store_rejects_bad_ids_naming_tensor_position_and_value(catalog: Catalog, ids, message: str) -> None:
+    store = ItemStore(catalog, max_candidates=3)
+    good, bad = store([{CANDIDATE_IDS: np.array([[11]], np.int64)}, {CANDIDATE_IDS: np.array(ids, np.int64)}])
+    assert good[ITEM_EMBEDDINGS].shape == (1, 1, 6)
+    assert isinstance(bad, InvalidInput)
+    assert bad.tensor == CANDIDATE_IDS
+    assert re.search(message, str(bad)), str(bad)
+
+
+# --- user profile --------------------------------------------------------------------------------------
+
+
+def test_user_vector_of_each_row_is_the_training_user_vector(catalog: Catalog) -> None:
+    profile = UserProfile(catalog, max_history=5, decay=0.8)
+    (outcome,) = profile([{USER_HISTORY_IDS: np.array([[12, 10, 30], [20, 20, 11]], np.int64)}])
+    for row, rows in enumerate(([2, 0, 4], [3, 3, 1])):
+        np.testing.assert_array_equal(outcome[USER_EMBEDDING][row], user_vector(catalog.embeddings[rows], 0.8))
+
+
+def test_empty_history_is_the_zero_user_vector(catalog: Catalog) -> None:
+    (outcome,) = UserProfile(catalog, max_history=5, decay=0.8)([{USER_HISTORY_IDS: np.zeros((2, 0), np.int64)}])
+    np.testing.assert_array_equal(outcome[USER_EMBEDDING], np.zeros((2, 6), np.float32))
+
+
+def test_history_longer_than_declared_is_rejected_with_the_limit(catalog: Catalog) -> None:
+    (outcome,) = UserProfile(catalog, max_history=2, decay=0.8)([{USER_HISTORY_IDS: np.array([[10, 11, 12]])}])
+    assert isinstance(outcome, InvalidInput)
+    assert str(outcome) == "USER_HISTORY_IDS: 3 history items per request is more than max_history=2"
+
+
+def test_unknown_history_id_is_rejected_naming_the_history_tensor(catalog: Catalog) -> None:
+    (outcome,) = UserProfile(catalog, max_history=5, decay=0.8)([{USER_HISTORY_IDS: np.array([[10, 7]])}])
+    assert isinstance(outcome, InvalidInput) and outcome.tensor == USER_HISTORY_IDS
+    assert "[0, 1] = 7" in str(outcome)
+
+
+# --- cold encoder --------------------------------------------------------------------------------------
+
+
+def fake_text_embedder(calls: list[int]):
+    """Stands in for the BLS call: a deterministic embedding of each text's length and first byte."""
+
+    def embed(texts: np.ndarray) -> np.ndarray:
+        calls.append(len(texts))
+        return np.array([[len(t), t[0] if t else 0, 1.0] for t in texts], np.float32)
+
+    return embed
+
+
+def cold_request(texts: list[list[str]], features_width: int = 4) -> dict[str, np.ndarray]:
+    array = np.array([[t.encode() for t in row] for row in texts], dtype=object)
+    return {CANDIDATE_TEXTS: array, CANDIDATE_FEATURES: np.ones((*array.shape, features_width), np.float32)}
+
+
+def test_cold_encoder_embeds_all_texts_of_a_batch_in_encoder_sized_chunks() -> None:
+    calls: list[int] = []
+    encoder = ColdItemEncoder(fake_text_embedder(calls), dim=3, max_candidates=10, num_features=4, chunk_size=4)
+    first, second = encoder([cold_request([["a", "bb", "ccc"], ["d", "", "f"]]), cold_request([["gg", "h"]])])
+    assert calls == [4, 4]
+    assert first[ITEM_EMBEDDINGS].shape == (2, 3, 3) and second[ITEM_EMBEDDINGS].shape == (1, 2, 3)
+    assert first[ITEM_EMBEDDINGS][:, :, 0].tolist() == [[1, 2, 3], [1, 0, 1]]
+    assert second[ITEM_EMBEDDINGS][0, :, 1].tolist() == [ord("g"), ord("h")]
+    np.testing.assert_array_equal(first[ITEM_FEATURES_TENSOR], np.ones((2, 3, 4)))
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (cold_request([["a", "b"]], features_width=5), r"CANDIDATE_FEATURES: shape \[1, 2, 5\] does not match"),
+        (cold_request([["a"] * 11]), "CANDIDATE_TEXTS: 11 candidates per request is more than max_candidates=10"),
+        (
+            {CANDIDATE_TEXTS: np.array([[b"\xc3"]], object), CANDIDATE_FEATURES: np.ones((1, 1, 4), np.float32)},
+            r"CANDIDATE_TEXTS: element \[0, 0\] is not valid UTF-8",
+        ),
+    ],
+    ids=["feature-width", "too-many", "utf8"],
+)
+def test_cold_encoder_rejects_bad_candidates_without_embedding_them(request_, message: str) -> None:
+    calls: list[int] = []
+    encoder = ColdItemEncoder(fake_text_embedder(calls), dim=3, max_candidates=10, num_features=4, chunk_size=4)
+    (outcome,) = encoder([request_])
+    assert isinstance(outcome, InvalidInput)
+    assert re.search(message, str(outcome)), str(outcome)
+    assert calls == []
+
+
+# --- batching and the ORT runner ------------------------------------------------------------------------
+
+
+def test_group_by_shape_keeps_first_seen_order() -> None:
+    requests = [{"X": np.zeros((1, 8))}, {"X": np.zeros((2, 16))}, {"X": np.zeros((3, 8))}]
+    assert group_by_shape(requests) == [[0, 2], [1]]
+
+
+def test_run_stacked_runs_once_per_shape_and_splits_back() -> None:
+    calls = []
+
+    def double(tensors):
+        calls.append(tensors["X"].shape)
+        return {"Y": tensors["X"] * 2}
+
+    requests = [{"X": np.full((1, 2), 1.0)}, {"X": np.full((2, 3), 2.0)}, {"X": np.full((3, 2), 3.0)}]
+    results = run_stacked(requests, double)
+    assert calls == [(4, 2), (2, 3)]
+    for request, result in zip(requests, results):
+        np.testing.assert_array_equal(result["Y"], request["X"] * 2)
+
+
+def test_encoder_graph_gives_a_sample_alone_what_it_gives_it_inside_a_padded_batch(onnx_dir: Path, tokenizer) -> None:
+    graph = OrtGraph(onnx_dir / "query_encoder.onnx")
+    texts = ["red shoes", "waterproof hiking boots for winter", ""]
+    ids, mask = encode_batch(tokenizer, texts, BUCKETS)
+    (batched,) = graph([{INPUT_IDS: ids, ATTENTION_MASK: mask}])
+    for row, text in enumerate(texts):
+        alone_ids, alone_mask = encode_batch(tokenizer, [text], BUCKETS)
+        (alone,) = graph([{INPUT_IDS: alone_ids, ATTENTION_MASK: alone_mask}])
+        np.testing.assert_allclose(alone[EMBEDDING][0], batched[EMBEDDING][row], atol=1e-5)
+    np.testing.assert_array_equal(batched[EMBEDDING][2], 0.0)
