@@ -22,13 +22,10 @@ from aisle.schema import Schema, build_schema
 
 from .config import ClientConfig
 from .contract import CONTRACT_ENSEMBLES
-from .errors import InvalidInputError, NotFoundError, from_triton
+from .errors import InvalidInputError, from_triton
 from .requests import InferCall
 from .results import ServerInfo
 from .retry import Attempts
-
-#: Answers a server gives when asked about a model it does not have (Triton uses both).
-UNKNOWN_MODEL_ERRORS = (NotFoundError, InvalidInputError)
 
 #: Pause between readiness probes in wait_until_ready: short enough to notice readiness quickly,
 #: long enough not to load a server that is busy loading models.

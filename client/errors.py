@@ -86,6 +86,15 @@ STATUS_ERRORS: dict[str, type[AisleClientError]] = {
 }
 
 
+#: Answers whose status alone misleads, refined by the server's message. Triton answers NOT_FOUND
+#: "... has no available versions" for a model it knows but has not (or no longer) loaded, which
+#: is what every call sees while a server drains and unloads its models on shutdown: the model is
+#: unavailable for now, not unknown, so it maps to the retried UnavailableError.
+MESSAGE_ERRORS: tuple[tuple[str, str, type[AisleClientError]], ...] = (
+    ("NOT_FOUND", "has no available versions", UnavailableError),
+)
+
+
 class TritonException(Protocol):
     """The part of tritonclient's InferenceServerException the mapping reads (kept structural so
     this module imports nothing from tritonclient)."""
@@ -104,5 +113,9 @@ def status_name(error: TritonException) -> str | None:
 def from_triton(error: TritonException, *, request_id: str | None, what: str) -> AisleClientError:
     """Translate one tritonclient exception; `what` names the call ("rank", "server metadata")."""
     status = status_name(error)
-    cls = STATUS_ERRORS.get(status or "", ServerError)
-    return cls(f"{what}: {error.message() or 'no message from the server'}", request_id=request_id, status=status)
+    message = error.message() or "no message from the server"
+    cls = next(
+        (cls for code, fragment, cls in MESSAGE_ERRORS if code == status and fragment in message),
+        STATUS_ERRORS.get(status or "", ServerError),
+    )
+    return cls(f"{what}: {message}", request_id=request_id, status=status)

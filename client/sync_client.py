@@ -21,10 +21,10 @@ from tritonclient.utils import InferenceServerException
 
 from aisle.schema import EMBED_ITEM, EMBED_QUERY, Schema
 
-from .base import READY_POLL_S, UNKNOWN_MODEL_ERRORS, ClientBase, translated
+from .base import READY_POLL_S, ClientBase, translated
 from .config import ClientConfig
 from .contract import CONTRACT_ENSEMBLES, ServedEnsemble, verify_contract
-from .errors import UnavailableError
+from .errors import NotFoundError, UnavailableError
 from .requests import (
     AisleRequest,
     InferCall,
@@ -203,7 +203,7 @@ class AisleClient(ClientBase):
                 request_id,
                 deadline,
             )
-        except UNKNOWN_MODEL_ERRORS:
+        except NotFoundError:  # Triton's answer for a model it does not know
             return None
         return ServedEnsemble(metadata, config.config.max_batch_size)
 

@@ -11,6 +11,7 @@ from aisle.client.errors import (
     AisleClientError,
     DeadlineExceededError,
     InvalidInputError,
+    NotFoundError,
     ServerError,
     UnavailableError,
     from_triton,
@@ -54,3 +55,10 @@ def test_errors_keep_the_server_message_the_call_and_the_request_id() -> None:
 def test_every_client_error_is_an_aisle_error() -> None:
     for cls in {*STATUS_ERRORS.values(), ServerError}:
         assert issubclass(cls, AisleClientError) and issubclass(cls, AisleError)
+
+
+def test_a_model_with_no_loaded_version_is_unavailable_while_an_unknown_one_is_not_found() -> None:
+    draining = triton_error("NOT_FOUND", "Request for unknown model: 'rank' has no available versions")
+    unknown = triton_error("NOT_FOUND", "Request for unknown model: 'rank' is not found")
+    assert type(from_triton(draining, request_id=None, what="rank")) is UnavailableError
+    assert type(from_triton(unknown, request_id=None, what="rank")) is NotFoundError
