@@ -1,0 +1,144 @@
+"""Training configurations: validated dataclasses and the named presets `aisle train` offers.
+
+tiny: a few dozen steps on a few hundred rows, for tests (well under a minute).
+fast: the demo and the acceptance run; the whole `aisle train` on the small shop (~5k items,
+    ~20k sessions) within 6 minutes on 2 CPU cores. Its budget is spent where the gain is:
+    tower steps on the top layers only, the head over every train session.
+full: more steps, more trainable layers and larger batches for the full shop or a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from aisle.schema import HISTORY_DECAY, ITEM_BUCKETS, MAX_HISTORY, QUERY_BUCKETS
+
+
+def _positive(owner: object, *names: str) -> None:
+    for name in names:
+        value = getattr(owner, name)
+        if value <= 0:
+            raise ValueError(f"{type(owner).__name__}.{name}={value} must be positive")
+
+
+@dataclass(frozen=True)
+class TowerTraining:
+    """Contrastive fine-tuning of the query and item towers.
+
+    steps, batch_size: optimizer steps and (query, positive) pairs per step. Every pair brings a
+        hard negative, so a step encodes batch_size queries and 2 * batch_size items; a larger
+        batch gives each query more in-batch negatives at linear cost.
+    trainable_layers: encoder layers, counted from the top, that train. The layers below (and the
+        embeddings) stay frozen, so their outputs are computed once per text and cached: each
+        step then runs only the top layers, and the base and fine-tuned embeddings share the
+        frozen part. More layers adapt more and cost proportionally more per step.
+    temperature: InfoNCE softmax temperature on cosine similarities; ~0.05 is the usual value
+        for L2-normalised sentence embeddings (lower sharpens, higher smooths).
+    bf16: run the trainable layers under bfloat16 autocast while training (about twice as fast on
+        CPUs with AVX-512 BF16); weights stay float32 and every embedding the head, the
+        evaluation and serving see is computed in float32.
+    """
+
+    steps: int
+    batch_size: int
+    learning_rate: float
+    trainable_layers: int = 2
+    temperature: float = 0.05
+    warmup_fraction: float = 0.1
+    weight_decay: float = 0.01
+    bf16: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size", "learning_rate", "trainable_layers", "temperature")
+
+
+@dataclass(frozen=True)
+class HeadTraining:
+    """The fusion head, trained on session impressions over frozen tower embeddings.
+
+    random_negatives: catalog items added (gain 0) to each train session's impressions. The
+        served head ranks retrieved candidates, not only what a legacy system showed; without
+        easy negatives it never learns that an unrelated item must lose to any shown one.
+    max_sessions: a seeded sample of train sessions with a click (None: all of them).
+    """
+
+    epochs: int
+    batch_sessions: int
+    learning_rate: float
+    random_negatives: int = 32
+    hidden_dims: tuple[int, ...] = (256, 64)
+    dropout: float = 0.1
+    weight_decay: float = 0.01
+    max_sessions: int | None = None
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "batch_sessions", "learning_rate")
+        if self.random_negatives < 0:
+            raise ValueError(f"HeadTraining.random_negatives={self.random_negatives} must be >= 0")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Held-out ranking: each test session's impressions plus sampled catalog items.
+
+    sampled_candidates: catalog items (excluding the impressions) added to every pool, drawn with
+        the run's seed. Capped at the catalog size for tiny catalogs.
+    """
+
+    sampled_candidates: int = 1000
+    ndcg_k: int = 10
+    recall_k: int = 100
+
+    def __post_init__(self) -> None:
+        _positive(self, "sampled_candidates", "ndcg_k", "recall_k")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one `aisle train` run needs besides the data and the base model."""
+
+    towers: TowerTraining
+    head: HeadTraining
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    seed: int = 0
+    #: torch intra-op threads (the acceptance machine has 2 cores); None keeps torch's default.
+    threads: int | None = 2
+    tie_towers: bool = False
+    #: Texts per forward pass when embedding the catalog and the queries.
+    embed_batch_size: int = 64
+    query_buckets: tuple[int, ...] = QUERY_BUCKETS
+    item_buckets: tuple[int, ...] = ITEM_BUCKETS
+    max_history: int = MAX_HISTORY
+    history_decay: float = HISTORY_DECAY
+
+    def __post_init__(self) -> None:
+        _positive(self, "embed_batch_size", "max_history", "history_decay")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"TrainConfig.threads={self.threads} must be >= 1 or None")
+        if self.seed < 0:
+            raise ValueError(f"TrainConfig.seed={self.seed} must be >= 0")
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "tiny": TrainConfig(
+        towers=TowerTraining(steps=8, batch_size=16, learning_rate=1e-4, trainable_layers=1),
+        head=HeadTraining(epochs=2, batch_sessions=32, learning_rate=1e-3, random_negatives=8),
+        evaluation=Evaluation(sampled_candidates=100),
+    ),
+    "fast": TrainConfig(
+        towers=TowerTraining(steps=300, batch_size=32, learning_rate=2e-4, trainable_layers=2),
+        head=HeadTraining(epochs=3, batch_sessions=64, learning_rate=1e-3),
+    ),
+    "full": TrainConfig(
+        towers=TowerTraining(steps=3000, batch_size=64, learning_rate=1e-4, trainable_layers=6),
+        head=HeadTraining(epochs=5, batch_sessions=128, learning_rate=1e-3, random_negatives=64),
+        threads=None,
+    ),
+}
+
+
+def preset(name: str, *, seed: int = 0, tie_towers: bool = False) -> TrainConfig:
+    """A named preset with the run's seed and tower tying applied."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], seed=seed, tie_towers=tie_towers)
