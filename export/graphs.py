@@ -174,6 +174,8 @@ def export_onnx(
 ) -> dict[str, Path]:
     """Export a checkpoint's towers and head as fp32 graphs in `out_dir`; returns model name -> path.
 
+    The checkpoint's manifest (aisle.json) is copied beside the graphs.
+
     The checkpoint is loaded (and cross-checked against its manifest) by load_checkpoint, which
     raises CheckpointError naming a missing piece or a disagreeing field.
     """
@@ -185,6 +187,8 @@ def export_onnx(
     checkpoint = load_checkpoint(checkpoint_dir)
     schema = checkpoint.manifest.schema()
     out_dir.mkdir(parents=True, exist_ok=True)
+    # The manifest travels with the graphs: engine builds and repositories read buckets and dims from it.
+    checkpoint.manifest.save(out_dir)
     for tower in (checkpoint.query_tower, checkpoint.item_tower):
         tower.encoder.set_attn_implementation("eager")
     modules = {QUERY_ENCODER: checkpoint.query_tower, ITEM_ENCODER: checkpoint.item_tower, FUSION_HEAD: checkpoint.head}

@@ -281,6 +281,8 @@ class ParityReport:
     graphs: dict[str, dict[str, Any]] = field(default_factory=dict)
     retrieval: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: What produced each variant (optimizer fusions, fp16 node precisions, quantisation settings).
+    conversions: dict[str, Any] = field(default_factory=dict)
     benchmark: dict[str, Any] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
