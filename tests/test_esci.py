@@ -150,6 +150,13 @@ def test_ragged_csv_row_is_named(tmp_path: Path) -> None:
         load_esci(examples, write_csv(tmp_path / "products.csv", PRODUCT_HEADER, PRODUCTS))
 
 
+def test_non_utf8_csv_is_named(tmp_path: Path) -> None:
+    examples = tmp_path / "examples.csv"
+    examples.write_bytes(",".join(EXAMPLE_HEADER).encode() + b"\n0,caf\xe9,1,B01,us,E,1,1,train\n")
+    with pytest.raises(DataError, match="examples.csv:.*not readable as UTF-8 CSV"):
+        load_esci(examples, write_csv(tmp_path / "products.csv", PRODUCT_HEADER, PRODUCTS))
+
+
 def test_unsupported_file_type_is_refused(tables: tuple[Path, Path], tmp_path: Path) -> None:
     odd = tmp_path / "examples.xlsx"
     odd.write_text("")

@@ -71,7 +71,7 @@ class EsciOptions:
             raise DataError(f"max_queries={self.max_queries} must be at least 1")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Example:
     query_id: int
     query: str
@@ -105,13 +105,16 @@ def _check_columns(path: Path, present: list[str], required: tuple[str, ...], op
 def _csv_rows(path: Path, required: tuple[str, ...], optional: tuple[str, ...]) -> Iterator[tuple[int, dict[str, str]]]:
     with path.open(encoding="utf-8", newline="") as handle:
         reader = csv.reader(handle)
-        header = next(reader, [])
-        wanted = _check_columns(path, header, required, optional)
-        where = [header.index(c) for c in wanted]
-        for number, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise DataError(f"{path}:{number}: {len(row)} fields, the header has {len(header)}")
-            yield number, {c: row[i] for c, i in zip(wanted, where)}
+        try:
+            header = next(reader, [])
+            wanted = _check_columns(path, header, required, optional)
+            where = [header.index(c) for c in wanted]
+            for row in reader:
+                if len(row) != len(header):
+                    raise DataError(f"{path}:{reader.line_num}: {len(row)} fields, the header has {len(header)}")
+                yield reader.line_num, {c: row[i] for c, i in zip(wanted, where)}
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"{path}:{reader.line_num}: not readable as UTF-8 CSV: {e}") from e
 
 
 def _parquet_rows(
@@ -138,6 +141,7 @@ def _parquet_rows(
 
 
 def _read_examples(path: Path, options: EsciOptions) -> list[_Example]:
+    """The examples of the wanted locale, checked row by row (label, query_id, split)."""
     examples = []
     for number, row in _rows(path, EXAMPLE_COLUMNS, EXAMPLE_OPTIONAL):
         locale = row.get("product_locale", "")
