@@ -86,12 +86,15 @@ STATUS_ERRORS: dict[str, type[AisleClientError]] = {
 }
 
 
-#: Answers whose status alone misleads, refined by the server's message. Triton answers NOT_FOUND
-#: "... has no available versions" for a model it knows but has not (or no longer) loaded, which
-#: is what every call sees while a server drains and unloads its models on shutdown: the model is
-#: unavailable for now, not unknown, so it maps to the retried UnavailableError.
+#: Answers whose status alone misleads, refined by the server's message:
+#: - NOT_FOUND "... has no available versions": a model Triton knows but has not (or no longer)
+#:   loaded, which every call sees while a server drains and unloads its models on shutdown. It is
+#:   unavailable for now, not unknown: the retried UnavailableError.
+#: - UNAVAILABLE "This protocol is restricted, expecting header ...": the call lacks the header of
+#:   a server started with --grpc-restricted-protocol. Retrying cannot add it: PermissionDeniedError.
 MESSAGE_ERRORS: tuple[tuple[str, str, type[AisleClientError]], ...] = (
     ("NOT_FOUND", "has no available versions", UnavailableError),
+    ("UNAVAILABLE", "This protocol is restricted", PermissionDeniedError),
 )
 
 

@@ -12,6 +12,7 @@ from aisle.client.errors import (
     DeadlineExceededError,
     InvalidInputError,
     NotFoundError,
+    PermissionDeniedError,
     ServerError,
     UnavailableError,
     from_triton,
@@ -62,3 +63,9 @@ def test_a_model_with_no_loaded_version_is_unavailable_while_an_unknown_one_is_n
     unknown = triton_error("NOT_FOUND", "Request for unknown model: 'rank' is not found")
     assert type(from_triton(draining, request_id=None, what="rank")) is UnavailableError
     assert type(from_triton(unknown, request_id=None, what="rank")) is NotFoundError
+
+
+def test_a_missing_restricted_protocol_header_is_permission_denied_not_a_retried_outage() -> None:
+    message = "This protocol is restricted, expecting header 'triton-grpc-protocol-aisle-key'"
+    error = from_triton(triton_error("UNAVAILABLE", message), request_id=None, what="rank")
+    assert type(error) is PermissionDeniedError and error.status == "UNAVAILABLE"
