@@ -123,7 +123,7 @@ def _parquet_rows(
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow), or pass the CSV") from e
+        raise DataError(f"{path}: reading parquet needs pyarrow ({e}): pip install pyarrow, or pass the CSV") from e
     try:
         table = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a file that is not parquet
