@@ -19,6 +19,7 @@ inputs would never see.
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -114,7 +115,11 @@ def export_module(
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         traced = Path(scratch) / path.name
         try:
-            with torch.inference_mode(False), torch.no_grad():
+            # The tracer warns about Python-level shape checks in transformers' mask code; they do
+            # not bind the graph to the traced shape, which the parity gate checks at other shapes.
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", message="Exporting aten::index operator")
                 torch.onnx.export(
                     module,
                     trace_inputs(decl),

@@ -1,8 +1,8 @@
 """`aisle export onnx` as a function: graphs, optional variants, the parity gate, the report.
 
-Order matters for users: inputs are validated before minutes of export work, the report is written
-whether or not the gate passes (so a failure can be inspected), and only then does a failed gate
-raise ParityError (exit status 2 at the CLI).
+Order matters for users: inputs are validated before minutes of export work, and the report is
+written whether or not the gate passes, so a failure can be inspected. Callers then call
+`report.raise_on_failure(path)` (the CLI prints the summary first), which raises ParityError.
 """
 
 from __future__ import annotations
@@ -52,14 +52,18 @@ def progress_steps(options: OnnxExportOptions) -> list[str]:
     return [
         "export fp32 graphs",
         *(f"build {v.value} towers" for v in options.variants),
-        "PyTorch references",
-        *(f"parity {v.value}" for v in (Variant.FP32, *options.variants)),
+        *gate_steps(options.variants),
         *(["benchmark"] if options.benchmark else []),
     ]
 
 
+def gate_steps(variants: tuple[Variant, ...]) -> list[str]:
+    """The steps gate_graphs announces."""
+    return ["PyTorch references", *(f"parity {v.value}" for v in (Variant.FP32, *variants))]
+
+
 def run_onnx_export(options: OnnxExportOptions, progress: Progress | None = None) -> tuple[ParityReport, Path]:
-    """Export, gate and report; returns the (passing) report and its path, raises ParityError on failure."""
+    """Export, gate and write the report; returns it and its path (check `report.passed`)."""
     from aisle.data.format import load_dataset
     from aisle.modeling.checkpoint import require_pieces
 
@@ -78,9 +82,7 @@ def run_onnx_export(options: OnnxExportOptions, progress: Progress | None = None
     if options.benchmark:
         step("benchmark")
         report.benchmark = benchmark_query_tower(options, out, dataset)
-    path = report.write(out)
-    report.raise_on_failure(path)
-    return report, path
+    return report, report.write(out)
 
 
 def gate_graphs(
@@ -132,9 +134,7 @@ def check_onnx_dir(
     report = gate_graphs(
         checkpoint_dir, dataset, data_dir, graph_dir, present_variants(graph_dir), progress or (lambda _: None)
     )
-    path = report.write(graph_dir)
-    report.raise_on_failure(path)
-    return report, path
+    return report, report.write(graph_dir)
 
 
 def _build_variants(options: OnnxExportOptions, out: Path, step: Progress) -> dict[str, dict]:

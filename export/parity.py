@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,8 @@ INTRA_OP_THREADS = 2
 
 #: A case: a name and the model's inputs, in the order of its ModelDecl.inputs.
 Case = tuple[str, tuple[np.ndarray, ...]]
+#: Anything that runs one model on its inputs (onnxruntime session, TensorRT engine) -> its output.
+Runner = Callable[[tuple[np.ndarray, ...]], np.ndarray]
 
 
 # --- measures ----------------------------------------------------------------------------------
@@ -260,6 +263,22 @@ def run_session(session: onnxruntime.InferenceSession, decl: ModelDecl, inputs: 
     return session.run([decl.outputs[0].name], feeds)[0]
 
 
+def ort_runner(path: Path, decl: ModelDecl) -> Runner:
+    """A Runner over an onnxruntime CPU session; load and run failures become ExportError naming the file."""
+    try:
+        session = cpu_session(path)
+    except Exception as e:  # onnxruntime raises its own, unexported exception types
+        raise ExportError(f"{path.name}: onnxruntime CPU cannot load this graph: {e}") from e
+
+    def run(inputs: tuple[np.ndarray, ...]) -> np.ndarray:
+        try:
+            return run_session(session, decl, inputs)
+        except Exception as e:
+            raise ExportError(f"{path.name}: onnxruntime CPU cannot run this graph: {e}") from e
+
+    return run
+
+
 def run_torch(module: Any, inputs: tuple[np.ndarray, ...]) -> np.ndarray:
     import torch
 
@@ -295,6 +314,35 @@ class ParityReport:
         path.write_text(json.dumps({**asdict(self), "passed": self.passed}, indent=2, allow_nan=True) + "\n")
         return path
 
+    def summary(self) -> list[str]:
+        """One line per graph output, retrieval ranking, skipped check and measured speed ratio."""
+        lines = []
+        for label, entry in self.graphs.items():
+            for output, stats in entry["outputs"].items():
+                line = (
+                    f"{label:28} {output:10} max|Δ|={stats['max_abs']:.2e} mean|Δ|={stats['mean_abs']:.2e} "
+                    f"min cosine={stats['min_cosine']:.6f}"
+                )
+                if stats["min_top_k_overlap"] is not None:
+                    line += f" min top-{TOP_K} overlap={stats['min_top_k_overlap']:.2f}"
+                lines.append(line)
+        for key, stats in self.retrieval.items():
+            lines.append(
+                f"retrieval ranking {key:10} min top-{TOP_K} overlap={stats['min_top_k_overlap']:.2f} "
+                f"(mean {stats['mean_top_k_overlap']:.2f}) over {stats['rows']} queries"
+            )
+        lines += [f"skipped {what}: {why}" for what, why in self.skipped.items()]
+        for label, ratios in self.benchmark.get("ratio_vs_fp32", {}).items():
+            speeds = self.benchmark["seq_per_s"][label]
+            lines.append(
+                f"speed {label} vs fp32: "
+                + ", ".join(f"{key} x{value:.2f}" for key, value in ratios.items())
+                + " ("
+                + ", ".join(f"{key}={value:.0f}" for key, value in speeds.items())
+                + ")"
+            )
+        return lines
+
     def raise_on_failure(self, report_path: Path) -> None:
         if self.failures:
             raise ParityError("parity gate failed:\n  " + "\n  ".join(self.failures) + f"\nfull report: {report_path}")
@@ -324,16 +372,7 @@ class ParityGate:
         histories = self.inputs.histories or [list(range(min(5, len(items))))]
         return np.stack([user_vector(items[h], decay) for h in histories])
 
-    def _run_all(self, model: str, path: Path, cases: list[Case]) -> list[np.ndarray]:
-        """Outputs of one graph on `cases`; raises ExportError when onnxruntime CPU cannot run it."""
-        decl = self.schema.model(model)
-        try:
-            session = cpu_session(path)
-            return [run_session(session, decl, case) for _, case in cases]
-        except Exception as e:  # onnxruntime raises its own, unexported exception types
-            raise ExportError(f"{path.name}: onnxruntime CPU cannot run this graph: {e}") from e
-
-    def _record(self, report: ParityReport, model: str, path: Path, gate: Gate, outputs: list[np.ndarray]) -> None:
+    def _record(self, report: ParityReport, model: str, label: str, gate: Gate, outputs: list[np.ndarray]) -> None:
         output_name = self.schema.model(model).outputs[0].name
         ranking = model == FUSION_HEAD
         per_case = {
@@ -341,44 +380,63 @@ class ParityGate:
             for (name, _), reference, actual in zip(self.cases[model], self.references[model], outputs)
         }
         merged = Stats.merge(list(per_case.values()))
-        report.graphs[path.name] = {
+        report.graphs[label] = {
             "model": model,
             "gate": gate.as_dict(),
             "outputs": {output_name: asdict(merged)},
             "cases": {name: asdict(stats) for name, stats in per_case.items()},
         }
-        report.failures += merged.failures(gate, path.name, output_name)
+        report.failures += merged.failures(gate, label, output_name)
 
-    def check_towers(self, report: ParityReport, graph_dir: Path, variant: Variant) -> None:
-        """Both towers of one variant: per-graph stats, then the retrieval ranking they produce together.
-
-        A graph onnxruntime CPU cannot run fails the gate, except an fp16 graph: fp16 is meant for
-        GPU runtimes, so its parity is skipped with the runtime's reason instead.
-        """
-        gate = TOWER_GATES[variant]
+    def check_tower_pair(
+        self, report: ParityReport, runners: dict[str, tuple[str, Runner]], gate: Gate, key: str
+    ) -> None:
+        """Both towers (model -> (label, runner)): each tower's stats, then the retrieval ranking they
+        produce together, recorded under `key`."""
         retrieval = []
         for model, cases in (
             (QUERY_ENCODER, self.inputs.retrieval_queries),
             (ITEM_ENCODER, self.inputs.retrieval_items),
         ):
-            path = graph_dir / graph_file(model, variant)
-            try:
-                self._record(report, model, path, gate, self._run_all(model, path, self.cases[model]))
-                retrieval.append(np.concatenate(self._run_all(model, path, cases)))
-            except ExportError as e:
-                if variant is not Variant.FP16:
-                    raise
-                report.skipped[path.name] = str(e)
-                return
+            label, runner = runners[model]
+            self._record(report, model, label, gate, [runner(case) for _, case in self.cases[model]])
+            retrieval.append(np.concatenate([runner(case) for _, case in cases]))
         stats = compare(self.retrieval_reference, retrieval[0] @ retrieval[1].T, ranking=True)
-        pair = f"{graph_file(QUERY_ENCODER, variant)}+{graph_file(ITEM_ENCODER, variant)}"
-        report.retrieval[variant.value] = {"graphs": pair, **asdict(stats)}
+        pair = f"{runners[QUERY_ENCODER][0]}+{runners[ITEM_ENCODER][0]}"
+        report.retrieval[key] = {"graphs": pair, **asdict(stats)}
         ranking_gate = Gate(min_top_k_overlap=gate.min_top_k_overlap)
         report.failures += stats.failures(ranking_gate, pair, "retrieval ranking (EMBEDDING·EMBEDDING)")
 
+    def check_head_runner(self, report: ParityReport, label: str, runner: Runner, gate: Gate) -> None:
+        self._record(report, FUSION_HEAD, label, gate, [runner(case) for _, case in self.cases[FUSION_HEAD]])
+
+    def check_towers(self, report: ParityReport, graph_dir: Path, variant: Variant) -> None:
+        """One variant's tower graphs on onnxruntime CPU.
+
+        A graph that cannot run fails the gate, except an fp16 graph: fp16 targets GPU runtimes, so
+        when onnxruntime CPU cannot run it its parity is skipped, with onnxruntime's reason.
+        """
+        try:
+            runners = {
+                model: (
+                    graph_file(model, variant),
+                    ort_runner(graph_dir / graph_file(model, variant), self.schema.model(model)),
+                )
+                for model in (QUERY_ENCODER, ITEM_ENCODER)
+            }
+            self.check_tower_pair(report, runners, TOWER_GATES[variant], variant.value)
+        except ExportError as e:
+            if variant is Variant.FP16:
+                report.skipped[f"{variant.value} towers"] = str(e)
+            else:
+                report.failures.append(str(e))
+
     def check_head(self, report: ParityReport, graph_dir: Path) -> None:
         path = graph_dir / graph_file(FUSION_HEAD)
-        self._record(report, FUSION_HEAD, path, HEAD_GATE, self._run_all(FUSION_HEAD, path, self.cases[FUSION_HEAD]))
+        try:
+            self.check_head_runner(report, path.name, ort_runner(path, self.schema.model(FUSION_HEAD)), HEAD_GATE)
+        except ExportError as e:
+            report.failures.append(str(e))
 
 
 def new_report(checkpoint_dir: Path, data_dir: Path) -> ParityReport:

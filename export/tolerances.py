@@ -50,5 +50,8 @@ TOWER_GATES: dict[Variant, Gate] = {
     Variant.FP16: Gate(min_cosine=0.999, min_top_k_overlap=0.95),
 }
 
-#: Fusion head (fp32 only): SCORES against the PyTorch head; top-K overlap of each query's ranking.
+#: Fusion head graph (fp32): SCORES against the PyTorch head.
 HEAD_GATE = Gate(max_abs=1e-4)
+#: Fusion head in a TensorRT FP16 engine: scores judged like fp16 towers, by cosine and the
+#: top-K overlap of each request's ranking.
+FP16_HEAD_GATE = Gate(min_cosine=0.999, min_top_k_overlap=0.95)
