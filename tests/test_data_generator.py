@@ -1,5 +1,8 @@
 """The synthetic shop: determinism, referential integrity, cold start, judgments, sessions, CLI errors."""
 
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -20,8 +23,10 @@ def shop(tiny_data: Path) -> Dataset:
     return load_dataset(tiny_data)
 
 
-def test_same_seed_writes_identical_bytes_through_the_cli(tiny_data: Path, tmp_path: Path) -> None:
-    assert main(["data", "--out", str(tmp_path), "--preset", "tiny", "--seed", "0"]) == 0
+def test_same_seed_writes_identical_bytes_in_another_process(tiny_data: Path, tmp_path: Path) -> None:
+    """A fresh interpreter with another string-hash seed: no set or dict order leaks into the bytes."""
+    command = [sys.executable, "-m", "aisle.cli", "data", "--out", str(tmp_path), "--preset", "tiny", "--seed", "0"]
+    subprocess.run(command, check=True, capture_output=True, env={**os.environ, "PYTHONHASHSEED": "12345"})
     for name in FILES:
         assert (tmp_path / name).read_bytes() == (tiny_data / name).read_bytes(), name
 

@@ -38,8 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from aisle.errors import DataError
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # fail before minutes of work
+        raise DataError(f"{args.out}: exists and is not a directory")
     if args.esci_examples or args.esci_products:
         if not (args.esci_examples and args.esci_products):
             raise DataError("--esci-examples and --esci-products go together: give both files")
