@@ -90,15 +90,15 @@ def split_of(session_id: int) -> str:
 
 # --- catalog -------------------------------------------------------------------------------------
 
-#: Global value ids per attribute kind (union over leaves, first-seen order).
-_VALUES: dict[str, list[str]] = {kind.key: [] for kind in ATTRIBUTE_KINDS}
-for _leaf in LEAVES:
-    for _kind, _values in _leaf.attributes:
-        _VALUES[_kind.key].extend(v for v in _values if v not in _VALUES[_kind.key])
+#: Global value ids per attribute kind, and brand ids: unions over leaves, in first-seen order.
+_VALUES: dict[str, list[str]] = {
+    kind.key: list(dict.fromkeys(v for leaf in LEAVES for k, values in leaf.attributes if k is kind for v in values))
+    for kind in ATTRIBUTE_KINDS
+}
+_VALUE_ID = {key: {value: i for i, value in enumerate(values)} for key, values in _VALUES.items()}
 _KIND_INDEX = {kind.key: k for k, kind in enumerate(ATTRIBUTE_KINDS)}
-_BRANDS: list[str] = []
-for _leaf in LEAVES:
-    _BRANDS.extend(b for b in _leaf.brands if b not in _BRANDS)
+_BRANDS: list[str] = list(dict.fromkeys(brand for leaf in LEAVES for brand in leaf.brands))
+_BRAND_ID = {brand: i for i, brand in enumerate(_BRANDS)}
 _LEAF_INDEX = {leaf.name: index for index, leaf in enumerate(LEAVES)}
 
 
@@ -168,9 +168,9 @@ def _draw_listings(rng: np.random.Generator, counts: np.ndarray) -> _Listings:
             values = [(kind, vals[d[row_index]]) for (kind, vals), d in zip(leaf.attributes, drawn)]
             row = np.full(len(ATTRIBUTE_KINDS), -1)
             for kind, value in values:
-                row[_KIND_INDEX[kind.key]] = _VALUES[kind.key].index(value)
+                row[_KIND_INDEX[kind.key]] = _VALUE_ID[kind.key][value]
             listings.leaf.append(leaf_id)
-            listings.brand.append(_BRANDS.index(brand))
+            listings.brand.append(_BRAND_ID[brand])
             listings.line.append(line_index[key])
             listings.attrs.append(row)
             listings.titles.append(_title(brand, line, leaf, values))
@@ -469,6 +469,9 @@ class _Users:
 
 
 def _build_users(rng: np.random.Generator, config: GeneratorConfig) -> _Users:
+    """Each user likes 1-3 leaves in 1-2 top categories (sometimes one more anywhere), 2-4 brands
+    of those leaves, maybe avoids one, has a gender, a colour and a price sensitivity (some like
+    premium: the sensitivity is negative for ~5%); activity is log-normal (a few heavy users)."""
     tops = list(dict.fromkeys(leaf.path[0] for leaf in LEAVES))
     leaves_of = {top: [i for i, leaf in enumerate(LEAVES) if leaf.path[0] == top] for top in tops}
     n = config.num_users
@@ -483,12 +486,12 @@ def _build_users(rng: np.random.Generator, config: GeneratorConfig) -> _Users:
             leaf_affinity[user, chosen] = np.exp(rng.normal(0.0, 0.3, size=len(chosen)))
         if rng.random() < 0.5:
             leaf_affinity[user, int(rng.integers(len(LEAVES)))] = np.exp(rng.normal(-0.5, 0.3))
-        candidates = sorted({_BRANDS.index(b) for i in np.flatnonzero(leaf_affinity[user]) for b in LEAVES[i].brands})
-        liked = rng.choice(candidates, size=min(len(candidates), int(rng.integers(2, 5))), replace=False)
-        brand_affinity[user, liked] = rng.uniform(0.6, 1.4, size=len(liked))
-        if rng.random() < 0.5:
-            brand_affinity[user, int(rng.choice(candidates))] = -1.0
-    genders = [_VALUES[GENDER.key].index(g) for g in ("Men", "Women")]
+        candidates = sorted({_BRAND_ID[b] for i in np.flatnonzero(leaf_affinity[user]) for b in LEAVES[i].brands})
+        picked = rng.permutation(candidates)[: int(rng.integers(2, 5)) + 1]
+        brand_affinity[user, picked[:-1]] = rng.uniform(0.6, 1.4, size=len(picked) - 1)
+        if rng.random() < 0.5:  # one brand of their leaves they avoid
+            brand_affinity[user, picked[-1]] = -1.0
+    genders = [_VALUE_ID[GENDER.key][g] for g in ("Men", "Women")]
     return _Users(
         leaf_affinity=leaf_affinity,
         brand_affinity=brand_affinity,
@@ -501,10 +504,13 @@ def _build_users(rng: np.random.Generator, config: GeneratorConfig) -> _Users:
 
 # --- sessions ------------------------------------------------------------------------------------
 
-#: Hidden utility weights. Relevance of a shown item to the search by ESCI label:
+#: Hidden utility of a shown item = relevance + _utility (taste, quality) + position bias + noise.
+#: Relevance of a search result by ESCI label (E, S, C, I); a feed item's is its leaf affinity - 0.5.
 _RELEVANCE = np.array([2.0, 0.6, -0.5, -2.0])
 _GENDER_K = _KIND_INDEX[GENDER.key]
 _COLOR_K = _KIND_INDEX[COLOR.key]
+#: A click needs utility + position bias + Gumbel noise above the first (~11-13% of impressions);
+#: a purchase needs a clicked item's utility + fresh noise above the second (~35-40% of clicks).
 _CLICK_THRESHOLD = 3.0
 _PURCHASE_THRESHOLD = 4.0
 _FEED_POPULAR_SHARE = 0.4
