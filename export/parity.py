@@ -40,7 +40,7 @@ REPORT_FILE = "parity_report.json"
 #: Batch sizes every graph is run at.
 BATCH_SIZES = (1, 7, 64)
 #: Catalog items used for head candidates and the retrieval ranking (keeps the gate fast).
-MAX_CATALOG = 128
+MAX_CATALOG = 64
 #: Candidates per head request.
 HEAD_CANDIDATES = 100
 #: Threads per ORT session: the serving CPUs' default and the benchmark's setting.
@@ -224,8 +224,9 @@ def head_cases(
     and one has no known feature at all.
     """
     catalog, dim = item_embeddings.shape
-    queries = np.concatenate([np.zeros((1, dim), np.float32), query_embeddings])
-    users = np.concatenate([users, np.zeros((1, dim), np.float32)])
+    # Row 0 is a real query and user; rows 1 and 2 bring an empty query and an empty history.
+    queries = np.insert(query_embeddings, 1, 0.0, axis=0)
+    users = np.insert(users, min(2, len(users)), 0.0, axis=0)
 
     def request(batch: int, candidates: int) -> tuple[np.ndarray, ...]:
         rows = [np.roll(np.arange(catalog), -7 * b)[:candidates] for b in range(batch)]
