@@ -118,16 +118,19 @@ def ort_session(onnx_path: str | Path, threads: int):
 def ort_throughput(
     session, batches: Sequence[Batch], shape: EncoderShape, *, name: str, padding: str, duration_s: float
 ) -> OrtResult:
-    """Run `batches` round-robin for `duration_s` (after one warm-up pass) and time each run."""
+    """Run `batches` round-robin for `duration_s` (after a short warm-up) and time each run.
+
+    Token means describe the batch set; GFLOP/s count the FLOPs of the batches actually run.
+    """
     if not batches:
         raise BenchmarkError(f"ORT baseline {name!r}: no batches to run")
     output = session.get_outputs()[0].name
     for ids, mask in batches[: min(len(batches), 4)]:
         session.run([output], {INPUT_IDS: ids, ATTENTION_MASK: mask})
+    flops = [shape.batch_flops(mask) for _, mask in batches]
     latencies: list[float] = []
     sequences = 0
     useful = executed = 0.0
-    tokens = padded = 0
     deadline = time.perf_counter() + duration_s
     index = 0
     while time.perf_counter() < deadline or not latencies:
@@ -136,11 +139,10 @@ def ort_throughput(
         session.run([output], {INPUT_IDS: ids, ATTENTION_MASK: mask})
         latencies.append(time.perf_counter() - start)
         sequences += len(ids)
-        u, e = shape.batch_flops(mask)
-        useful, executed = useful + u, executed + e
-        tokens += int(mask.sum())
-        padded += mask.size
+        useful += flops[index % len(batches)][0]
+        executed += flops[index % len(batches)][1]
         index += 1
+    total = sum(len(ids) for ids, _ in batches)
     busy = sum(latencies)
     return OrtResult(
         name=name,
@@ -149,8 +151,8 @@ def ort_throughput(
         threads=session.get_session_options().intra_op_num_threads,
         throughput_seqs=sequences / busy,
         latency=Latency.of(latencies),
-        mean_tokens=tokens / sequences,
-        mean_padded_tokens=padded / sequences,
+        mean_tokens=sum(int(mask.sum()) for _, mask in batches) / total,
+        mean_padded_tokens=sum(mask.size for _, mask in batches) / total,
         useful_gflops=useful / busy / 1e9,
         executed_gflops=executed / busy / 1e9,
     )

@@ -186,6 +186,8 @@ async def closed_loop(
         while not stopping.is_set():
             await recorder.timed(call, requests[index % len(requests)], time.perf_counter())
             index += concurrency
+            # A call that fails (or finishes) without suspending would otherwise starve the loop.
+            await asyncio.sleep(0)
 
     tasks = [asyncio.create_task(worker(k)) for k in range(concurrency)]
     try:

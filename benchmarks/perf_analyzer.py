@@ -96,14 +96,16 @@ class PerfAnalyzer:
 
 def _bundled_lib_dir(cache_dir: Path) -> Path:
     """Symlink nvidia_pytriton.libs' hashed libb64/libcudart copies under their sonames."""
+    from aisle.model_repository.errors import ServingError
+    from aisle.model_repository.server import pytriton_libs
+
     try:
-        import nvidia_pytriton  # noqa: F401 - only its location matters
-    except ImportError as e:
+        libs = pytriton_libs()
+    except ServingError as e:
         raise PerfAnalyzerError(
             "the legacy perf_analyzer needs libb64.so.0d and libcudart.so.12; install nvidia-pytriton "
-            "(aisle[serve]) or the Debian package libb64-0d plus PyPI nvidia-cuda-runtime-cu12"
+            f"(aisle[serve]) or the Debian package libb64-0d plus PyPI nvidia-cuda-runtime-cu12 ({e})"
         ) from e
-    libs = Path(sys.modules["nvidia_pytriton"].__path__[0]).parent / "nvidia_pytriton.libs"
     lib_dir = cache_dir / "lib"
     lib_dir.mkdir(parents=True, exist_ok=True)
     for soname, prefix in BUNDLED_LIBS.items():
@@ -142,7 +144,7 @@ def _extract_from_wheel(source: WheelSource, cache_dir: Path) -> Path:
 
 def locate(cache_dir: Path | None = None, *, install: bool = True) -> PerfAnalyzer:
     """Find a perf_analyzer that runs here, installing it into `cache_dir` if allowed (see module doc)."""
-    cache_dir = Path(cache_dir or default_cache_dir())
+    cache_dir = Path(cache_dir or default_cache_dir()).resolve()
     explicit = os.environ.get(ENV_BINARY) or shutil.which(BINARY)
     if explicit:
         found = PerfAnalyzer(Path(explicit))

@@ -54,6 +54,8 @@ class SuiteConfig:
     concurrencies: the closed-loop sweep of embed_query; the other workloads run at the target levels.
     rate_fractions: open-loop Poisson rates, as fractions of embed_query's peak closed-loop throughput.
     threads: intra-op threads of raw ORT and the GEMM measurement (the cores the server gets).
+    graph: the query encoder ONNX graph of the raw ORT baseline; default: the one in `repo`, else
+        exported from `checkpoint` into the results directory.
     """
 
     out: Path
@@ -68,6 +70,7 @@ class SuiteConfig:
     threads: int = 2
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     perf_analyzer_cache: Path | None = None
+    graph: Path | None = None
     server_start_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
@@ -146,6 +149,8 @@ def default_pad_length(model_dir: Path, fallback: int) -> int:
 
 def query_graph(config: SuiteConfig, out: Path) -> Path:
     """The query encoder graph Triton runs (from the repository), else a fresh export of the checkpoint."""
+    if config.graph:
+        return Path(config.graph)
     if config.repo:
         served = sorted((Path(config.repo) / QUERY_ENCODER).rglob("*.onnx"))
         if served:
