@@ -99,6 +99,7 @@ class OrtResult:
     mean_padded_tokens: float
     useful_gflops: float
     executed_gflops: float
+    other_cpu_cores: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

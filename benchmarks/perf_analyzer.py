@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +230,12 @@ class SweepResult:
 
 #: perf_analyzer CSV columns (microseconds) reported per request, server side.
 SERVER_COLUMNS = ("Server Queue", "Server Compute Input", "Server Compute Infer", "Server Compute Output")
+#: All components of the mean latency (the CSV has no average column; these add up to it).
+LATENCY_COLUMNS = ("Client Send", "Network+Server Send/Recv", *SERVER_COLUMNS, "Client Recv")
+#: What perf_analyzer prints when no `max_trials` consecutive windows agreed within -s percent.
+UNSTABLE = "Failed to obtain stable measurement"
+#: -s of the retry after an unstable run: every window is accepted, the point is marked unstable.
+ACCEPT_ANY_PCT = 1000.0
 
 
 def parse_csv(path: Path, sweep: Sweep, workload: str, log: str) -> SweepResult:
@@ -242,7 +248,7 @@ def parse_csv(path: Path, sweep: Sweep, workload: str, log: str) -> SweepResult:
     try:
         us = {key: float(row[f"p{p} latency"]) for key, p in (("p50", 50), ("p90", 90), ("p95", 95), ("p99", 99))}
         throughput = float(row["Inferences/Second"])
-        mean_us = float(row["Avg latency"])
+        mean_us = sum(float(row[column]) for column in LATENCY_COLUMNS)
         server = {column: float(row[column]) for column in SERVER_COLUMNS}
     except KeyError as e:
         raise PerfAnalyzerError(f"{path}: missing column {e.args[0]!r} (columns: {list(row)})") from e
@@ -257,15 +263,32 @@ def parse_csv(path: Path, sweep: Sweep, workload: str, log: str) -> SweepResult:
         errors=0,
         requests=round(throughput * duration_s),
         duration_s=duration_s,
-        stable="unstable" not in log.lower() and "failed to obtain stable" not in log.lower(),
+        stable=sweep.stability_pct < ACCEPT_ANY_PCT,
     )
     return SweepResult(point, server, log)
 
 
 def run_sweep(analyzer: PerfAnalyzer, sweep: Sweep, workload: str, out_dir: Path, *, timeout_s: float) -> SweepResult:
-    """Run one level and parse it. perf_analyzer exits non-zero on any failed request, so errors=0."""
+    """Run one level and parse it. perf_analyzer exits non-zero on any failed request, so errors=0.
+
+    perf_analyzer also exits non-zero, writing no CSV, when the windows never agree (common on
+    shared cores); the level is then measured once more accepting any windows, and marked unstable.
+    """
+    try:
+        return _run_once(analyzer, sweep, workload, out_dir, timeout_s=timeout_s)
+    except _Unstable:
+        relaxed = replace(sweep, stability_pct=ACCEPT_ANY_PCT, max_trials=3)
+        return _run_once(analyzer, relaxed, workload, out_dir, timeout_s=timeout_s)
+
+
+class _Unstable(PerfAnalyzerError):
+    """perf_analyzer found no stable measurement within its max trials."""
+
+
+def _run_once(analyzer: PerfAnalyzer, sweep: Sweep, workload: str, out_dir: Path, *, timeout_s: float) -> SweepResult:
     level = f"c{sweep.concurrency}" if sweep.concurrency is not None else f"r{sweep.rate_rps:g}"
     csv_path = Path(out_dir) / f"{workload}_{level}.csv"
+    csv_path.unlink(missing_ok=True)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
     command = [str(analyzer.binary), *sweep.arguments(csv_path)]
     try:
@@ -274,6 +297,8 @@ def run_sweep(analyzer: PerfAnalyzer, sweep: Sweep, workload: str, out_dir: Path
         raise PerfAnalyzerError(f"perf_analyzer on {sweep.model} ({level}) ran past {timeout_s:.0f} s") from e
     log = done.stdout + done.stderr
     csv_path.with_suffix(".log").write_text(log)
+    if done.returncode != 0 and UNSTABLE in log:
+        raise _Unstable(f"perf_analyzer on {sweep.model} ({level}): {UNSTABLE}")
     if done.returncode != 0 or not csv_path.is_file():
         raise PerfAnalyzerError(
             f"perf_analyzer on {sweep.model} ({level}) exited {done.returncode}: {log.strip()[-1500:]}"

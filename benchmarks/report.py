@@ -83,7 +83,7 @@ def points_table(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def ort_table(ort: list[dict], gemm_gflops: float) -> str:
+def ort_table(ort: list[dict], machine: dict) -> str:
     lines = [
         "| run | batch | padding | seq/s | p50 ms/batch | real tokens | padded tokens | GFLOP/s real "
         "| GFLOP/s executed |",
@@ -96,8 +96,21 @@ def ort_table(ort: list[dict], gemm_gflops: float) -> str:
             f"| {r['useful_gflops']:.1f} | {r['executed_gflops']:.1f} |"
         )
     threads = ort[0]["threads"] if ort else "?"
-    lines.append(f"\nMeasured fp32 GEMM rate (torch, {threads} threads): {gemm_gflops:.1f} GFLOP/s")
+    lines.append(
+        f"\nMeasured fp32 GEMM rate (torch, {threads} threads): {machine['gemm_gflops']:.1f} GFLOP/s, while the "
+        f"rest of the machine used {_fmt(machine.get('other_cpu_cores'))} cores"
+    )
     return "\n".join(lines)
+
+
+def _grid(plt, panels: int, columns: int = 3):
+    """A figure with `panels` axes in rows of `columns`; unused axes are hidden."""
+    rows = max(1, -(-panels // columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4.2 * rows), squeeze=False)
+    flat = list(axes.ravel())
+    for ax in flat[panels:]:
+        ax.set_visible(False)
+    return fig, flat[:panels]
 
 
 def plot_latency(points: list[dict], path: Path) -> None:
@@ -112,8 +125,8 @@ def plot_latency(points: list[dict], path: Path) -> None:
         if p["mode"] == "concurrency":
             series.setdefault(p["workload"], []).append(p)
     workloads = sorted(series)
-    fig, axes = plt.subplots(1, max(1, len(workloads)), figsize=(5 * max(1, len(workloads)), 4), squeeze=False)
-    for ax, workload in zip(axes[0], workloads):
+    fig, axes = _grid(plt, len(workloads))
+    for ax, workload in zip(axes, workloads):
         lines: dict[tuple[str, str], list[dict]] = {}
         for p in series[workload]:
             lines.setdefault((p["system"], p["generator"]), []).append(p)
@@ -147,21 +160,17 @@ def plot_breakdown(points: list[dict], path: Path) -> None:
         if p["generator"] == "perf_analyzer" and p["mode"] == "concurrency" and p.get("steps"):
             if p["workload"] not in chosen or p["level"] > chosen[p["workload"]]["level"]:
                 chosen[p["workload"]] = p
-    labels, queue, compute = [], [], []
-    for workload, p in sorted(chosen.items()):
-        for step in p["steps"]:
-            labels.append(f"{workload} c{p['level']:g}\n{step['model']}")
-            queue.append(step["queue_ms"])
-            compute.append(step["compute_ms"])
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(labels)), 4.5))
-    positions = range(len(labels))
-    ax.bar(positions, queue, label="queue")
-    ax.bar(positions, compute, bottom=queue, label="compute (input + infer + output)")
-    ax.set_xticks(list(positions))
-    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("ms per request")
-    ax.set_title("Server-side time per composing model (Triton statistics)")
-    ax.legend()
+    fig, axes = _grid(plt, len(chosen))
+    for ax, (workload, p) in zip(axes, sorted(chosen.items())):
+        models = [step["model"] for step in p["steps"]]
+        queue = [step["queue_ms"] for step in p["steps"]]
+        ax.bar(models, queue, label="queue")
+        ax.bar(models, [step["compute_ms"] for step in p["steps"]], bottom=queue, label="compute")
+        ax.set_title(f"{workload}, concurrency {p['level']:g}")
+        ax.set_ylabel("ms per request")
+        ax.tick_params(axis="x", labelrotation=30, labelsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle("Server-side time per composing model (Triton statistics)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -193,7 +202,7 @@ def markdown(results: dict) -> str:
 
 ## Raw ONNX Runtime and the machine
 
-{ort_table(results["ort"], results["machine"]["gemm_gflops"])}
+{ort_table(results["ort"], results["machine"])}
 
 ## Load points
 

@@ -174,17 +174,16 @@ def ort_baselines(config: SuiteConfig, schema: Schema, workload: Workload, graph
     batch = config.levels.throughput_concurrency
     runs = (("buckets", Bucketing(schema.query_buckets), 1), ("buckets", Bucketing(schema.query_buckets), batch))
     runs += (("max", Bucketing((pad_to,)), batch),)
-    return [
-        ort_throughput(
-            session,
-            pretokenize(texts, tokenizer, bucketing, size),
-            shape,
-            name=f"ort_{padding}_b{size}",
-            padding=padding if padding == "buckets" else f"max ({pad_to})",
-            duration_s=config.duration_s,
-        )
-        for padding, bucketing, size in runs
-    ]
+    results = []
+    for padding, bucketing, size in runs:
+        batches = pretokenize(texts, tokenizer, bucketing, size)
+        label = padding if padding == "buckets" else f"max ({pad_to})"
+        with CpuMeter(None) as meter:
+            result = ort_throughput(
+                session, batches, shape, name=f"ort_{padding}_b{size}", padding=label, duration_s=config.duration_s
+            )
+        results.append(replace(result, other_cpu_cores=meter.result.other_cores if meter.result else None))
+    return results
 
 
 def request_flops(config: SuiteConfig, schema: Schema, workload: Workload) -> dict[str, float]:
@@ -280,7 +279,7 @@ def _perf_analyzer_points(
     files = {
         name: pa.write_input_data(measurer.schema.ensemble(w.ensemble), w, inputs_dir) for name, w in workloads.items()
     }
-    window_ms = max(500, int(config.duration_s * 1000 / 3))
+    window_ms = max(200, int(config.duration_s * 1000 / 3))
     lv = config.levels
     plan: list[tuple[str, dict]] = [("embed_query", {"concurrency": c}) for c in config.concurrencies]
     plan += [("embed_query_zipf", {"concurrency": lv.throughput_concurrency})]
@@ -411,10 +410,10 @@ def run_suite(config: SuiteConfig) -> dict:
     progress = tqdm(total=planned_points(config) + 2, desc="aisle bench", unit="step")
     analyzer = locate(config.perf_analyzer_cache)
     progress.set_postfix_str("GEMM rate")
-    machine = {
-        "gemm_gflops": gemm_gflops(threads=config.threads, duration_s=min(3.0, config.duration_s)),
-        "threads": config.threads,
-    }
+    with CpuMeter(None) as meter:
+        gemm = gemm_gflops(threads=config.threads, duration_s=min(3.0, config.duration_s))
+    other = meter.result.other_cores if meter.result else None
+    machine = {"gemm_gflops": gemm, "threads": config.threads, "other_cpu_cores": other}
     progress.update(1)
     progress.set_postfix_str("raw ORT baselines")
     ort = ort_baselines(config, schema, workloads["embed_query"], query_graph(config, out))

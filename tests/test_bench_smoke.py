@@ -1,0 +1,105 @@
+"""Smoke run of the whole benchmark suite against the real embedded tritonserver.
+
+Every mode runs for a fraction of a second at concurrency 1-2: perf_analyzer closed loop and
+Poisson, the SDK load generator closed and open loop, the eager HTTP baseline, raw ORT, the GEMM
+rate. The report's structure, finiteness and zero errors are checked; never timings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from aisle.schema import build_schema
+
+pytestmark = pytest.mark.server
+
+
+@pytest.fixture(scope="module")
+def bench(triton_server, serving_checkpoint: Path, tiny_data: Path, onnx_dir: Path, tmp_path_factory) -> tuple:
+    from aisle.benchmarks.suite import SuiteConfig, run_suite
+    from aisle.benchmarks.workloads import WorkloadConfig
+
+    out = tmp_path_factory.mktemp("bench")
+    config = SuiteConfig.quick(
+        out=out,
+        checkpoint=serving_checkpoint,
+        data=tiny_data,
+        url=triton_server.grpc_url,
+        duration_s=0.6,
+        graph=onnx_dir / "query_encoder.onnx",
+        workload=WorkloadConfig(requests=32, cold_candidates=4),
+    )
+    return run_suite(config), out
+
+
+def _finite(*values: float | None) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def test_summary_lists_every_target_with_a_finite_measurement_and_a_verdict(bench) -> None:
+    _, out = bench
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["targets"]) == 8
+    for target in summary["targets"]:
+        assert {"name", "measured", "goal", "unit", "pass"} <= target.keys()
+        assert _finite(target["measured"]) and isinstance(target["pass"], bool), target
+        assert (target["note"] != "") == (target["pass"] is False)
+    assert summary["failures"] == []
+    env = summary["environment"]
+    assert env["target"] == "embedded" and env["encoder_backend"] == "python" and "Version" in env["perf_analyzer"]
+
+
+def test_every_generator_mode_and_system_ran_without_errors(bench) -> None:
+    results, _ = bench
+    points = results["points"]
+    kinds = {(p["system"], p["generator"], p["mode"]) for p in points}
+    assert kinds == {
+        ("triton", "perf_analyzer", "concurrency"),
+        ("triton", "perf_analyzer", "rate"),
+        ("triton", "python", "concurrency"),
+        ("triton", "python", "rate"),
+        ("eager-http", "python", "concurrency"),
+    }
+    assert {p["workload"] for p in points if p["generator"] == "perf_analyzer"} == {
+        "embed_query",
+        "embed_query_zipf",
+        "embed_item",
+        "rank",
+        "rank_cold",
+    }
+    for p in points:
+        lat = p["latency"]
+        assert p["errors"] == 0, p
+        assert p["throughput_rps"] > 0 and _finite(lat["p50_ms"], lat["p90_ms"], lat["p95_ms"], lat["p99_ms"]), p
+        assert _finite(p["client_cpu_cores"], p["server_cpu_cores"], p["other_cpu_cores"]), p
+
+
+def test_triton_points_carry_the_per_step_breakdown_of_their_ensemble(bench) -> None:
+    results, _ = bench
+    schema = build_schema()
+    for p in results["points"]:
+        if p["system"] != "triton":
+            continue
+        ensemble = schema.ensemble({"embed_query_zipf": "embed_query"}.get(p["workload"], p["workload"]))
+        assert [s["model"] for s in p["steps"]] == list(dict.fromkeys(step.model for step in ensemble.steps))
+        assert all(_finite(s["queue_ms"], s["compute_ms"]) and s["mean_batch"] >= 1 for s in p["steps"])
+        assert _finite(p["server_ms"])
+    encoder = [p for p in results["points"] if p["workload"] == "embed_query" and p["generator"] == "perf_analyzer"]
+    assert all(_finite(p["extra"]["encoder_useful_gflops"], p["extra"]["encoder_executed_gflops"]) for p in encoder)
+
+
+def test_baselines_and_report_files_are_written(bench) -> None:
+    results, out = bench
+    assert _finite(results["machine"]["gemm_gflops"])
+    assert [r["name"] for r in results["ort"]] == ["ort_buckets_b1", "ort_buckets_b2", "ort_max_b2"]
+    assert all(_finite(r["throughput_seqs"], r["useful_gflops"]) for r in results["ort"])
+    for name in ("results.json", "points.csv", "ort.csv", "summary.md"):
+        assert (out / name).stat().st_size > 0
+    for name in ("latency_vs_throughput.png", "step_breakdown.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    inputs = sorted(p.name for p in (out / "perf_analyzer" / "inputs").glob("*.json"))
+    assert inputs == ["embed_item.json", "embed_query.json", "embed_query_zipf.json", "rank.json", "rank_cold.json"]
