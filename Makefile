@@ -26,5 +26,21 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# The benchmark suite on the small shop; data, fast checkpoint and embedded repository are made if
+# missing (or stale). Override e.g. BENCH_CKPT=... BENCH_DURATION=... ; report in $(BENCH_OUT)/results.
+bench: BENCH_DATA ?= $(ART)/data/small
+bench: BENCH_CKPT ?= $(ART)/checkpoints/fast
+bench: BENCH_OUT ?= $(ART)/bench
+bench: BENCH_DURATION ?= 6
+bench: install
+	test -f $(BENCH_DATA)/manifest.json || $(AISLE) data --out $(BENCH_DATA) --preset small --seed 0
+	test -f $(BENCH_CKPT)/aisle.json || $(AISLE) train --data $(BENCH_DATA) --out $(BENCH_CKPT) --preset fast
+	test $(BENCH_OUT)/repo/aisle_repo.json -nt $(BENCH_CKPT)/aisle.json \
+		-a $(BENCH_OUT)/repo/aisle_repo.json -nt $(BENCH_DATA)/manifest.json || \
+		{ rm -rf $(BENCH_OUT)/repo && $(AISLE) export repo --checkpoint $(BENCH_CKPT) --data $(BENCH_DATA) \
+			--target embedded --out $(BENCH_OUT)/repo; }
+	$(AISLE) bench --repo $(BENCH_OUT)/repo --checkpoint $(BENCH_CKPT) --data $(BENCH_DATA) \
+		--duration $(BENCH_DURATION) --out $(BENCH_OUT)/results
+
 clean:
 	rm -rf $(ART) .pytest_cache
