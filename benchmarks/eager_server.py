@@ -100,10 +100,10 @@ class EagerServer:
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                log = self.log_path.read_text(errors="replace")[-2000:]
+                tail = self.log_path.read_text(errors="replace")[-2000:]
                 raise BenchmarkError(
                     f"eager baseline server ({self.model_dir}) exited with {self.process.returncode}; "
-                    f"{self.log_path} ends with: {log}"
+                    f"{self.log_path} ends with: {tail}"
                 )
             try:
                 with urllib.request.urlopen(f"http://{self.url}{HEALTH_PATH}", timeout=1):

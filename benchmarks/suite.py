@@ -172,8 +172,11 @@ def ort_baselines(config: SuiteConfig, schema: Schema, workload: Workload, graph
     session = ort_session(graph, config.threads)
     texts = workload.texts(QUERY)
     batch = config.levels.throughput_concurrency
-    runs = (("buckets", Bucketing(schema.query_buckets), 1), ("buckets", Bucketing(schema.query_buckets), batch))
-    runs += (("max", Bucketing((pad_to,)), batch),)
+    runs = [
+        ("buckets", Bucketing(schema.query_buckets), 1),
+        ("buckets", Bucketing(schema.query_buckets), batch),
+        ("max", Bucketing((pad_to,)), batch),
+    ]
     results = []
     for padding, bucketing, size in runs:
         batches = pretokenize(texts, tokenizer, bucketing, size)
@@ -186,8 +189,9 @@ def ort_baselines(config: SuiteConfig, schema: Schema, workload: Workload, graph
     return results
 
 
-def request_flops(config: SuiteConfig, schema: Schema, workload: Workload) -> dict[str, float]:
-    """Mean useful (real tokens) and executed (bucket-padded) encoder FLOPs per embed_query request."""
+def query_tokens(config: SuiteConfig, schema: Schema, workload: Workload) -> dict:
+    """Token statistics of the embed_query requests: mean encoder FLOPs per request, useful (real
+    tokens) and executed (padded to the request's bucket), and the share of requests per bucket."""
     from aisle.modeling.checkpoint import QUERY_ENCODER_DIR
     from aisle.tokenization import Bucketing, load_tokenizer
 
@@ -196,9 +200,14 @@ def request_flops(config: SuiteConfig, schema: Schema, workload: Workload) -> di
     shape = EncoderShape.from_model_dir(model_dir)
     bucketing = Bucketing(schema.query_buckets)
     lengths = [len(e.ids) for e in tokenizer.encode_batch(workload.texts(QUERY))]
+    buckets = [bucketing.bucket_for(n) for n in lengths]
     return {
-        "useful": sum(shape.flops(n) for n in lengths) / len(lengths),
-        "executed": sum(shape.flops(bucketing.bucket_for(n)) for n in lengths) / len(lengths),
+        "mean_tokens": sum(lengths) / len(lengths),
+        "flops_per_request": {
+            "useful": sum(shape.flops(n) for n in lengths) / len(lengths),
+            "executed": sum(shape.flops(b) for b in buckets) / len(buckets),
+        },
+        "bucket_share": {str(b): buckets.count(b) / len(buckets) for b in schema.query_buckets},
     }
 
 
@@ -208,14 +217,14 @@ def request_flops(config: SuiteConfig, schema: Schema, workload: Workload) -> di
 @contextmanager
 def serving(config: SuiteConfig) -> Iterator[str]:
     """The gRPC url to benchmark: the given one, or a local embedded server started for the run."""
-    if config.url:
-        yield config.url
+    if config.url or config.repo is None:
+        yield str(config.url)
         return
-    from aisle.model_repository.server import ServerConfig, TritonServer, free_port
+    from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
 
-    server = TritonServer(
-        ServerConfig(Path(config.repo), grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
-    )
+    grpc_port, http_port, metrics_port = free_ports(3)
+    ports = dict(grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    server = TritonServer(ServerConfig(config.repo, **ports))
     server.start(config.server_start_timeout_s)
     try:
         yield server.grpc_url
@@ -418,11 +427,11 @@ def run_suite(config: SuiteConfig) -> dict:
     progress.set_postfix_str("raw ORT baselines")
     ort = ort_baselines(config, schema, workloads["embed_query"], query_graph(config, out))
     progress.update(1)
-    flops = request_flops(config, schema, workloads["embed_query"])
+    tokens = query_tokens(config, schema, workloads["embed_query"])
     with serving(config) as url:
         triton = grpcclient.InferenceServerClient(url)
         env = environment(triton, analyzer.version())
-        measurer = Measurer(triton, schema, local_server_pid(url), flops)
+        measurer = Measurer(triton, schema, local_server_pid(url), tokens["flops_per_request"])
         progress.set_postfix_str("perf_analyzer")
         pa_points = _perf_analyzer_points(config, analyzer, url, workloads, measurer, progress)
         peak = max(
@@ -443,7 +452,7 @@ def run_suite(config: SuiteConfig) -> dict:
             for name, w in workloads.items()
         },
         "machine": machine,
-        "encoder_flops_per_query": flops,
+        "query_tokens": tokens,
         "ort": [r.to_dict() for r in ort],
         "points": [p.to_dict() for p in pa_points + sdk_points + eager],
         "failures": measurer.failures,

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from aisle.schema import QUERY_ENCODER, QUERY_TOKENIZER
+from aisle.schema import FUSION_HEAD, QUERY_ENCODER, QUERY_TOKENIZER, USER_PROFILE
+
+#: Cores used by other processes above which a measurement is flagged as distorted.
+CONTENTION_CORES = 0.25
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,10 @@ def evaluate(results: dict, levels) -> list[Target]:
     rank_thr = find_point(results, "rank", generator="perf_analyzer", level=c)
     gemm = results["machine"]["gemm_gflops"]
     gflops = pa_query["extra"].get("encoder_useful_gflops") if pa_query else None
+    shares = results.get("query_tokens", {}).get("bucket_share", {})
+
+    def explain_eager() -> str:
+        return _eager_note(sdk_query, eager_query, shares)
 
     targets = []
     t = Target(
@@ -116,7 +123,7 @@ def evaluate(results: dict, levels) -> list[Target]:
         "ratio",
         ">=",
     )
-    targets.append(_with_note(t, lambda: _ort_gap_note(pa_query, ort_buckets)))
+    targets.append(_with_note(t, lambda: _ort_gap_note(pa_query, ort_buckets), Triton=pa_query, ORT=ort_buckets))
     t = Target(
         f"embed_query throughput, Triton / eager HF HTTP server (same Python load generator), concurrency {c}",
         _ratio(_thr(sdk_query), _thr(eager_query)),
@@ -124,7 +131,7 @@ def evaluate(results: dict, levels) -> list[Target]:
         "x",
         ">=",
     )
-    targets.append(_with_note(t, lambda: _eager_note(sdk_query, eager_query)))
+    targets.append(_with_note(t, explain_eager, Triton=sdk_query, eager=eager_query))
     t = Target(
         f"embed_query p99, Triton / eager HF HTTP server, concurrency {c} (below 1 = Triton lower)",
         _ratio(_p(sdk_query, "p99_ms"), _p(eager_query, "p99_ms")),
@@ -132,7 +139,7 @@ def evaluate(results: dict, levels) -> list[Target]:
         "ratio",
         "<=",
     )
-    targets.append(_with_note(t, lambda: _eager_note(sdk_query, eager_query)))
+    targets.append(_with_note(t, explain_eager, Triton=sdk_query, eager=eager_query))
     t = Target(
         f"length buckets vs pad-to-max, raw ORT throughput at batch {c}",
         _ratio(
@@ -142,12 +149,12 @@ def evaluate(results: dict, levels) -> list[Target]:
         "x",
         ">=",
     )
-    targets.append(_with_note(t, lambda: _bucket_note(ort_buckets, ort_max)))
+    targets.append(_with_note(t, lambda: _bucket_note(ort_buckets, ort_max), buckets=ort_buckets, padded=ort_max))
     for key, goal in (("p50_ms", 5.0), ("p99_ms", 15.0)):
         t = Target(f"rank (100 candidates) {key[:3]}, concurrency {lat}", _p(rank_lat, key), goal, "ms", "<=")
-        targets.append(_with_note(t, lambda: _rank_note(rank_lat)))
+        targets.append(_with_note(t, lambda: _rank_note(rank_lat), rank=rank_lat))
     t = Target(f"rank (100 candidates) throughput, concurrency {c}", _thr(rank_thr), 250.0, "req/s", ">=")
-    targets.append(_with_note(t, lambda: _rank_note(rank_thr)))
+    targets.append(_with_note(t, lambda: _rank_note(rank_thr), rank=rank_thr))
     t = Target(
         f"query encoder GFLOP/s inside Triton (real tokens) / fp32 GEMM rate, concurrency {c}",
         _ratio(gflops, gemm),
@@ -155,16 +162,31 @@ def evaluate(results: dict, levels) -> list[Target]:
         "fraction",
         ">=",
     )
-    targets.append(_with_note(t, lambda: _gflops_note(pa_query, gemm)))
+    machine = results["machine"]
+    targets.append(_with_note(t, lambda: _gflops_note(pa_query, gemm), Triton=pa_query, GEMM=machine))
     return targets
 
 
-def _with_note(target: Target, explain: Callable[[], str]) -> Target:
+def _with_note(target: Target, explain: Callable[[], str], **measurements: dict | None) -> Target:
+    """Attach the diagnosis (failed targets) and a contention warning (any target measured under load)."""
     if target.passed is None:
-        return Target(**{**target.__dict__, "note": "not measured (see failures in results.json)"})
-    if target.passed:
-        return target
-    return Target(**{**target.__dict__, "note": explain()})
+        return replace(target, note="not measured (see failures in results.json)")
+    parts = [explain()] if target.passed is False else []
+    parts.append(_contention(measurements))
+    return replace(target, note=" ".join(p for p in parts if p))
+
+
+def _contention(measurements: dict[str, dict | None]) -> str:
+    """A warning when other processes took CPU while the target's inputs were measured."""
+    others = {name: m.get("other_cpu_cores") for name, m in measurements.items() if m}
+    loaded = {name: cores for name, cores in others.items() if cores is not None and cores > CONTENTION_CORES}
+    if not loaded:
+        return ""
+    during = ", ".join(f"{cores:.2f} cores during {name}" for name, cores in others.items() if cores is not None)
+    return (
+        f"Contention: the rest of the machine used {during} (other users of the shared cores); "
+        "this measurement is distorted and should be repeated on an idle machine."
+    )
 
 
 def _step(point: dict | None, model: str) -> dict | None:
@@ -190,12 +212,21 @@ def _ort_gap_note(point: dict | None, ort: dict | None) -> str:
     )
 
 
-def _eager_note(triton: dict | None, eager: dict | None) -> str:
+def _eager_note(triton: dict | None, eager: dict | None, bucket_share: dict[str, float]) -> str:
+    encoder = _step(triton, QUERY_ENCODER)
+    batching = ""
+    if encoder:
+        shares = ", ".join(f"{share:.0%} in bucket {bucket}" for bucket, share in bucket_share.items())
+        batching = (
+            f" Triton's encoder ran batches of only {encoder['mean_batch']:.1f}: the dynamic batcher merges "
+            f"same-bucket requests only ({shares}) and the encoder stub competes with the tokenizer stub and the "
+            "generator for the cores."
+        )
     return (
-        f"Triton: {profile(triton)}. Eager: {profile(eager)}. Both servers, and the Python load generator, share "
-        "the 2 cores; Triton's gain comes from batching, which needs idle cores for the batched encoder. Fix: "
-        "measure with the generator on another machine; use the onnxruntime/tensorrt target to drop the "
-        "Python stubs."
+        f"Triton: {profile(triton)}. Eager: {profile(eager)}.{batching} Both servers, and the Python load "
+        "generator, share the 2 cores; Triton's gain comes from batching, which needs idle cores for the "
+        "batched encoder. Fix: run the generator on another machine; use the onnxruntime/tensorrt target to "
+        "drop the Python stubs; let the encoder wait longer for same-bucket batches under load."
     )
 
 
@@ -213,9 +244,17 @@ def _bucket_note(buckets: dict | None, padded: dict | None) -> str:
 
 
 def _rank_note(point: dict | None) -> str:
+    user, head = _step(point, USER_PROFILE), _step(point, FUSION_HEAD)
+    unbatched = ""
+    if user and head and user["mean_batch"] < head["mean_batch"]:
+        unbatched = (
+            f" user_profile ran batches of {user['mean_batch']:.1f} vs {head['mean_batch']:.1f} for the head: "
+            "histories of different lengths (dims [-1]) never share a batch, so its requests queue "
+            f"({user['queue_ms']:.2f} ms); padding histories to a few length buckets would let them merge."
+        )
     return (
-        f"Profile: {profile(point)}. rank is five steps (tokenizer, query encoder, item store, user profile, "
-        "fusion head), each a Python-backend hop with its own batcher queue delay; on 2 shared cores the "
+        f"Profile: {profile(point)}.{unbatched} rank is five steps (tokenizer, query encoder, item store, "
+        "user profile, fusion head), each a Python-backend hop with its own batcher queue delay; on 2 shared cores the "
         "query encoder dominates. Fix: fuse item store + user profile + head into one model (or a BLS), "
         "shorten max_queue_delay_us at low load, serve the encoder with onnxruntime/tensorrt, and run the "
         "load generator elsewhere."
