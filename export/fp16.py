@@ -29,6 +29,8 @@ FP32_OPS: tuple[str, ...] = (
     "ReduceSum",
     "ReduceL2",
 )
+#: Name prefix onnxruntime gives the casts it inserts around nodes lacking a kernel for their type.
+ORT_INSERTED_CAST = "InsertedPrecisionFreeCast"
 
 
 @dataclass(frozen=True)
@@ -83,3 +85,21 @@ def convert_to_fp16(source: Path, target: Path) -> Fp16Conversion:
     save_graph(converted, target)
     fp32, fp16 = node_precisions(converted)
     return Fp16Conversion(target, dict(fp32), dict(fp16))
+
+
+def cpu_inserted_casts(path: Path) -> int:
+    """How many casts onnxruntime's CPU provider inserts to run, in fp32, fp16 nodes it has no fp16
+    kernel for. Non-zero means parity measured on CPU understates a GPU's fp16 arithmetic error."""
+    import tempfile
+
+    import onnx
+    import onnxruntime
+
+    with tempfile.TemporaryDirectory() as scratch:
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(Path(scratch) / "as_run.onnx")
+        options.log_severity_level = 3
+        onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        as_run = onnx.load(options.optimized_model_filepath, load_external_data=False)
+    return sum(node.op_type == "Cast" and node.name.startswith(ORT_INSERTED_CAST) for node in as_run.graph.node)

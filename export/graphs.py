@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import tempfile
 import warnings
-from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -175,7 +174,6 @@ def export_onnx(
     out_dir: Path,
     *,
     external_data_threshold_bytes: int = PROTOBUF_LIMIT_BYTES,
-    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Path]:
     """Export a checkpoint's towers and head as fp32 graphs in `out_dir`; returns model name -> path.
 
@@ -199,8 +197,6 @@ def export_onnx(
     modules = {QUERY_ENCODER: checkpoint.query_tower, ITEM_ENCODER: checkpoint.item_tower, FUSION_HEAD: checkpoint.head}
     paths: dict[str, Path] = {}
     for name in GRAPH_MODELS:
-        if progress:
-            progress(f"exporting {graph_file(name)}")
         paths[name] = export_module(
             modules[name],
             schema.model(name),

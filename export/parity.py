@@ -62,6 +62,7 @@ class Stats:
     max_abs: float
     mean_abs: float
     min_cosine: float
+    mean_cosine: float
     rows: int
     min_top_k_overlap: float | None = None
     mean_top_k_overlap: float | None = None
@@ -74,6 +75,7 @@ class Stats:
             max_abs=max(p.max_abs for p in parts),
             mean_abs=sum(p.mean_abs * p.rows for p in parts) / rows,
             min_cosine=min(p.min_cosine for p in parts),
+            mean_cosine=sum(p.mean_cosine * p.rows for p in parts) / rows,
             rows=rows,
             min_top_k_overlap=min(p.min_top_k_overlap for p in top_k) if top_k else None,
             mean_top_k_overlap=(
@@ -111,7 +113,7 @@ def compare(reference: np.ndarray, actual: np.ndarray, *, ranking: bool = False)
         raise ExportError(f"output shape {actual.shape} differs from PyTorch's {reference.shape}")
     delta = np.abs(reference.astype(np.float64) - actual.astype(np.float64))
     cosine = row_cosine(reference, actual)
-    stats = Stats(float(delta.max()), float(delta.mean()), float(cosine.min()), int(cosine.size))
+    stats = Stats(float(delta.max()), float(delta.mean()), float(cosine.min()), float(cosine.mean()), int(cosine.size))
     if ranking:
         overlap = top_k_overlap(reference, actual)
         stats.min_top_k_overlap, stats.mean_top_k_overlap = float(overlap.min()), float(overlap.mean())
@@ -322,7 +324,7 @@ class ParityReport:
             for output, stats in entry["outputs"].items():
                 line = (
                     f"{label:28} {output:10} max|Δ|={stats['max_abs']:.2e} mean|Δ|={stats['mean_abs']:.2e} "
-                    f"min cosine={stats['min_cosine']:.6f}"
+                    f"cosine min={stats['min_cosine']:.6f} mean={stats['mean_cosine']:.6f}"
                 )
                 if stats["min_top_k_overlap"] is not None:
                     line += f" min top-{TOP_K} overlap={stats['min_top_k_overlap']:.2f}"
