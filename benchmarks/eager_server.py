@@ -5,8 +5,13 @@ One request = one text, tokenised by the HF tokenizer and encoded by the same to
 team writes first. It runs in its own process (like tritonserver) so it does not share the load
 generator's interpreter, and it is driven by the same load generator at the same concurrency.
 
-Run by hand: `python -m aisle.benchmarks.eager_server --model-dir CKPT/query_encoder --port 8500`,
-then POST {"text": "..."} to /embed.
+Threads: each request runs torch on its handler thread. With torch's default intra-op threads (one
+per core) concurrent requests oversubscribe the cores and OpenMP barriers stall whenever a core is
+taken (measured here: 2 threads 77-716 ms per query, 1 thread 19 ms, on busy shared cores), so the
+suite runs it with `torch_threads=1` (OMP_NUM_THREADS=1), the usual setting for a threaded server.
+
+Run by hand: `python -m aisle.benchmarks.eager_server --model-dir CKPT/query_encoder --port 8500
+--torch-threads 1`, then POST {"text": "..."} to /embed.
 """
 
 from __future__ import annotations
@@ -63,12 +68,15 @@ def _handler(tokenizer, tower) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-def serve(model_dir: Path, host: str, port: int) -> None:
+def serve(model_dir: Path, host: str, port: int, torch_threads: int | None) -> None:
     """Load the tower and its tokenizer and serve until killed."""
+    import torch
     from transformers import AutoTokenizer
 
     from aisle.modeling.towers import TextTower
 
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     tower = TextTower.from_pretrained(model_dir).eval()
     server = ThreadingHTTPServer((host, port), _handler(tokenizer, tower))
@@ -80,9 +88,17 @@ class EagerServer:
     """Context manager running `serve` in a child process; `url` is host:port once ready."""
 
     def __init__(
-        self, model_dir: Path, port: int, log_path: Path, *, host: str = "127.0.0.1", start_timeout_s: float = 120.0
+        self,
+        model_dir: Path,
+        port: int,
+        log_path: Path,
+        *,
+        torch_threads: int | None = None,
+        host: str = "127.0.0.1",
+        start_timeout_s: float = 120.0,
     ) -> None:
         self.model_dir = Path(model_dir)
+        self.torch_threads = torch_threads
         self.log_path = Path(log_path)
         self.host, self.port = host, port
         self.start_timeout_s = start_timeout_s
@@ -95,8 +111,12 @@ class EagerServer:
     def __enter__(self) -> EagerServer:
         command = [sys.executable, "-m", "aisle.benchmarks.eager_server", "--model-dir", str(self.model_dir)]
         command += ["--host", self.host, "--port", str(self.port)]
+        env = dict(os.environ)
+        if self.torch_threads is not None:
+            command += ["--torch-threads", str(self.torch_threads)]
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.torch_threads)
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -163,8 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-dir", type=Path, required=True, help="HF model directory (e.g. CKPT/query_encoder)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--torch-threads", type=int, help="intra-op threads per request (default: torch's)")
     args = parser.parse_args(argv)
-    serve(args.model_dir, args.host, args.port)
+    serve(args.model_dir, args.host, args.port, args.torch_threads)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class SuiteConfig:
     concurrencies: the closed-loop sweep of embed_query; the other workloads run at the target levels.
     rate_fractions: open-loop Poisson rates, as fractions of embed_query's peak closed-loop throughput.
     threads: intra-op threads of raw ORT and the GEMM measurement (the cores the server gets).
+    eager_torch_threads: torch intra-op threads of each eager-baseline request (see eager_server).
     graph: the query encoder ONNX graph of the raw ORT baseline; default: the one in `repo`, else
         exported from `checkpoint` into the results directory.
     """
@@ -70,6 +71,7 @@ class SuiteConfig:
     threads: int = 2
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     perf_analyzer_cache: Path | None = None
+    eager_torch_threads: int | None = 1
     graph: Path | None = None
     server_start_timeout_s: float = 300.0
 
@@ -362,7 +364,8 @@ def _eager_points(config: SuiteConfig, workload: Workload, progress) -> list[Loa
     levels = sorted({1, config.levels.throughput_concurrency})
     points = []
     log = config.out / "eager_server.log"
-    with EagerServer(config.checkpoint / QUERY_ENCODER_DIR, free_port(), log) as server:
+    model_dir = config.checkpoint / QUERY_ENCODER_DIR
+    with EagerServer(model_dir, free_port(), log, torch_threads=config.eager_torch_threads) as server:
 
         async def sweep() -> None:
             caller = HttpEmbedCaller(server.url)

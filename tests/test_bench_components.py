@@ -177,7 +177,7 @@ def test_eager_server_answers_with_the_query_towers_embedding(serving_checkpoint
 
     model_dir = serving_checkpoint / "query_encoder"
     text = "trail running shoes waterproof"
-    with EagerServer(model_dir, free_port(), tmp_path / "eager.log") as server:
+    with EagerServer(model_dir, free_port(), tmp_path / "eager.log", torch_threads=1) as server:
 
         async def ask() -> list[float]:
             caller = HttpEmbedCaller(server.url)
