@@ -106,14 +106,11 @@ class OrtResult:
 
 
 def ort_session(onnx_path: str | Path, threads: int):
-    """An ORT CPU session with `threads` intra-op threads (the embedded target's setting)."""
-    import onnxruntime as ort
+    """An ORT CPU session configured exactly as the embedded target's encoder model configures it
+    (aisle.model_repository.ort_runner: spinning off), with `threads` intra-op threads."""
+    from aisle.model_repository.ort_runner import OrtGraph, OrtOptions
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    return OrtGraph(Path(onnx_path), OrtOptions(intra_op_threads=threads)).session
 
 
 def ort_throughput(
