@@ -66,6 +66,7 @@ class Role(str, Enum):
     ITEM_STORE = "item_store"
     USER_PROFILE = "user_profile"
     COLD_ITEM_ENCODER = "cold_item_encoder"
+    VALIDATOR = "validator"
     ENSEMBLE = "ensemble"
 
 
@@ -172,6 +173,8 @@ ITEM_STORE = "item_store"
 USER_PROFILE = "user_profile"
 COLD_ITEM_ENCODER = "cold_item_encoder"
 FUSION_HEAD = "fusion_head"
+RANK_VALIDATOR = "rank_validator"
+RANK_COLD_VALIDATOR = "rank_cold_validator"
 
 EMBED_QUERY = "embed_query"
 EMBED_ITEM = "embed_item"
@@ -203,6 +206,11 @@ RANK_MAX_BATCH = 8
 
 def _pairs(**mapping: str) -> tuple[tuple[str, str], ...]:
     return tuple(mapping.items())
+
+
+def validated(tensor: str) -> str:
+    """Name of a validator's output carrying `tensor` once checked (e.g. VALID_CANDIDATE_IDS)."""
+    return f"VALID_{tensor}"
 
 
 def build_schema(
@@ -283,12 +291,26 @@ def build_schema(
             Step(encoder_name, _pairs(INPUT_IDS="ids", ATTENTION_MASK="mask"), _pairs(EMBEDDING=EMBEDDING)),
         )
 
+    # Multi-branch ensembles check every input in one first step, before any branch starts: when a
+    # composing model fails while sibling steps are in flight, tritonserver 2.51 never releases the
+    # ensemble request (leaked in-flight count, memory, and a stalled shutdown drain).
+    def validator(name: str, inputs: tuple[TensorDecl, ...]) -> ModelDecl:
+        outputs = tuple(TensorDecl(validated(t.name), t.dtype, t.dims) for t in inputs)
+        return ModelDecl(name, Role.VALIDATOR, inputs, outputs, rank_batching)
+
+    def validation_step(decl: ModelDecl) -> Step:
+        return Step(
+            decl.name,
+            tuple((t.name, t.name) for t in decl.inputs),
+            tuple((validated(t.name), t.name.lower()) for t in decl.inputs),
+        )
+
     query_steps = embed_steps(QUERY_TOKENIZER, QUERY_ENCODER, QUERY)
     query_to_embedding = (
-        query_steps[0],
+        Step(QUERY_TOKENIZER, _pairs(TEXT=QUERY.lower()), query_steps[0].output_map),
         Step(QUERY_ENCODER, query_steps[1].input_map, _pairs(EMBEDDING="query_embedding")),
     )
-    user_step = Step(USER_PROFILE, _pairs(USER_HISTORY_IDS=USER_HISTORY_IDS), _pairs(USER_EMBEDDING="user"))
+    user_step = Step(USER_PROFILE, _pairs(USER_HISTORY_IDS=USER_HISTORY_IDS.lower()), _pairs(USER_EMBEDDING="user"))
     head_step = Step(
         FUSION_HEAD,
         _pairs(
@@ -301,6 +323,17 @@ def build_schema(
     )
     query_in = TensorDecl(QUERY, DType.BYTES, (1,))
     scores = TensorDecl(SCORES, DType.FP32, (-1,))
+    rank_validator = validator(RANK_VALIDATOR, (query_in, TensorDecl(CANDIDATE_IDS, DType.INT64, (-1,)), history))
+    rank_cold_validator = validator(
+        RANK_COLD_VALIDATOR,
+        (
+            query_in,
+            TensorDecl(CANDIDATE_TEXTS, DType.BYTES, (-1,)),
+            TensorDecl(CANDIDATE_FEATURES, DType.FP32, (-1, f)),
+            history,
+        ),
+    )
+    models += (rank_validator, rank_cold_validator)
     ensembles = (
         EnsembleDecl(
             EMBED_QUERY,
@@ -320,14 +353,15 @@ def build_schema(
         ),
         EnsembleDecl(
             RANK,
-            (query_in, TensorDecl(CANDIDATE_IDS, DType.INT64, (-1,)), history),
+            rank_validator.inputs,
             (scores,),
             RANK_MAX_BATCH,
-            query_to_embedding
+            (validation_step(rank_validator),)
+            + query_to_embedding
             + (
                 Step(
                     ITEM_STORE,
-                    _pairs(CANDIDATE_IDS=CANDIDATE_IDS),
+                    _pairs(CANDIDATE_IDS=CANDIDATE_IDS.lower()),
                     _pairs(ITEM_EMBEDDINGS="item_embeddings", ITEM_FEATURES="item_features"),
                 ),
                 user_step,
@@ -337,19 +371,15 @@ def build_schema(
         ),
         EnsembleDecl(
             RANK_COLD,
-            (
-                query_in,
-                TensorDecl(CANDIDATE_TEXTS, DType.BYTES, (-1,)),
-                TensorDecl(CANDIDATE_FEATURES, DType.FP32, (-1, f)),
-                history,
-            ),
+            rank_cold_validator.inputs,
             (scores,),
             RANK_MAX_BATCH,
-            query_to_embedding
+            (validation_step(rank_cold_validator),)
+            + query_to_embedding
             + (
                 Step(
                     COLD_ITEM_ENCODER,
-                    _pairs(CANDIDATE_TEXTS=CANDIDATE_TEXTS, CANDIDATE_FEATURES=CANDIDATE_FEATURES),
+                    _pairs(CANDIDATE_TEXTS=CANDIDATE_TEXTS.lower(), CANDIDATE_FEATURES=CANDIDATE_FEATURES.lower()),
                     _pairs(ITEM_EMBEDDINGS="item_embeddings", ITEM_FEATURES="item_features"),
                 ),
                 user_step,

@@ -104,6 +104,17 @@ class RepoManifest:
         return cls(**{k: v for k, v in raw.items() if k in known})
 
 
+def read_item_ids(path: Path) -> np.ndarray:
+    """Only the item ids of a catalog file (npz members load lazily): what validators need."""
+    path = Path(path)
+    if not path.is_file():
+        raise RepositoryError(f"{path}: catalog file not found")
+    with np.load(path, allow_pickle=False) as data:
+        if "item_ids" not in data.files:
+            raise RepositoryError(f"{path}: missing array 'item_ids'")
+        return data["item_ids"]
+
+
 @dataclass(frozen=True)
 class Catalog:
     """The served catalog, row-aligned: ascending item ids, their embeddings and raw features."""

@@ -9,7 +9,8 @@ so an invalid field fails here rather than in tritonserver.
     tokenizer       python (CPU)           python (CPU)                  python (CPU)
     encoder, head   tensorrt_plan (GPU)    onnxruntime_onnx (CPU|GPU)    python running onnxruntime
     store, profile,
-    cold encoder    python (CPU)           python (CPU)                  python (CPU)
+    cold encoder,
+    validators      python (CPU)           python (CPU)                  python (CPU)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ PYTHON_SOURCES: dict[Role, str] = {
     Role.ITEM_STORE: "item_store",
     Role.USER_PROFILE: "user_profile",
     Role.COLD_ITEM_ENCODER: "cold_item_encoder",
+    Role.VALIDATOR: "request_validator",
     Role.ENCODER: "onnx_graph",
     Role.FUSION_HEAD: "onnx_graph",
 }

@@ -15,8 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 from aisle.model_repository.batching import Outcome, Tensors
 from aisle.model_repository.context import ModelContext
-from aisle.model_repository.errors import InvalidInput, ServingError
-from aisle.schema import EMBED_ITEM, Schema
+from aisle.model_repository.errors import InvalidInput
 
 Logic = Callable[[Sequence[Tensors]], list[Outcome]]
 
@@ -47,22 +46,3 @@ class PythonModel:
             for request in requests
         ]
         return [to_response(outcome) for outcome in self.logic(inputs)]
-
-
-def embed_item_via_bls(schema: Schema) -> Callable[[np.ndarray], np.ndarray]:
-    """Embed item texts by calling the embed_item ensemble from inside the server (BLS)."""
-    ensemble = schema.ensemble(EMBED_ITEM)
-    text, embedding = ensemble.inputs[0].name, ensemble.outputs[0].name
-
-    def embed(texts: np.ndarray) -> np.ndarray:
-        request = pb_utils.InferenceRequest(
-            model_name=EMBED_ITEM,
-            requested_output_names=[embedding],
-            inputs=[pb_utils.Tensor(text, texts.reshape(-1, 1))],
-        )
-        response = request.exec()
-        if response.has_error():
-            raise ServingError(f"BLS call to {EMBED_ITEM} failed: {response.error().message()}")
-        return pb_utils.get_output_tensor_by_name(response, embedding).as_numpy()
-
-    return embed

@@ -1,9 +1,14 @@
 """The cold-start encoder: CANDIDATE_TEXTS [B, N] (+ CANDIDATE_FEATURES [B, N, F]) -> item embeddings.
 
 For candidates the catalog does not hold yet (new listings), rank_cold embeds their texts with the
-item tower on the fly. The texts of all requests of a batch are embedded together, in chunks of
-the item encoder's maximum batch, through a callable the model supplies (in Triton, a BLS call to
-the embed_item ensemble), so cold and catalog embeddings come from the very same path.
+item tower on the fly: the texts of all requests of a batch are sorted by length and embedded in
+chunks of the item encoder's maximum batch, with the tokenizer.json and model.onnx that embed_item
+serves (the files of its two steps), so cold and catalog embeddings come from the same tower.
+
+Why in-process and not a BLS call to embed_item: tritonserver refuses every new request, BLS ones
+included, once it starts shutting down, so a rank_cold request caught by SIGTERM between two BLS
+chunks would fail instead of draining. The cost: on GPU targets the cold path runs onnxruntime
+(CPU) in this model's stub rather than the TensorRT engine.
 """
 
 from __future__ import annotations
@@ -13,16 +18,18 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
-from aisle.model_repository.errors import InvalidInput
-from aisle.model_repository.item_store import check_count
-from aisle.model_repository.tokenizer_logic import decode_texts
+from aisle.model_repository.context import ModelContext
+from aisle.model_repository.ort_runner import OrtGraph
+from aisle.model_repository.tokenizer_logic import BatchTokenizer
+from aisle.model_repository.validation import check_count, check_features, decode_texts
 from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_TEXTS,
     EMBED_ITEM,
+    EMBEDDING,
     ITEM_EMBEDDINGS,
     ITEM_FEATURES_TENSOR,
-    Schema,
+    TEXT,
 )
 
 #: Embeds a 1-D object array of UTF-8 item texts -> [len, D] float32.
@@ -40,10 +47,15 @@ class ColdItemEncoder:
         self.chunk_size = chunk_size
 
     @classmethod
-    def for_schema(cls, schema: Schema, embed: EmbedTexts) -> ColdItemEncoder:
-        """Chunks as large as embed_item's max_batch_size: one chunk is one ensemble request."""
+    def from_context(cls, context: ModelContext) -> ColdItemEncoder:
+        """The tokenizer and encoder of embed_item's steps; chunks as large as its max_batch_size."""
+        schema = context.schema
+        tokenizer_step, encoder_step = schema.ensemble(EMBED_ITEM).steps
+        version = context.version_dir.name
+        tokenizer = BatchTokenizer.from_context(ModelContext.load(context.repo, tokenizer_step.model, version))
+        graph = OrtGraph.from_context(ModelContext.load(context.repo, encoder_step.model, version))
         return cls(
-            embed,
+            tower_embedder(tokenizer, graph),
             dim=schema.embedding_dim,
             max_candidates=schema.max_candidates,
             num_features=len(schema.item_features),
@@ -53,8 +65,7 @@ class ColdItemEncoder:
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         outcomes, valid, inputs = validate_each(requests, self._validate)
         flat = np.concatenate([r[CANDIDATE_TEXTS].reshape(-1) for r in inputs]) if inputs else np.empty(0, object)
-        chunks = [self.embed(flat[start : start + self.chunk_size]) for start in range(0, len(flat), self.chunk_size)]
-        embeddings = np.concatenate(chunks) if chunks else np.zeros((0, self.dim), np.float32)
+        embeddings = self._embed_sorted(flat)
         results = []
         start = 0
         for request in inputs:
@@ -69,15 +80,29 @@ class ColdItemEncoder:
             start = stop
         return merge(outcomes, valid, results)
 
+    def _embed_sorted(self, texts: np.ndarray) -> np.ndarray:
+        """Embed shortest first, so each chunk pads to a small bucket; rows come back in input order."""
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        embeddings = np.zeros((len(texts), self.dim), np.float32)
+        for start in range(0, len(texts), self.chunk_size):
+            rows = order[start : start + self.chunk_size]
+            embeddings[rows] = self.embed(texts[rows])
+        return embeddings
+
     def _validate(self, request: Tensors) -> Tensors:
         texts, features = request[CANDIDATE_TEXTS], request[CANDIDATE_FEATURES]
         check_count(texts, CANDIDATE_TEXTS, self.max_candidates, "max_candidates", "candidates")
-        if features.shape != (*texts.shape, self.num_features):
-            raise InvalidInput(
-                CANDIDATE_FEATURES,
-                f"shape {list(features.shape)} does not match {CANDIDATE_TEXTS} shape {list(texts.shape)}: "
-                f"expected {[*texts.shape, self.num_features]} (one row of {self.num_features} features per text)",
-            )
+        check_features(features, texts, self.num_features)
         decoded = decode_texts(texts, CANDIDATE_TEXTS)
         utf8 = np.array([t.encode("utf-8") for t in decoded], dtype=object).reshape(texts.shape)
         return {CANDIDATE_TEXTS: utf8, CANDIDATE_FEATURES: features}
+
+
+def tower_embedder(tokenizer: BatchTokenizer, graph: OrtGraph) -> EmbedTexts:
+    """Texts -> embeddings through a tokenizer model's logic and an encoder graph, in this process."""
+
+    def embed(texts: np.ndarray) -> np.ndarray:
+        (tokens,) = tokenizer([{TEXT: texts.reshape(-1, 1)}])
+        return graph.run(tokens)[EMBEDDING]
+
+    return embed

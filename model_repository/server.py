@@ -8,13 +8,21 @@ and import paths, and `TritonServer.command()` is the plain tritonserver command
 by itself with that environment.
 
 The server is bound to loopback, refuses to start over ports in use, and is started in its own
-process group so that stopping it (SIGTERM, drain, then SIGKILL) never leaves python stubs behind.
+process group so that stopping it never leaves python stubs behind.
+
+Draining: on SIGTERM, tritonserver 2.51 stops every model's scheduler at once, so an ensemble
+request caught between two steps fails ("scheduler for model has stopped accepting new inference
+requests"). The server therefore runs in explicit model-control mode (loading everything at start)
+and stop() first unloads the ensembles, the public entry points: Triton refuses new requests to
+them and lets the in-flight ones finish, their composing models still loaded. Only then SIGTERM.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -29,13 +37,25 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+from aisle.export.repo_format import REPO_MANIFEST, RepoManifest
 from aisle.model_repository.errors import ServerStartError, ServingError
 
 #: Lines of the server log quoted in a ServerStartError.
 LOG_TAIL_LINES = 60
 #: How often start() polls readiness.
 POLL_INTERVAL_S = 0.5
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Run in the child before exec: the kernel SIGKILLs the server if the process that started it dies.
+
+    The server runs in its own session (so stop() can signal all its stubs at once); without this a
+    crashed or killed test run would leave it listening.
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def pytriton_home() -> Path:
@@ -170,6 +190,9 @@ class TritonServer:
             f"--metrics-address={c.host}",
             f"--metrics-port={c.metrics_port}",
             f"--log-verbose={c.log_verbose}",
+            # Explicit control (everything loaded at start) lets stop() unload ensembles to drain them.
+            "--model-control-mode=explicit",
+            "--load-model=*",
             *c.extra_args,
         ]
 
@@ -218,7 +241,12 @@ class TritonServer:
         assert self.log_path is not None
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                self.command(), env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(),
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -233,13 +261,49 @@ class TritonServer:
         self.stop()
         raise ServerStartError(f"tritonserver not ready after timeout_s={timeout_s}:\n{tail}")
 
+    def _post(self, path: str, body: dict | None = None) -> Any:
+        request = urllib.request.Request(
+            f"http://{self.http_url}{path}", data=json.dumps(body or {}).encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            payload = response.read()
+        return json.loads(payload) if payload else None
+
+    def drain(self, timeout_s: float = 30.0) -> None:
+        """Unload the ensembles and wait up to `timeout_s` until their in-flight requests are done.
+
+        New requests to an ensemble fail with NOT_FOUND from the moment its unload starts; requests
+        already inside it finish normally. A repository without an aisle manifest is not drained.
+        """
+        if not (Path(self.config.repo) / REPO_MANIFEST).is_file():
+            return
+        ensembles = {e.name for e in RepoManifest.load(self.config.repo).schema().ensembles}
+        for name in sorted(ensembles):
+            self._post(f"/v2/repository/models/{name}/unload", {"parameters": {"unload_dependents": False}})
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            index = self._post("/v2/repository/index")
+            states = {m["name"]: m.get("state", "") for m in index if m["name"] in ensembles}
+            if all(state == "UNAVAILABLE" for state in states.values()):
+                return
+            time.sleep(POLL_INTERVAL_S)
+
     def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM (Triton stops accepting and drains in-flight requests), then SIGKILL the group."""
+        """Drain the ensembles (drain()), then SIGTERM the server, which unloads the models and their
+        stubs; SIGKILL its whole process group if it is not gone within `timeout_s`.
+
+        Only the server gets SIGTERM: its stubs exit when it unloads them.
+        """
+        if self.is_running():
+            try:
+                self.drain(timeout_s)
+            except OSError:
+                pass  # not answering HTTP (stuck or still starting): SIGTERM it anyway
         process, self._process = self._process, None
         if process is None:
             return
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            process.terminate()
             try:
                 process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:

@@ -16,26 +16,9 @@ from tokenizers import Tokenizer
 from aisle.export.repo_format import tokenizer_buckets
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
-from aisle.model_repository.errors import InvalidInput
+from aisle.model_repository.validation import decode_texts
 from aisle.schema import ATTENTION_MASK, INPUT_IDS, TEXT, Schema
 from aisle.tokenization import Bucketing, encode_batch, load_tokenizer
-
-
-def decode_texts(array: np.ndarray, tensor: str) -> list[str]:
-    """UTF-8-decode a BYTES tensor's elements (row-major); InvalidInput names the element."""
-    texts = []
-    for position, value in zip(np.ndindex(array.shape), array.flat):
-        if isinstance(value, str):
-            texts.append(value)
-            continue
-        try:
-            texts.append(bytes(value).decode("utf-8"))
-        except UnicodeDecodeError as e:
-            where = ", ".join(map(str, position))
-            raise InvalidInput(
-                tensor, f"element [{where}] is not valid UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text"
-            ) from e
-    return texts
 
 
 def public_inputs(schema: Schema, model: str, tensor: str) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 from aisle.export.repo_format import Catalog
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
-from aisle.model_repository.item_store import CatalogIndex, catalog_path, check_count
+from aisle.model_repository.validation import CatalogIndex, catalog_path, check_count
 from aisle.modeling.user import user_vector
 from aisle.schema import USER_EMBEDDING, USER_HISTORY_IDS
 
@@ -23,7 +23,8 @@ class UserProfile:
     """History ids (oldest first) -> recency-weighted mean of their item embeddings."""
 
     def __init__(self, catalog: Catalog, max_history: int, decay: float) -> None:
-        self.index = CatalogIndex(catalog)
+        self.catalog = catalog
+        self.index = CatalogIndex(catalog.item_ids)
         self.max_history = max_history
         self.decay = decay
 
@@ -34,11 +35,11 @@ class UserProfile:
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         outcomes, valid, rows = validate_each(requests, self._rows)
-        embeddings = self.index.catalog.embeddings
+        embeddings = self.catalog.embeddings
         results = [
             {USER_EMBEDDING: np.stack([user_vector(embeddings[user], self.decay) for user in r["rows"]])}
             if len(r["rows"])
-            else {USER_EMBEDDING: np.zeros((0, self.index.catalog.dim), np.float32)}
+            else {USER_EMBEDDING: np.zeros((0, self.catalog.dim), np.float32)}
             for r in rows
         ]
         return merge(outcomes, valid, results)

@@ -12,8 +12,9 @@ from aisle.model_repository.cold_items import ColdItemEncoder
 from aisle.model_repository.errors import InvalidInput
 from aisle.model_repository.item_store import ItemStore
 from aisle.model_repository.ort_runner import OrtGraph
-from aisle.model_repository.tokenizer_logic import BatchTokenizer, decode_texts, public_inputs
+from aisle.model_repository.tokenizer_logic import BatchTokenizer, public_inputs
 from aisle.model_repository.user_profile import UserProfile
+from aisle.model_repository.validation import CatalogIndex, RequestValidator, decode_texts
 from aisle.modeling.user import user_vector
 from aisle.schema import (
     ATTENTION_MASK,
@@ -25,11 +26,13 @@ from aisle.schema import (
     ITEM_EMBEDDINGS,
     ITEM_FEATURES_TENSOR,
     ITEM_TOKENIZER,
+    QUERY,
     QUERY_TOKENIZER,
     TEXT,
     USER_EMBEDDING,
     USER_HISTORY_IDS,
     build_schema,
+    validated,
 )
 from aisle.tokenization import Bucketing, encode_batch, load_tokenizer
 
@@ -243,6 +246,64 @@ def test_cold_encoder_rejects_bad_candidates_without_embedding_them(request_, me
     assert isinstance(outcome, InvalidInput)
     assert re.search(message, str(outcome)), str(outcome)
     assert calls == []
+
+
+# --- request validator -------------------------------------------------------------------------------
+
+
+def rank_request(candidates: list[int], history: list[int], query: bytes = b"shoes") -> dict[str, np.ndarray]:
+    return {
+        QUERY: np.array([[query]], dtype=object),
+        CANDIDATE_IDS: np.array([candidates], np.int64),
+        USER_HISTORY_IDS: np.array([history], np.int64).reshape(1, len(history)),
+    }
+
+
+@pytest.fixture(scope="module")
+def rank_validator(catalog: Catalog) -> RequestValidator:
+    schema = build_schema(6, max_candidates=3, max_history=2)
+    return RequestValidator([QUERY, CANDIDATE_IDS, USER_HISTORY_IDS], CatalogIndex(catalog.item_ids), schema)
+
+
+def test_validator_passes_valid_inputs_on_unchanged_under_their_valid_names(rank_validator) -> None:
+    request = rank_request([10, 30], [])
+    (outcome,) = rank_validator([request])
+    assert set(outcome) == {validated(QUERY), validated(CANDIDATE_IDS), validated(USER_HISTORY_IDS)}
+    for name, array in request.items():
+        np.testing.assert_array_equal(outcome[validated(name)], array)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (rank_request([10], [], query=b"\xff"), r"^QUERY: element \[0, 0\] is not valid UTF-8"),
+        (rank_request([10, 13], []), r"^CANDIDATE_IDS: \[0, 1\] = 13 is not an item"),
+        (rank_request([10, 11, 12, 20], []), r"^CANDIDATE_IDS: 4 candidates per request is more than max_candidates=3"),
+        (rank_request([10], [-1]), r"^USER_HISTORY_IDS: \[0, 0\] = -1 is negative"),
+        (
+            rank_request([10], [10, 11, 12]),
+            r"^USER_HISTORY_IDS: 3 history items per request is more than max_history=2",
+        ),
+    ],
+    ids=["utf8", "unknown", "too-many", "negative-history", "long-history"],
+)
+def test_validator_rejects_each_bad_input_naming_it(rank_validator, request_, message: str) -> None:
+    good, bad = rank_validator([rank_request([11], [12]), request_])
+    assert validated(CANDIDATE_IDS) in good
+    assert isinstance(bad, InvalidInput) and re.search(message, str(bad)), str(bad)
+
+
+def test_validator_checks_cold_candidate_features_against_texts(catalog: Catalog) -> None:
+    validator = RequestValidator(
+        [QUERY, CANDIDATE_TEXTS, CANDIDATE_FEATURES, USER_HISTORY_IDS], CatalogIndex(catalog.item_ids), build_schema(6)
+    )
+    request = {
+        QUERY: np.array([[b"q"]], object),
+        **cold_request([["a", "b"]], features_width=3),
+        USER_HISTORY_IDS: np.zeros((1, 0), np.int64),
+    }
+    (outcome,) = validator([request])
+    assert isinstance(outcome, InvalidInput) and outcome.tensor == CANDIDATE_FEATURES
 
 
 # --- batching and the ORT runner ------------------------------------------------------------------------

@@ -1,0 +1,146 @@
+"""The launcher and `aisle serve`: ports, start-up failures, draining on SIGTERM, no leaked requests."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from aisle.export.repo_format import CATALOG_FILE, MODEL_VERSION, REPO_MANIFEST
+from aisle.model_repository.errors import ServerStartError
+from aisle.model_repository.server import ServerConfig, TritonServer, backends_dir, free_ports
+from aisle.schema import (
+    CANDIDATE_FEATURES,
+    CANDIDATE_IDS,
+    CANDIDATE_TEXTS,
+    ITEM_STORE,
+    QUERY,
+    RANK,
+    RANK_COLD,
+    SCORES,
+    USER_HISTORY_IDS,
+)
+
+pytestmark = pytest.mark.server
+
+
+def infer(url: str, model: str, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    client = grpcclient.InferenceServerClient(url)
+    wire = []
+    for name, array in inputs.items():
+        datatype = {"O": "BYTES", "i": "INT64", "f": "FP32"}[array.dtype.kind]
+        tensor = grpcclient.InferInput(name, list(array.shape), datatype)
+        tensor.set_data_from_numpy(array)
+        wire.append(tensor)
+    return client.infer(model, wire, client_timeout=300).as_numpy(SCORES)
+
+
+def test_backends_dir_puts_this_pythons_stub_beside_the_python_backend() -> None:
+    python = backends_dir() / "python"
+    assert (python / "libtriton_python.so").is_file()
+    assert os.access(python / "triton_python_backend_stub", os.X_OK)
+
+
+def test_command_is_the_plain_tritonserver_command_on_loopback(tmp_path: Path) -> None:
+    server = TritonServer(ServerConfig(tmp_path, grpc_port=1, http_port=2, metrics_port=3, extra_args=("--x=1",)))
+    command = server.command()
+    assert Path(command[0]).name == "tritonserver"
+    for flag in ("--grpc-address", "--http-address", "--metrics-address"):
+        assert f"{flag}=127.0.0.1" in command
+    assert f"--model-repository={tmp_path.resolve()}" in command and command[-1] == "--x=1"
+    assert "nvidia_pytriton.libs" in server.env()["LD_LIBRARY_PATH"]
+    assert server.env()["PATH"].startswith(str(Path(sys.prefix) / "bin"))
+
+
+def test_start_refuses_a_port_already_in_use(triton_server) -> None:
+    grpc_port = int(triton_server.grpc_url.rsplit(":", 1)[1])
+    _, http_port, metrics_port = free_ports(3)
+    config = ServerConfig(
+        triton_server.config.repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port
+    )
+    with pytest.raises(ServerStartError, match=f"grpc_port={grpc_port} .* already in use"):
+        TritonServer(config).start()
+
+
+def test_failed_start_raises_with_the_server_log_naming_the_broken_model(embedded_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "broken"
+    repo.mkdir()
+    shutil.copy2(embedded_repo / REPO_MANIFEST, repo)
+    shutil.copytree(embedded_repo / ITEM_STORE, repo / ITEM_STORE)
+    (repo / ITEM_STORE / MODEL_VERSION / CATALOG_FILE).unlink()
+    grpc_port, http_port, metrics_port = free_ports(3)
+    server = TritonServer(ServerConfig(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port))
+    with pytest.raises(ServerStartError, match="exited with code") as caught:
+        server.start(timeout_s=120)
+    assert "catalog.npz: catalog file not found" in str(caught.value)
+    assert not server.is_running()
+
+
+def wait_ready(http_url: str, process: subprocess.Popen, timeout_s: float = 240.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"aisle serve not ready after {timeout_s}s")
+
+
+def test_aisle_serve_drains_in_flight_requests_and_exits_zero_on_sigterm(embedded_repo: Path, tiny_data: Path) -> None:
+    from aisle.data.format import load_dataset
+
+    grpc_port, http_port, metrics_port = free_ports(3)
+    ports = ["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)]
+    command = [sys.executable, "-m", "aisle.cli", "serve", "--repo", str(embedded_repo), *ports]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_ready(f"127.0.0.1:{http_port}", process)
+        url = f"127.0.0.1:{grpc_port}"
+        # Rejected rank requests must not leave anything in flight (see model_repository.validation).
+        for bad in ([-1], [10**9]):
+            no_history = np.zeros((1, 0), np.int64)
+            inputs = {QUERY: np.array([[b"q"]], object), CANDIDATE_IDS: np.array([bad]), USER_HISTORY_IDS: no_history}
+            with pytest.raises(InferenceServerException, match=CANDIDATE_IDS):
+                infer(url, RANK, inputs)
+        items = load_dataset(tiny_data).items[:300]
+        slow = {
+            QUERY: np.array([[b"lamp"]], object),
+            CANDIDATE_TEXTS: np.array([[(item.text() + " extra words") * 3 for item in items]], object),
+            CANDIDATE_FEATURES: np.array([[item.features() for item in items]], np.float32),
+            USER_HISTORY_IDS: np.zeros((1, 0), np.int64),
+        }
+        result: dict = {}
+        worker = threading.Thread(target=lambda: result.update(scores=infer(url, RANK_COLD, slow)))
+        worker.start()
+        time.sleep(1.0)
+        assert worker.is_alive(), "the request finished before SIGTERM: make it longer"
+        process.send_signal(signal.SIGTERM)
+        worker.join(timeout=300)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output
+    assert result["scores"].shape == (1, len(items)) and np.isfinite(result["scores"]).all()
+    assert "SIGTERM: draining in-flight requests" in output
+    (log_path,) = re.findall(r"server log: (\S+)", output)
+    # The ensembles were drained before SIGTERM, and rejected requests left nothing behind in flight.
+    log = Path(log_path).read_text()
+    assert "successfully unloaded 'rank_cold'" in log
+    assert "Found 0 model versions that have in-flight inferences" in log
+    assert 'in-flight inferences"' not in log.replace('Found 0 model versions that have in-flight inferences"', "")
