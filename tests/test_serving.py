@@ -122,8 +122,9 @@ class Reference:
 
         q = torch.from_numpy(self.embed_queries([query]))
         u = torch.from_numpy(self.user(history))[None]
+        items_t, features_t = torch.from_numpy(items)[None], torch.from_numpy(features)[None]
         with torch.inference_mode():
-            return self.checkpoint.head(q, u, torch.from_numpy(items)[None], torch.from_numpy(features)[None])[0].numpy()
+            return self.checkpoint.head(q, u, items_t, features_t)[0].numpy()
 
     def rank_scores(self, query: str, candidates: list[int], history: list[int]) -> np.ndarray:
         rows = [self.row[i] for i in candidates]
