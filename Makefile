@@ -20,8 +20,20 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q -rs
 
+# The main job on a fresh machine: shop data, fast training, ONNX export behind its parity gate,
+# the embedded Triton repository, a served search/recommendation session, and a short benchmark.
+DEMO_DATA := $(ART)/data/small
+DEMO_CKPT := $(ART)/checkpoints/fast
 demo: install
-	$(AISLE) data --out $(ART)/data --preset small --seed 0
+	test -f $(DEMO_DATA)/manifest.json || $(AISLE) data --out $(DEMO_DATA) --preset small --seed 0
+	test -f $(DEMO_CKPT)/metrics.json || $(AISLE) train --data $(DEMO_DATA) --out $(DEMO_CKPT) --preset fast
+	$(AISLE) export onnx --checkpoint $(DEMO_CKPT) --data $(DEMO_DATA) --out $(ART)/onnx
+	rm -rf $(ART)/repo
+	$(AISLE) export repo --checkpoint $(DEMO_CKPT) --data $(DEMO_DATA) --target embedded \
+		--onnx-dir $(ART)/onnx --out $(ART)/repo
+	$(PY) scripts/demo.py --repo $(ART)/repo --data $(DEMO_DATA)
+	$(AISLE) bench --repo $(ART)/repo --checkpoint $(DEMO_CKPT) --data $(DEMO_DATA) --quick --duration 3 \
+		--out $(ART)/bench-quick
 
 lint: install
 	$(VENV)/bin/ruff check .
