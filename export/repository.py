@@ -8,6 +8,8 @@
     REPO/user_profile/1/, cold_item_encoder/1/   model.py
     REPO/<ensemble>/1/                    empty: ensembles have no files, only a version directory
     REPO/*/config.pbtxt                   rendered from aisle.schema by triton_config
+    REPO/start_tritonserver.sh            tensorrt target: builds the engines where they run, then
+                                          execs tritonserver (a plan is tied to GPU and TensorRT)
 
 The catalog embeddings are computed here with the PyTorch item tower and the serving tokenisation
 (aisle.modeling.loading.embed_texts), so a ranked id scores exactly as its text would.
@@ -15,6 +17,7 @@ The catalog embeddings are computed here with the PyTorch item tower and the ser
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -27,6 +30,7 @@ from aisle.export.repo_format import (
     CATALOG_FILE,
     GRAPH_FILE,
     MODEL_VERSION,
+    PLAN_FILE,
     TOKENIZER_FILE,
     Catalog,
     RepoManifest,
@@ -41,10 +45,14 @@ from aisle.export.triton_config import (
     render_configs,
     write_config,
 )
-from aisle.schema import ITEM_TOKENIZER, QUERY_TOKENIZER, Role, Schema
+from aisle.schema import ITEM_TOKENIZER, QUERY_TOKENIZER, Role, Schema, Target
 
 #: Texts per item-tower batch when embedding the catalog.
 CATALOG_BATCH = 64
+#: tensorrt target: the script that builds engines at container start, then starts tritonserver.
+START_SCRIPT = "start_tritonserver.sh"
+#: Where the NGC tritonserver images keep trtexec (overridable with TRTEXEC=...).
+NGC_TRTEXEC = "/usr/src/tensorrt/bin/trtexec"
 MODEL_SOURCE_PACKAGE = "aisle.model_repository"
 
 
@@ -161,6 +169,65 @@ def write_models(
         write_config(configs[ensemble.name], root / ensemble.name)
 
 
+def write_start_script(schema: Schema, root: Path) -> Path:
+    """The tensorrt target's start-up script: build each graph's engine unless it was built for this
+    GPU and TensorRT already, then exec tritonserver on this repository with the script's arguments.
+
+    Engines are built with trtexec from the export stage's plans (aisle.export.tensorrt_build: one
+    profile per length bucket, fp32 LayerNorm/softmax layers, a timing cache); paths are relative to
+    the repository, which must be writable (engines and their keys are cached in it).
+    """
+    import onnx
+
+    from aisle.export.fp16 import fp32_node_names
+    from aisle.export.tensorrt_build import (
+        TIMING_CACHE_FILE,
+        EngineConfig,
+        EnginePlan,
+        derive_profiles,
+        trtexec_command,
+    )
+
+    lines = [
+        "#!/usr/bin/env bash",
+        "# Rendered by `aisle export repo --target tensorrt`. Builds the TensorRT engines of this repository",
+        "# on the GPU it runs on (a plan is tied to GPU and TensorRT version; each is keyed and reused),",
+        '# then runs tritonserver on it. Extra arguments go to tritonserver, e.g. "--log-verbose=1".',
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        f'TRTEXEC="${{TRTEXEC:-{NGC_TRTEXEC}}}"',
+        'TRT_VERSION="$({ "$TRTEXEC" --help 2>&1 || true; } | grep -o "TensorRT v[0-9]*" | head -n 1 || true)"',
+        'KEY="$(nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader --id=0) ${TRT_VERSION:-TensorRT ?}"',
+        "build() {  # build <model dir> <trtexec args...>",
+        '  local plan="$1/model.plan"; shift',
+        '  if [[ -f "$plan" && "$(cat "$plan.key" 2>/dev/null)" == "$KEY" ]]; then echo "keeping $plan"; return; fi',
+        '  echo "building $plan for $KEY"',
+        '  "$@" > "$plan.build.log" 2>&1 || { tail -n 40 "$plan.build.log"; exit 1; }',
+        '  echo "$KEY" > "$plan.key"',
+        "}",
+    ]
+    for decl in schema.models:
+        if decl.role not in GRAPH_ROLES:
+            continue
+        version = Path(decl.name) / MODEL_VERSION
+        graph = onnx.load(str(root / version / GRAPH_FILE), load_external_data=False)
+        plan = EnginePlan(
+            decl.name,
+            version / GRAPH_FILE,
+            version / PLAN_FILE,
+            tuple(derive_profiles(schema, decl.name)),
+            tuple(fp32_node_names(graph)),
+            EngineConfig(timing_cache=Path(TIMING_CACHE_FILE)),
+        )
+        arguments = shlex.join(trtexec_command(plan)[1:])  # [0] is the trtexec binary: "$TRTEXEC" here
+        lines.append(f'build {version} "$TRTEXEC" {arguments}')
+    lines.append('exec tritonserver --model-repository="$PWD" "$@"')
+    path = root / START_SCRIPT
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o755)
+    return path
+
+
 def render_repository(spec: RepoSpec) -> RepoManifest:
     """Render `spec.out` completely or not at all (a failed rendering leaves no half repository)."""
     from aisle.data.format import load_dataset
@@ -175,6 +242,8 @@ def render_repository(spec: RepoSpec) -> RepoManifest:
         graphs = _graphs(spec, staging / "onnx_export.partial")
         catalog = compute_catalog(spec.checkpoint, dataset.items, batch_size=spec.catalog_batch, progress=spec.progress)
         write_models(schema, spec.options, staging, spec.checkpoint, graphs, catalog)
+        if spec.options.target is Target.TENSORRT:
+            write_start_script(schema, staging)
         shutil.rmtree(staging / "onnx_export.partial", ignore_errors=True)
         manifest = RepoManifest(
             target=spec.options.target.value,

@@ -218,3 +218,54 @@ def test_repo_manifest_rebuilds_the_rendering_schema(tmp_path: Path) -> None:
 def test_repo_manifest_load_names_a_missing_manifest(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="aisle_repo.json"):
         RepoManifest.load(tmp_path)
+
+
+FAKE_TOOLS = {
+    # Stand-ins for the NGC image's binaries, to exercise the script's rebuild-or-keep logic here.
+    "nvidia-smi": 'echo "$FAKE_GPU, 9.0"',
+    "trtexec": 'echo "&&&& RUNNING TensorRT.trtexec [TensorRT v100500]"\n'
+    'for a in "$@"; do case $a in --saveEngine=*) echo engine > "${a#--saveEngine=}";; esac; done\n'
+    'echo "$@" >> "$CALLS"',
+    "tritonserver": 'echo "tritonserver $*" >> "$CALLS"',
+}
+
+
+def test_tensorrt_start_script_builds_each_engine_once_per_gpu_then_starts_tritonserver(
+    serving_checkpoint: Path, onnx_dir: Path, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+
+    from aisle.export.graphs import graph_file
+    from aisle.export.repository import START_SCRIPT, write_start_script
+    from aisle.export.tensorrt_build import derive_profiles
+
+    repo, bin_dir, calls = tmp_path / "repo", tmp_path / "bin", tmp_path / "calls"
+    graphs = {m.name: onnx_dir / graph_file(m.name) for m in SCHEMA.models if m.role in GRAPH_ROLES}
+    repo.mkdir()
+    write_models(SCHEMA, RenderOptions(Target.TENSORRT), repo, serving_checkpoint, graphs, synthetic_catalog(SCHEMA))
+    script = write_start_script(SCHEMA, repo)
+    bin_dir.mkdir()
+    for name, body in FAKE_TOOLS.items():
+        (bin_dir / name).write_text("#!/usr/bin/env bash\n" + body + "\n")
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TRTEXEC": "trtexec", "CALLS": str(calls)}
+
+    def run(gpu: str) -> tuple[list[str], list[str]]:
+        """(trtexec builds, tritonserver starts) of one container start on `gpu`."""
+        calls.unlink(missing_ok=True)
+        subprocess.run([str(script), "--log-verbose=1"], env={**env, "FAKE_GPU": gpu}, check=True, capture_output=True)
+        lines = calls.read_text().splitlines()
+        return [c for c in lines if "--onnx=" in c], [c for c in lines if c.startswith("tritonserver")]
+
+    builds, starts = run("H100")
+    graph_models = sorted(graphs)
+    assert sorted(build.split("--onnx=")[1].split("/")[0] for build in builds) == graph_models
+    assert starts == [f"tritonserver --model-repository={repo} --log-verbose=1"]
+    for name in graph_models:
+        assert (repo / name / MODEL_VERSION / "model.plan").is_file()
+        build = next(b for b in builds if f"--onnx={name}/" in b)
+        assert build.count("--minShapes=") == len(derive_profiles(SCHEMA, name))
+    assert run("H100") == ([], starts)
+    assert len(run("L4")[0]) == len(graph_models)
+    assert script.name == START_SCRIPT
