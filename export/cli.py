@@ -68,8 +68,8 @@ def _register_onnx(group: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--benchmark",
         action="store_true",
-        help="measure the query tower's seq/s at batch 1 and 32 (2 intra-op threads) for the plain, "
-        "optimised and int8 graphs side by side, and record the ratios in the report",
+        help="measure each tower's seq/s at batch 1 and 32 (2 intra-op threads) on the dataset's texts for the "
+        "plain, optimised and int8 graphs side by side (interleaved rounds), and record the ratios in the report",
     )
     parser.set_defaults(func=run_onnx)
 

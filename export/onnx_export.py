@@ -29,7 +29,7 @@ class OnnxExportOptions:
         on cosine and ranking overlap).
     fp16: also write mixed-precision `*.fp16.onnx` towers for GPU targets (gated where a runtime
         can run them here).
-    benchmark: measure the plain, optimised (and int8) query tower's throughput side by side.
+    benchmark: measure each tower's plain, optimised (and int8) graphs' throughput side by side.
     """
 
     checkpoint: Path
@@ -81,7 +81,7 @@ def run_onnx_export(options: OnnxExportOptions, progress: Progress | None = None
     report.conversions = conversions
     if options.benchmark:
         step("benchmark")
-        report.benchmark = benchmark_query_tower(options, out, dataset)
+        report.benchmark = benchmark_towers(options, out, dataset)
     return report, report.write(out)
 
 
@@ -171,35 +171,35 @@ def _build_variants(options: OnnxExportOptions, out: Path, step: Progress) -> di
     return conversions
 
 
-def benchmark_query_tower(options: OnnxExportOptions, out: Path, dataset) -> dict:
-    """Query-tower throughput of each CPU variant against the plain graph, on the dataset's queries."""
+def benchmark_towers(options: OnnxExportOptions, out: Path, dataset) -> dict:
+    """Each tower's throughput per CPU variant against its plain graph, on the dataset's own texts
+    (queries for the query tower, item texts for the item tower), padded as serving pads them."""
     import itertools
 
     from aisle.export.speed import compare_speed, speed_ratios
-    from aisle.modeling.checkpoint import QUERY_ENCODER_DIR, Manifest
+    from aisle.modeling.checkpoint import ITEM_ENCODER_DIR, QUERY_ENCODER_DIR, Manifest
     from aisle.tokenization import Bucketing, encode_batch, load_tokenizer
 
     manifest = Manifest.load(options.checkpoint)
-    bucketing = Bucketing(manifest.query_buckets)
-    tokenizer = load_tokenizer(Path(options.checkpoint) / QUERY_ENCODER_DIR, bucketing.max_length)
-    texts = [q.text for q in dataset.queries if q.text.strip()]
-    decl = manifest.schema().model(QUERY_ENCODER)
-    feeds = {
-        batch: dict(
-            zip(
-                (t.name for t in decl.inputs),
-                encode_batch(tokenizer, list(itertools.islice(itertools.cycle(texts), batch)), bucketing),
-            )
-        )
-        for batch in options.speed.batches
-    }
+    towers = (
+        (QUERY_ENCODER, QUERY_ENCODER_DIR, manifest.query_buckets, [q.text for q in dataset.queries]),
+        (ITEM_ENCODER, ITEM_ENCODER_DIR, manifest.item_buckets, [item.text() for item in dataset.items]),
+    )
     cpu_variants = [v for v in (Variant.FP32, Variant.OPT, Variant.INT8) if v is Variant.FP32 or v in options.variants]
-    graphs = {v.value: out / graph_file(QUERY_ENCODER, v) for v in cpu_variants}
-    results = compare_speed(graphs, feeds, options.speed)
-    return {
-        "model": QUERY_ENCODER,
-        "inputs": f"dataset queries, padded to their bucket: {[f[decl.inputs[0].name].shape for f in feeds.values()]}",
-        "settings": asdict(options.speed),
-        "seq_per_s": results,
-        "ratio_vs_fp32": speed_ratios(results, Variant.FP32.value),
-    }
+    report: dict = {"settings": asdict(options.speed)}
+    for model, directory, buckets, texts in towers:
+        bucketing = Bucketing(buckets)
+        tokenizer = load_tokenizer(Path(options.checkpoint) / directory, bucketing.max_length)
+        texts = [t for t in texts if t.strip()]
+        names = [t.name for t in manifest.schema().model(model).inputs]
+        feeds = {
+            batch: dict(zip(names, encode_batch(tokenizer, list(itertools.islice(texts, batch)), bucketing)))
+            for batch in options.speed.batches
+        }
+        results = compare_speed({v.value: out / graph_file(model, v) for v in cpu_variants}, feeds, options.speed)
+        report[model] = {
+            "input_shapes": {f"batch_{b}": list(f[names[0]].shape) for b, f in feeds.items()},
+            "seq_per_s": results,
+            "ratio_vs_fp32": speed_ratios(results, Variant.FP32.value),
+        }
+    return report

@@ -335,15 +335,15 @@ class ParityReport:
                 f"(mean {stats['mean_top_k_overlap']:.2f}) over {stats['rows']} queries"
             )
         lines += [f"skipped {what}: {why}" for what, why in self.skipped.items()]
-        for label, ratios in self.benchmark.get("ratio_vs_fp32", {}).items():
-            speeds = self.benchmark["seq_per_s"][label]
-            lines.append(
-                f"speed {label} vs fp32: "
-                + ", ".join(f"{key} x{value:.2f}" for key, value in ratios.items())
-                + " ("
-                + ", ".join(f"{key}={value:.0f}" for key, value in speeds.items())
-                + ")"
-            )
+        for model, speed in self.benchmark.items():
+            for label, ratios in speed.get("ratio_vs_fp32", {}).items():
+                lines.append(
+                    f"speed {model} {label} vs fp32: "
+                    + ", ".join(f"{key} x{value:.2f}" for key, value in ratios.items())
+                    + " ("
+                    + ", ".join(f"{key}={value:.0f}" for key, value in speed["seq_per_s"][label].items())
+                    + f"; fp32 {', '.join(f'{v:.0f}' for v in speed['seq_per_s']['fp32'].values())})"
+                )
         return lines
 
     def raise_on_failure(self, report_path: Path) -> None:

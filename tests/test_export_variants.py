@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto
@@ -86,3 +87,15 @@ def test_int8_towers_are_quantised_and_judged_on_cosine_and_ranking_overlap(
     for failure in report.failures:  # int8 may fail its gate; when it does, the message says why
         limits = (f"below tolerance {gate.min_cosine:g}", f"below tolerance {gate.min_top_k_overlap:g}")
         assert ".int8.onnx" in failure and failure.endswith(limits)
+
+
+def test_speed_comparison_reports_each_graph_at_each_batch_against_the_plain_graph(onnx_dir: Path) -> None:
+    from aisle.export.speed import SpeedConfig, compare_speed, speed_ratios
+
+    ids = np.full((4, 8), 2000, dtype=np.int64)
+    feeds = {b: {"INPUT_IDS": ids[:b], "ATTENTION_MASK": np.ones_like(ids[:b])} for b in (1, 4)}
+    graphs = {"fp32": onnx_dir / graph_file(QUERY_ENCODER), "same": onnx_dir / graph_file(QUERY_ENCODER)}
+    results = compare_speed(graphs, feeds, SpeedConfig(batches=(1, 4), rounds=2, round_s=0.05))
+    assert set(results) == {"fp32", "same"}
+    assert all(set(r) == {"batch_1_seq_per_s", "batch_4_seq_per_s"} and min(r.values()) > 0 for r in results.values())
+    assert set(speed_ratios(results, "fp32")) == {"same"}
