@@ -136,7 +136,7 @@ def _progress(steps: list[str]) -> Iterator:
     from tqdm import tqdm
 
     with tqdm(total=len(steps), unit="step", leave=False) as bar:
-        started = []
+        started: list[str] = []
 
         def step(name: str) -> None:
             if started:

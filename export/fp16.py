@@ -59,7 +59,8 @@ def node_precisions(model) -> tuple[Counter, Counter]:
         for info in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
     }
     types.update({init.name: init.data_type for init in model.graph.initializer})
-    fp32, fp16 = Counter(), Counter()
+    fp32: Counter[str] = Counter()
+    fp16: Counter[str] = Counter()
     for node in model.graph.node:
         if node.op_type == "Cast":
             continue

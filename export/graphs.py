@@ -22,6 +22,7 @@ import tempfile
 import warnings
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 from aisle.errors import ExportError
 from aisle.schema import FUSION_HEAD, ITEM_ENCODER, QUERY_ENCODER, ModelDecl, Role
@@ -193,7 +194,8 @@ def export_onnx(
     # The manifest travels with the graphs: engine builds and repositories read buckets and dims from it.
     checkpoint.manifest.save(out_dir)
     for tower in (checkpoint.query_tower, checkpoint.item_tower):
-        tower.encoder.set_attn_implementation("eager")
+        encoder: Any = tower.encoder  # a transformers PreTrainedModel
+        encoder.set_attn_implementation("eager")
     modules = {QUERY_ENCODER: checkpoint.query_tower, ITEM_ENCODER: checkpoint.item_tower, FUSION_HEAD: checkpoint.head}
     paths: dict[str, Path] = {}
     for name in GRAPH_MODELS:

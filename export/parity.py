@@ -70,17 +70,19 @@ class Stats:
     @classmethod
     def merge(cls, parts: list[Stats]) -> Stats:
         rows = sum(p.rows for p in parts)
-        top_k = [p for p in parts if p.min_top_k_overlap is not None]
+        top_k = [
+            (p.min_top_k_overlap, p.mean_top_k_overlap, p.rows)
+            for p in parts
+            if p.min_top_k_overlap is not None and p.mean_top_k_overlap is not None
+        ]
         return cls(
             max_abs=max(p.max_abs for p in parts),
             mean_abs=sum(p.mean_abs * p.rows for p in parts) / rows,
             min_cosine=min(p.min_cosine for p in parts),
             mean_cosine=sum(p.mean_cosine * p.rows for p in parts) / rows,
             rows=rows,
-            min_top_k_overlap=min(p.min_top_k_overlap for p in top_k) if top_k else None,
-            mean_top_k_overlap=(
-                sum(p.mean_top_k_overlap * p.rows for p in top_k) / sum(p.rows for p in top_k) if top_k else None
-            ),
+            min_top_k_overlap=min(low for low, _, _ in top_k) if top_k else None,
+            mean_top_k_overlap=sum(mean * n for _, mean, n in top_k) / sum(n for _, _, n in top_k) if top_k else None,
         )
 
     def failures(self, gate: Gate, graph: str, output: str) -> list[str]:

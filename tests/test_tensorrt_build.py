@@ -42,6 +42,10 @@ from aisle.schema import (
 ENVIRONMENT = BuildEnvironment("10.3.0", "NVIDIA H100 80GB HBM3", "9.0")
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 HAS_CUDA_GPU = shutil.which("nvidia-smi") is not None
+MISSING_FOR_ENGINES = [
+    *([] if HAS_TENSORRT else ["tensorrt is not installed (PyPI's tensorrt cannot fetch NVIDIA's wheels here)"]),
+    *([] if HAS_CUDA_GPU else ["no CUDA GPU (nvidia-smi not found)"]),
+]
 
 
 def test_encoder_profiles_are_one_per_length_bucket_up_to_the_max_batch() -> None:
@@ -157,8 +161,7 @@ def test_trt_cli_without_tensorrt_says_how_to_get_it(onnx_dir: Path, tmp_path: P
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAS_TENSORRT, reason="tensorrt is not installed (not installable from PyPI on this machine)")
-@pytest.mark.skipif(not HAS_CUDA_GPU, reason="no CUDA GPU (nvidia-smi not found)")
+@pytest.mark.skipif(bool(MISSING_FOR_ENGINES), reason="; ".join(MISSING_FOR_ENGINES))
 def test_engines_build_pass_the_fp16_gate_and_are_kept_when_current(
     serving_checkpoint: Path, tiny_data: Path, onnx_dir: Path, tmp_path: Path
 ) -> None:
