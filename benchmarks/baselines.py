@@ -87,7 +87,10 @@ def pretokenize(texts: Sequence[str], tokenizer, bucketing: Bucketing, batch_siz
 
 @dataclass(frozen=True)
 class OrtResult:
-    """Raw ORT over pre-tokenised batches: sequences/s, per-batch latency, achieved GFLOP/s."""
+    """Raw ORT over pre-tokenised batches: sequences/s, per-batch latency, achieved GFLOP/s.
+
+    cpu_cores / other_cpu_cores: cores this process and the rest of the machine used meanwhile.
+    """
 
     name: str
     batch_size: int
@@ -99,6 +102,7 @@ class OrtResult:
     mean_padded_tokens: float
     useful_gflops: float
     executed_gflops: float
+    cpu_cores: float | None = None
     other_cpu_cores: float | None = None
 
     def to_dict(self) -> dict:

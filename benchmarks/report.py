@@ -51,6 +51,10 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _per_core(rate: float, cores: float | None) -> float | None:
+    return rate / cores if cores else None
+
+
 def _verdict(passed: bool | None) -> str:
     return {True: "PASS", False: "FAIL", None: "NOT MEASURED"}[passed]
 
@@ -86,14 +90,15 @@ def points_table(points: list[dict]) -> str:
 def ort_table(ort: list[dict], machine: dict) -> str:
     lines = [
         "| run | batch | padding | seq/s | p50 ms/batch | real tokens | padded tokens | GFLOP/s real "
-        "| GFLOP/s executed |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| GFLOP/s executed | CPU cores used | seq/s per core | other CPU cores |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in ort:
         lines.append(
             f"| {r['name']} | {r['batch_size']} | {r['padding']} | {r['throughput_seqs']:.1f} "
             f"| {r['latency']['p50_ms']:.2f} | {r['mean_tokens']:.1f} | {r['mean_padded_tokens']:.1f} "
-            f"| {r['useful_gflops']:.1f} | {r['executed_gflops']:.1f} |"
+            f"| {r['useful_gflops']:.1f} | {r['executed_gflops']:.1f} | {_fmt(r.get('cpu_cores'))} "
+            f"| {_fmt(_per_core(r['throughput_seqs'], r.get('cpu_cores')), 1)} | {_fmt(r.get('other_cpu_cores'))} |"
         )
     threads = ort[0]["threads"] if ort else "?"
     lines.append(

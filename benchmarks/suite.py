@@ -196,7 +196,8 @@ def ort_baselines(config: SuiteConfig, schema: Schema, workload: Workload, graph
             result = ort_throughput(
                 session, batches, shape, name=f"ort_{padding}_b{size}", padding=label, duration_s=config.duration_s
             )
-        results.append(replace(result, other_cpu_cores=meter.result.other_cores if meter.result else None))
+        cpu = meter.result
+        results.append(replace(result, cpu_cores=cpu and cpu.client_cores, other_cpu_cores=cpu and cpu.other_cores))
     return results
 
 

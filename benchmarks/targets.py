@@ -183,10 +183,22 @@ def _contention(measurements: dict[str, dict | None]) -> str:
     if not loaded:
         return ""
     during = ", ".join(f"{cores:.2f} cores during {name}" for name, cores in others.items() if cores is not None)
+    rates = {name: _rate_per_core(m) for name, m in measurements.items() if m}
+    per_core = ", ".join(f"{name} {rate:.0f}/s" for name, rate in rates.items() if rate is not None)
     return (
         f"Contention: the rest of the machine used {during} (other users of the shared cores); "
         "this measurement is distorted and should be repeated on an idle machine."
+        + (f" Per CPU core the system under test used: {per_core}." if per_core else "")
     )
+
+
+def _rate_per_core(measurement: dict) -> float | None:
+    """Throughput per core used by the system under test (server tree, or this process for raw ORT)."""
+    if "throughput_seqs" in measurement:
+        rate, cores = measurement["throughput_seqs"], measurement.get("cpu_cores")
+    else:
+        rate, cores = measurement.get("throughput_rps"), measurement.get("server_cpu_cores")
+    return rate / cores if rate and cores else None
 
 
 def _step(point: dict | None, model: str) -> dict | None:
