@@ -120,29 +120,38 @@ def encoder_buckets(schema: Schema, encoder: str) -> tuple[int, ...]:
     raise ExportError(f"no ensemble feeds encoder {encoder!r} from a tokenizer")
 
 
-def warmup_shapes(schema: Schema, decl: ModelDecl) -> list[tuple[str, int, dict[str, tuple[int, ...]]]]:
+def warmup_batches(decl: ModelDecl, options: RenderOptions) -> tuple[int, ...]:
+    """Batch sizes to warm up with: 1 everywhere, plus the maximum batch on GPU targets.
+
+    On a GPU the first run of a shape is what is slow (TensorRT profile selection, ORT-GPU
+    allocations), so the largest batch is worth running before readiness. On CPU a batch-64 warmup
+    of the 128-token bucket costs seconds of start-up and buys little: onnxruntime's CPU arena grows
+    once, on the first large batch.
+    """
+    return tuple(sorted({1, decl.batching.max_batch_size})) if options.graphs_on_gpu else (1,)
+
+
+def warmup_shapes(
+    schema: Schema, decl: ModelDecl, batches: tuple[int, ...]
+) -> list[tuple[str, int, dict[str, tuple[int, ...]]]]:
     """(name, batch size, input dims) of each warmup sample of a graph model.
 
-    Encoders: every length bucket at batch 1 and at the maximum batch, so each shape a request can
-    bring has run once (onnxruntime allocates per shape; TensorRT selects kernels). Fusion head: one
-    rank-sized request at batch 1 and at the maximum batch.
+    Encoders: every length bucket at each batch size, so each sequence length a request can bring has
+    run once. Fusion head: one rank-sized request (WARMUP_CANDIDATES candidates) at each batch size.
     """
     if decl.role is Role.ENCODER:
-        samples = []
-        for bucket in encoder_buckets(schema, decl.name):
-            for batch in sorted({1, decl.batching.max_batch_size}):
-                samples.append((f"bucket{bucket}_batch{batch}", batch, {t.name: (bucket,) for t in decl.inputs}))
-        return samples
+        return [
+            (f"bucket{bucket}_batch{batch}", batch, {t.name: (bucket,) for t in decl.inputs})
+            for bucket in encoder_buckets(schema, decl.name)
+            for batch in batches
+        ]
     if decl.role is Role.FUSION_HEAD:
         dims = {t.name: tuple(WARMUP_CANDIDATES if d == -1 else d for d in t.dims) for t in decl.inputs}
-        return [
-            (f"candidates{WARMUP_CANDIDATES}_batch{batch}", batch, dims)
-            for batch in sorted({1, decl.batching.max_batch_size})
-        ]
+        return [(f"candidates{WARMUP_CANDIDATES}_batch{batch}", batch, dims) for batch in batches]
     return []
 
 
-def model_warmup(schema: Schema, decl: ModelDecl) -> list[pb.ModelWarmup]:
+def model_warmup(schema: Schema, decl: ModelDecl, options: RenderOptions) -> list[pb.ModelWarmup]:
     """Zero-filled warmup requests: Triton runs them before it reports the model ready.
 
     Zero token ids with a zero mask are a blank text, which pools to the zero vector: a valid input.
@@ -157,7 +166,7 @@ def model_warmup(schema: Schema, decl: ModelDecl) -> list[pb.ModelWarmup]:
                 for tensor, dims in shapes.items()
             },
         )
-        for name, batch, shapes in warmup_shapes(schema, decl)
+        for name, batch, shapes in warmup_shapes(schema, decl, warmup_batches(decl, options))
     ]
 
 
@@ -191,7 +200,7 @@ def model_config(schema: Schema, decl: ModelDecl, options: RenderOptions) -> pb.
     for key, value in decl.parameters:
         config.parameters[key].string_value = value
     if decl.role in GRAPH_ROLES:
-        config.model_warmup.extend(model_warmup(schema, decl))
+        config.model_warmup.extend(model_warmup(schema, decl, options))
     if backend is Backend.ONNXRUNTIME and options.trt_accelerator:
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         accelerator.parameters["precision_mode"] = "FP16"

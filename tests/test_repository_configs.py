@@ -132,13 +132,15 @@ def test_only_the_onnxruntime_gpu_target_asks_for_the_tensorrt_execution_acceler
 
 
 @pytest.mark.parametrize("options", ALL_OPTIONS, ids=OPTION_IDS)
-def test_encoders_warm_up_every_length_bucket_and_the_head_a_rank_sized_request(options: RenderOptions) -> None:
+def test_warmup_covers_every_bucket_and_a_rank_sized_head_request_at_max_batch_on_gpu(options: RenderOptions) -> None:
     configs = render_configs(SCHEMA, options)
+    batches = (1, 64) if options.graphs_on_gpu else (1,)
     for name, buckets in ((QUERY_ENCODER, SCHEMA.query_buckets), (ITEM_ENCODER, SCHEMA.item_buckets)):
         warmed = {(w.batch_size, tuple(w.inputs["INPUT_IDS"].dims)) for w in configs[name].model_warmup}
-        assert warmed == {(batch, (bucket,)) for bucket in buckets for batch in (1, 64)}
+        assert warmed == {(batch, (bucket,)) for bucket in buckets for batch in batches}
     head = configs["fusion_head"].model_warmup
-    assert head and all(list(w.inputs["ITEM_FEATURES"].dims) == [100, 4] for w in head)
+    assert {w.batch_size for w in head} == ({1, 8} if options.graphs_on_gpu else {1})
+    assert all(list(w.inputs["ITEM_FEATURES"].dims) == [100, 4] for w in head)
     for decl in SCHEMA.models:
         assert bool(configs[decl.name].model_warmup) == (decl.role in GRAPH_ROLES)
 
