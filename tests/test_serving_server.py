@@ -168,3 +168,12 @@ def test_measurement_helpers_report_every_call_against_the_server(triton_server,
     assert sum(report["bucket_share"].values()) == pytest.approx(1.0)
     assert report["single_text_requests/buckets"]["requests"] == 8
     assert report["batch64_requests/pad_to_max"]["requests"] == 1
+
+
+def test_aisle_serve_refuses_a_repository_rendered_for_the_ngc_image(tmp_path: Path, capsys) -> None:
+    from aisle.cli import main
+    from aisle.export.repo_format import RepoManifest
+
+    RepoManifest(target="tensorrt", embedding_dim=8).save(tmp_path)
+    assert main(["serve", "--repo", str(tmp_path)]) == 2
+    assert "target=tensorrt" in capsys.readouterr().err
