@@ -80,9 +80,20 @@ def gemm_gflops(*, threads: int = 2, size: int = 1024, duration_s: float = 2.0) 
 
 
 def pretokenize(texts: Sequence[str], tokenizer, bucketing: Bucketing, batch_size: int) -> list[Batch]:
-    """Tokenise `texts` once, in consecutive batches padded like the serving tokenizer pads them."""
-    starts = range(0, len(texts), batch_size)
-    return [encode_batch(tokenizer, list(texts[i : i + batch_size]), bucketing) for i in starts]
+    """Tokenise `texts` once into batches of one length bucket each, padded to that bucket.
+
+    Why group by bucket: Triton's dynamic batcher merges only same-shape requests, so a served batch
+    never mixes buckets; batching the texts in arrival order would pad whole batches to their
+    longest member and understate what buckets buy.
+    """
+    groups: dict[int, list[str]] = {}
+    for text, encoding in zip(texts, tokenizer.encode_batch(list(texts))):
+        groups.setdefault(bucketing.bucket_for(len(encoding.ids)), []).append(text)
+    return [
+        encode_batch(tokenizer, group[i : i + batch_size], bucketing)
+        for _, group in sorted(groups.items())
+        for i in range(0, len(group), batch_size)
+    ]
 
 
 @dataclass(frozen=True)

@@ -245,13 +245,15 @@ def _eager_note(triton: dict | None, eager: dict | None, bucket_share: dict[str,
 def _bucket_note(buckets: dict | None, padded: dict | None) -> str:
     if not buckets or not padded:
         return "not measured"
+    token_ratio = padded["mean_padded_tokens"] / buckets["mean_padded_tokens"]
     return (
         f"Queries average {buckets['mean_tokens']:.1f} real tokens; buckets pad them to "
-        f"{buckets['mean_padded_tokens']:.1f}, pad-to-max to {padded['mean_padded_tokens']:.0f}. Executed GFLOP/s: "
-        f"buckets {buckets['executed_gflops']:.0f}, "
-        f"padded {padded['executed_gflops']:.0f}: the padded run is compute-bound and efficient, so the gain is "
-        "close to the token ratio minus the per-batch fixed cost that short sequences cannot amortise. Fix: a "
-        "smaller first bucket (e.g. 8 for typical 5-7 token queries) or ragged batching (no padding at all)."
+        f"{buckets['mean_padded_tokens']:.1f}, pad-to-max to {padded['mean_padded_tokens']:.0f} "
+        f"({token_ratio:.1f}x the tokens). Executed GFLOP/s: buckets {buckets['executed_gflops']:.0f}, padded "
+        f"{padded['executed_gflops']:.0f}: the short bucketed batches are small matrix products that run further "
+        "below the machine's GEMM rate than the long padded ones, which eats part of the token saving. Fix: "
+        "larger same-bucket batches (more concurrency or a longer queue delay for short buckets) or ragged "
+        "batching (no padding at all)."
     )
 
 

@@ -157,6 +157,9 @@ def test_raw_ort_on_buckets_executes_fewer_tokens_than_pad_to_max(
         for padding, bucketing in (("buckets", Bucketing((8, 16, 32))), ("max", Bucketing((128,))))
     }
     assert results["max"].mean_padded_tokens == 128
+    buckets = [ids.shape[1] for ids, _ in pretokenize(texts, tokenizer, Bucketing((8, 16, 32)), 8)]
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
+    assert sorted(buckets) == buckets and set(buckets) == {Bucketing((8, 16, 32)).bucket_for(n) for n in lengths}
     assert results["buckets"].mean_padded_tokens < 128
     assert results["buckets"].mean_tokens == pytest.approx(results["max"].mean_tokens)
     for result in results.values():
