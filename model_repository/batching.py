@@ -9,14 +9,15 @@ A request that failed validation keeps its InvalidInput and never reaches the co
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import TypeAlias
 
 import numpy as np
 
 from aisle.model_repository.errors import InvalidInput
 
-Tensors = dict[str, np.ndarray]
+Tensors: TypeAlias = dict[str, np.ndarray]
 #: What a model returns for one request: its output tensors, or why it was rejected.
-Outcome = Tensors | InvalidInput
+Outcome: TypeAlias = Tensors | InvalidInput
 
 
 def group_by_shape(requests: Sequence[Tensors]) -> list[list[int]]:
