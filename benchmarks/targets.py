@@ -259,6 +259,7 @@ def _bucket_note(buckets: dict | None, padded: dict | None) -> str:
 
 def _rank_note(point: dict | None) -> str:
     user, head = _step(point, USER_PROFILE), _step(point, FUSION_HEAD)
+    models = [s["model"] for s in (point or {}).get("steps", [])]
     unbatched = ""
     if user and head and user["mean_batch"] < head["mean_batch"]:
         unbatched = (
@@ -267,8 +268,8 @@ def _rank_note(point: dict | None) -> str:
             f"({user['queue_ms']:.2f} ms); padding histories to a few length buckets would let them merge."
         )
     return (
-        f"Profile: {profile(point)}.{unbatched} rank is five steps (tokenizer, query encoder, item store, "
-        "user profile, fusion head), each a Python-backend hop with its own batcher queue delay; on 2 shared cores the "
+        f"Profile: {profile(point)}.{unbatched} rank is {len(models)} steps ({', '.join(models)}), "
+        "each a Python-backend hop with its own batcher queue delay; on 2 shared cores the "
         "query encoder dominates. Fix: fuse item store + user profile + head into one model (or a BLS), "
         "shorten max_queue_delay_us at low load, serve the encoder with onnxruntime/tensorrt, and run the "
         "load generator elsewhere."
