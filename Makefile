@@ -46,8 +46,8 @@ bench: BENCH_OUT ?= $(ART)/bench
 bench: BENCH_DURATION ?= 6
 bench: install
 	test -f $(BENCH_DATA)/manifest.json || $(AISLE) data --out $(BENCH_DATA) --preset small --seed 0
-	test -f $(BENCH_CKPT)/aisle.json || $(AISLE) train --data $(BENCH_DATA) --out $(BENCH_CKPT) --preset fast
-	test $(BENCH_OUT)/repo/aisle_repo.json -nt $(BENCH_CKPT)/aisle.json \
+	test -f $(BENCH_CKPT)/metrics.json || $(AISLE) train --data $(BENCH_DATA) --out $(BENCH_CKPT) --preset fast
+	test $(BENCH_OUT)/repo/aisle_repo.json -nt $(BENCH_CKPT)/metrics.json \
 		-a $(BENCH_OUT)/repo/aisle_repo.json -nt $(BENCH_DATA)/manifest.json || \
 		{ rm -rf $(BENCH_OUT)/repo && $(AISLE) export repo --checkpoint $(BENCH_CKPT) --data $(BENCH_DATA) \
 			--target embedded --out $(BENCH_OUT)/repo; }
