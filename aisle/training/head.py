@@ -78,12 +78,13 @@ def train_head(
         progress = tqdm(range(0, len(order), config.batch_sessions), desc=f"head epoch {epoch + 1}", leave=False)
         for start in progress:
             index = order[start : start + config.batch_sessions]
-            scores = score_lists(head, queries, users, lists, index, item_embeddings, features)
-            loss = listwise_softmax(scores, gains[index], valid[index])
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+                scores = score_lists(head, queries, users, lists, index, item_embeddings, features)
+            loss = listwise_softmax(scores.float(), gains[index], valid[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += float(loss) * len(index)
+            total += loss.item() * len(index)
         epoch_losses.append(total / len(lists))
     return head.eval(), epoch_losses
