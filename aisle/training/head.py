@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from aisle.modeling.fusion import LOG_FEATURES, FusionHead, FusionHeadConfig
 from aisle.training.corpus import RankingLists
 from aisle.training.losses import listwise_softmax
-from aisle.training.presets import HeadTraining
+from aisle.training.presets import HeadTraining, use_bf16
 
 
 def feature_stats(features: np.ndarray, names: tuple[str, ...]) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -78,7 +78,7 @@ def train_head(
         progress = tqdm(range(0, len(order), config.batch_sessions), desc=f"head epoch {epoch + 1}", leave=False)
         for start in progress:
             index = order[start : start + config.batch_sessions]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(config.bf16)):
                 scores = score_lists(head, queries, users, lists, index, item_embeddings, features)
             loss = listwise_softmax(scores.float(), gains[index], valid[index])
             optimizer.zero_grad(set_to_none=True)

@@ -14,8 +14,35 @@ full: three trainable layers, larger batches and ten times the steps, for the fu
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path
 
 from aisle.schema import HISTORY_DECAY, ITEM_BUCKETS, MAX_HISTORY, QUERY_BUCKETS
+
+#: CPU flags (Linux /proc/cpuinfo names) of instructions that run bfloat16 matrix products natively.
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@cache
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies bfloat16 natively.
+
+    Without AVX512-BF16 or AMX, torch emulates bfloat16 products: measured on an AVX2-only EPYC,
+    a 512x384x1536 linear layer forward+backward took 331 ms under bf16 autocast against 8.5 ms
+    in float32. Unknown platforms (no /proc/cpuinfo) count as not native.
+    """
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    return any(
+        NATIVE_BF16_FLAGS & set(line.split(":", 1)[1].split()) for line in text.splitlines() if line.startswith("flags")
+    )
+
+
+def use_bf16(setting: bool | None) -> bool:
+    """Whether to train under bfloat16 autocast: the setting, or for None the CPU's answer."""
+    return cpu_has_native_bf16() if setting is None else setting
 
 
 def _positive(owner: object, *names: str) -> None:
@@ -43,8 +70,9 @@ class TowerTraining:
         what shoppers prefer among matching items (popular brands, good ratings), which is what
         the click-based evaluation rewards.
     bf16: run the trainable layers under bfloat16 autocast while training (about twice as fast on
-        CPUs with AVX-512 BF16); weights stay float32 and every embedding the head, the
-        evaluation and serving see is computed in float32.
+        CPUs with AVX-512 BF16 or AMX, forty times slower on CPUs without them, where torch
+        emulates it); None decides by the CPU (`cpu_has_native_bf16`). Weights stay float32 and
+        every embedding the head, the evaluation and serving see is computed in float32.
     """
 
     steps: int
@@ -55,7 +83,7 @@ class TowerTraining:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     click_share: float = 0.5
-    bf16: bool = True
+    bf16: bool | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "learning_rate", "trainable_layers", "temperature")
@@ -71,7 +99,8 @@ class HeadTraining:
         served head ranks retrieved candidates, not only what a legacy system showed; without
         easy negatives it never learns that an unrelated item must lose to any shown one.
     max_sessions: a seeded sample of train sessions with a click (None: all of them).
-    bf16: train under bfloat16 autocast (float32 weights); evaluation and serving run float32.
+    bf16: train under bfloat16 autocast (float32 weights), None deciding by the CPU as for the
+        towers; evaluation and serving run float32.
     """
 
     epochs: int
@@ -82,7 +111,7 @@ class HeadTraining:
     dropout: float = 0.1
     weight_decay: float = 0.01
     max_sessions: int | None = None
-    bf16: bool = True
+    bf16: bool | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_sessions", "learning_rate")

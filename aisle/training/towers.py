@@ -33,7 +33,7 @@ from aisle.errors import DataError
 from aisle.training.corpus import Corpus, has_click
 from aisle.training.encoding import CutEncoder, StateCache
 from aisle.training.losses import info_nce
-from aisle.training.presets import TowerTraining
+from aisle.training.presets import TowerTraining, use_bf16
 
 
 @dataclass
@@ -152,7 +152,7 @@ def train_towers(
     progress = tqdm(range(config.steps), desc="towers", unit="step", leave=False)
     for _ in progress:
         queries, items, false_negatives = pairs.sample(rng, config.batch_size, config.click_share)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16(config.bf16)):
             query_vectors = query_encoder.top(*query_cache.batch(queries.tolist()))
             item_vectors = item_encoder.top(*item_cache.batch(items.tolist()))
         loss = info_nce(query_vectors.float(), item_vectors.float(), false_negatives, config.temperature)
