@@ -84,6 +84,8 @@ class PairSet:
             pools.append(np.array(judged, dtype=np.int64))
             rows += [(query, item, False, len(pools) - 1 if judged else 0) for item in labels["E"]]
         for query, clicked, unclicked in clicks:
+            # An item shown here but clicked (or judged E) elsewhere for this query is no negative.
+            unclicked = unclicked[~np.isin(unclicked, list(positives[query]))]
             pools.append(unclicked)
             rows += [(query, int(item), True, len(pools) - 1 if len(unclicked) else 0) for item in clicked]
         if not rows:
