@@ -173,7 +173,6 @@ ITEM_STORE = "item_store"
 USER_PROFILE = "user_profile"
 COLD_ITEM_ENCODER = "cold_item_encoder"
 FUSION_HEAD = "fusion_head"
-RANK_VALIDATOR = "rank_validator"
 RANK_COLD_VALIDATOR = "rank_cold_validator"
 
 EMBED_QUERY = "embed_query"
@@ -245,22 +244,26 @@ def build_schema(
     def encoder(name: str) -> ModelDecl:
         return ModelDecl(name, Role.ENCODER, (ids, mask), (embedding,), encoder_batching)
 
+    query_in = TensorDecl(QUERY, DType.BYTES, (1,))
     item_embeddings = TensorDecl(ITEM_EMBEDDINGS, DType.FP32, (-1, d))
     item_features = TensorDecl(ITEM_FEATURES_TENSOR, DType.FP32, (-1, f))
     user_embedding = TensorDecl(USER_EMBEDDING, DType.FP32, (d,))
     history = TensorDecl(USER_HISTORY_IDS, DType.INT64, (-1,))
+    # rank's first step: checks the whole request (QUERY passes on as VALID_QUERY), looks up the
+    # candidates and builds the user vector; one python hop where three would read one catalog.
+    item_store = ModelDecl(
+        ITEM_STORE,
+        Role.ITEM_STORE,
+        (query_in, TensorDecl(CANDIDATE_IDS, DType.INT64, (-1,)), history),
+        (TensorDecl(validated(QUERY), DType.BYTES, (1,)), item_embeddings, item_features, user_embedding),
+        rank_batching,
+    )
     models = (
         tokenizer(QUERY_TOKENIZER, query_buckets),
         tokenizer(ITEM_TOKENIZER, item_buckets),
         encoder(QUERY_ENCODER),
         encoder(ITEM_ENCODER),
-        ModelDecl(
-            ITEM_STORE,
-            Role.ITEM_STORE,
-            (TensorDecl(CANDIDATE_IDS, DType.INT64, (-1,)),),
-            (item_embeddings, item_features),
-            rank_batching,
-        ),
+        item_store,
         ModelDecl(USER_PROFILE, Role.USER_PROFILE, (history,), (user_embedding,), rank_batching),
         # Takes the features too (passed through) so it can check they match the texts one to one
         # and name CANDIDATE_FEATURES when they do not, on every target.
@@ -293,7 +296,8 @@ def build_schema(
 
     # Multi-branch ensembles check every input in one first step, before any branch starts: when a
     # composing model fails while sibling steps are in flight, tritonserver 2.51 never releases the
-    # ensemble request (leaked in-flight count, memory, and a stalled shutdown drain).
+    # ensemble request (leaked in-flight count, memory, and a stalled shutdown drain). rank's first
+    # step is the item store; rank_cold's is a validator that passes every input on once checked.
     def validator(name: str, inputs: tuple[TensorDecl, ...]) -> ModelDecl:
         outputs = tuple(TensorDecl(validated(t.name), t.dtype, t.dims) for t in inputs)
         return ModelDecl(name, Role.VALIDATOR, inputs, outputs, rank_batching)
@@ -321,9 +325,7 @@ def build_schema(
         ),
         _pairs(SCORES=SCORES),
     )
-    query_in = TensorDecl(QUERY, DType.BYTES, (1,))
     scores = TensorDecl(SCORES, DType.FP32, (-1,))
-    rank_validator = validator(RANK_VALIDATOR, (query_in, TensorDecl(CANDIDATE_IDS, DType.INT64, (-1,)), history))
     rank_cold_validator = validator(
         RANK_COLD_VALIDATOR,
         (
@@ -333,7 +335,7 @@ def build_schema(
             history,
         ),
     )
-    models += (rank_validator, rank_cold_validator)
+    models += (rank_cold_validator,)
     ensembles = (
         EnsembleDecl(
             EMBED_QUERY,
@@ -353,20 +355,21 @@ def build_schema(
         ),
         EnsembleDecl(
             RANK,
-            rank_validator.inputs,
+            item_store.inputs,
             (scores,),
             RANK_MAX_BATCH,
-            (validation_step(rank_validator),)
-            + query_to_embedding
-            + (
+            (
                 Step(
                     ITEM_STORE,
-                    _pairs(CANDIDATE_IDS=CANDIDATE_IDS.lower()),
-                    _pairs(ITEM_EMBEDDINGS="item_embeddings", ITEM_FEATURES="item_features"),
+                    tuple((t.name, t.name) for t in item_store.inputs),
+                    (
+                        (validated(QUERY), QUERY.lower()),
+                        *_pairs(ITEM_EMBEDDINGS="item_embeddings", ITEM_FEATURES="item_features", USER_EMBEDDING="user"),
+                    ),
                 ),
-                user_step,
-                head_step,
-            ),
+            )
+            + query_to_embedding
+            + (head_step,),
             "Score catalog candidates for a query (may be empty) and a user history (may be empty).",
         ),
         EnsembleDecl(

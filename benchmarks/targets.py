@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from aisle.schema import FUSION_HEAD, QUERY_ENCODER, QUERY_TOKENIZER, USER_PROFILE
+from aisle.schema import FUSION_HEAD, ITEM_STORE, QUERY_ENCODER, QUERY_TOKENIZER
 
 #: Cores used by other processes above which a measurement is flagged as distorted.
 CONTENTION_CORES = 0.25
@@ -258,21 +258,20 @@ def _bucket_note(buckets: dict | None, padded: dict | None) -> str:
 
 
 def _rank_note(point: dict | None) -> str:
-    user, head = _step(point, USER_PROFILE), _step(point, FUSION_HEAD)
+    store, head = _step(point, ITEM_STORE), _step(point, FUSION_HEAD)
     models = [s["model"] for s in (point or {}).get("steps", [])]
     unbatched = ""
-    if user and head and user["mean_batch"] < head["mean_batch"]:
+    if store and head and store["mean_batch"] < head["mean_batch"]:
         unbatched = (
-            f" user_profile ran batches of {user['mean_batch']:.1f} vs {head['mean_batch']:.1f} for the head: "
+            f" item_store ran batches of {store['mean_batch']:.1f} vs {head['mean_batch']:.1f} for the head: "
             "histories of different lengths (dims [-1]) never share a batch, so its requests queue "
-            f"({user['queue_ms']:.2f} ms); padding histories to a few length buckets would let them merge."
+            f"({store['queue_ms']:.2f} ms); padding histories to a few length buckets would let them merge."
         )
     return (
         f"Profile: {profile(point)}.{unbatched} rank is {len(models)} steps ({', '.join(models)}), "
         "each a Python-backend hop with its own batcher queue delay; on 2 shared cores the "
-        "query encoder dominates. Fix: fuse item store + user profile + head into one model (or a BLS), "
-        "shorten max_queue_delay_us at low load, serve the encoder with onnxruntime/tensorrt, and run the "
-        "load generator elsewhere."
+        "query encoder dominates. Fix: serve the encoder and head with onnxruntime/tensorrt (no stub hops), "
+        "shorten max_queue_delay_us at low load, and run the load generator elsewhere."
     )
 
 

@@ -54,15 +54,15 @@ def _register_onnx(group: argparse._SubParsersAction) -> None:
         "--int8",
         action="store_true",
         help="also write dynamically quantised towers *.int8.onnx: faster on CPU, less exact; gated on min "
-        f"cosine >= {INT8_GATE.min_cosine} and top-{TOP_K} retrieval overlap >= {INT8_GATE.min_top_k_overlap}, "
+        f"cosine >= {INT8_GATE.min_cosine} and mean top-{TOP_K} retrieval overlap >= {INT8_GATE.mean_top_k_overlap}, "
         "never used unless a repository asks for them",
     )
     parser.add_argument(
         "--fp16",
         action="store_true",
         help="also write mixed-precision towers *.fp16.onnx for GPU runtimes (LayerNorm, softmax and "
-        f"reductions stay fp32); gated on min cosine >= {FP16_GATE.min_cosine} and top-{TOP_K} overlap >= "
-        f"{FP16_GATE.min_top_k_overlap} where onnxruntime CPU can run them, otherwise reported as skipped with "
+        f"reductions stay fp32); gated on min cosine >= {FP16_GATE.min_cosine} and mean top-{TOP_K} overlap >= "
+        f"{FP16_GATE.mean_top_k_overlap} where onnxruntime CPU can run them, otherwise reported as skipped with "
         "the reason",
     )
     parser.add_argument(

@@ -87,7 +87,7 @@ class Stats:
 
     def failures(self, gate: Gate, graph: str, output: str) -> list[str]:
         return gate.failures(
-            graph, output, max_abs=self.max_abs, min_cosine=self.min_cosine, top_k=self.min_top_k_overlap
+            graph, output, max_abs=self.max_abs, min_cosine=self.min_cosine, top_k=self.mean_top_k_overlap
         )
 
 
@@ -328,13 +328,16 @@ class ParityReport:
                     f"{label:28} {output:10} max|Δ|={stats['max_abs']:.2e} mean|Δ|={stats['mean_abs']:.2e} "
                     f"cosine min={stats['min_cosine']:.6f} mean={stats['mean_cosine']:.6f}"
                 )
-                if stats["min_top_k_overlap"] is not None:
-                    line += f" min top-{TOP_K} overlap={stats['min_top_k_overlap']:.2f}"
+                if stats["mean_top_k_overlap"] is not None:
+                    line += (
+                        f" top-{TOP_K} overlap mean={stats['mean_top_k_overlap']:.3f} "
+                        f"min={stats['min_top_k_overlap']:.2f}"
+                    )
                 lines.append(line)
         for key, stats in self.retrieval.items():
             lines.append(
-                f"retrieval ranking {key:10} min top-{TOP_K} overlap={stats['min_top_k_overlap']:.2f} "
-                f"(mean {stats['mean_top_k_overlap']:.2f}) over {stats['rows']} queries"
+                f"retrieval ranking {key:10} top-{TOP_K} overlap mean={stats['mean_top_k_overlap']:.3f} "
+                f"min={stats['min_top_k_overlap']:.2f} over {stats['rows']} queries"
             )
         lines += [f"skipped {what}: {why}" for what, why in self.skipped.items()]
         for model, speed in self.benchmark.items():
@@ -409,7 +412,7 @@ class ParityGate:
         stats = compare(self.retrieval_reference, retrieval[0] @ retrieval[1].T, ranking=True)
         pair = f"{runners[QUERY_ENCODER][0]}+{runners[ITEM_ENCODER][0]}"
         report.retrieval[key] = {"graphs": pair, **asdict(stats)}
-        ranking_gate = Gate(min_top_k_overlap=gate.min_top_k_overlap)
+        ranking_gate = Gate(mean_top_k_overlap=gate.mean_top_k_overlap)
         report.failures += stats.failures(ranking_gate, pair, "retrieval ranking (EMBEDDING·EMBEDDING)")
 
     def check_head_runner(self, report: ParityReport, label: str, runner: Runner, gate: Gate) -> None:

@@ -5,7 +5,7 @@
     REPO/<encoder|fusion_head>/1/         model.onnx (+ model.py on embedded; model.plan built at
                                           container start on tensorrt)
     REPO/item_store/1/                    model.py + catalog.npz (ids, item-tower embeddings, raw features)
-    REPO/user_profile/1/, cold_item_encoder/1/   model.py
+    REPO/user_profile/1/, cold_item_encoder/1/, rank_cold_validator/1/   model.py
     REPO/<ensemble>/1/                    empty: ensembles have no files, only a version directory
     REPO/*/config.pbtxt                   rendered from aisle.schema by triton_config
     REPO/start_tritonserver.sh            tensorrt target: builds the engines where they run, then

@@ -1,7 +1,15 @@
-"""The item store model: CANDIDATE_IDS [B, N] -> ITEM_EMBEDDINGS [B, N, D], ITEM_FEATURES [B, N, F].
+"""The item store model, rank's first step: the whole request in, the catalog rows it names out.
+
+    QUERY [B, 1], CANDIDATE_IDS [B, N], USER_HISTORY_IDS [B, H]
+        -> VALID_QUERY [B, 1], ITEM_EMBEDDINGS [B, N, D], ITEM_FEATURES [B, N, F], USER_EMBEDDING [B, D]
 
 It serves the catalog the renderer computed with the item tower (item_store/1/catalog.npz), so a
-ranking request carries ids, never embeddings. Every id is checked: negative, unknown, or more
+ranking request carries ids, never embeddings. Why one step does the checks, the candidate lookup
+and the user vector: on the python backend every step is a stub hop with its own queue, and these
+three read the same catalog; as separate models they cost rank two more hops per request and two
+copies of the catalog's embeddings. Being first, it also checks QUERY (UTF-8) before the query
+branch starts and passes it on as VALID_QUERY: a request that fails does so before any sibling
+step runs (see aisle.model_repository.validation). Every id is checked: negative, unknown, or more
 of them than the declared maximum is INVALID_ARGUMENT naming the tensor, the position and the value.
 """
 
@@ -12,33 +20,42 @@ from collections.abc import Sequence
 from aisle.export.repo_format import Catalog
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
-from aisle.model_repository.validation import CatalogIndex, catalog_path, check_count
-from aisle.schema import CANDIDATE_IDS, ITEM_EMBEDDINGS, ITEM_FEATURES_TENSOR
+from aisle.model_repository.user_profile import user_embeddings
+from aisle.model_repository.validation import CatalogIndex, candidate_rows, catalog_path, decode_texts, history_rows
+from aisle.schema import ITEM_EMBEDDINGS, ITEM_FEATURES_TENSOR, QUERY, USER_EMBEDDING, Schema, validated
 
 
 class ItemStore:
-    """Candidate ids -> their catalog embeddings and raw features."""
+    """A rank request -> its checked query, candidates' embeddings and raw features, user vector."""
 
-    def __init__(self, catalog: Catalog, max_candidates: int) -> None:
+    def __init__(self, catalog: Catalog, schema: Schema) -> None:
         self.catalog = catalog
         self.index = CatalogIndex(catalog.item_ids)
-        self.max_candidates = max_candidates
+        self.schema = schema
 
     @classmethod
     def from_context(cls, context: ModelContext) -> ItemStore:
-        return cls(Catalog.load(catalog_path(context)), context.schema.max_candidates)
+        return cls(Catalog.load(catalog_path(context)), context.schema)
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
-        outcomes, valid, rows = validate_each(requests, self._rows)
+        outcomes, valid, checked = validate_each(requests, self._check)
         catalog = self.catalog
         # A gather is memory-bound: one per request costs the same as one over the stacked batch.
         results = [
-            {ITEM_EMBEDDINGS: catalog.embeddings[r["rows"]], ITEM_FEATURES_TENSOR: catalog.features[r["rows"]]}
-            for r in rows
+            {
+                validated(QUERY): r[QUERY],
+                ITEM_EMBEDDINGS: catalog.embeddings[r["candidates"]],
+                ITEM_FEATURES_TENSOR: catalog.features[r["candidates"]],
+                USER_EMBEDDING: user_embeddings(catalog, r["history"], self.schema.history_decay),
+            }
+            for r in checked
         ]
         return merge(outcomes, valid, results)
 
-    def _rows(self, request: Tensors) -> Tensors:
-        ids = request[CANDIDATE_IDS]
-        check_count(ids, CANDIDATE_IDS, self.max_candidates, "max_candidates", "candidates")
-        return {"rows": self.index.rows(ids, CANDIDATE_IDS)}
+    def _check(self, request: Tensors) -> Tensors:
+        decode_texts(request[QUERY], QUERY)
+        return {
+            QUERY: request[QUERY],
+            "candidates": candidate_rows(request, self.index, self.schema.max_candidates),
+            "history": history_rows(request, self.index, self.schema.max_history),
+        }

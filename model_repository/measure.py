@@ -188,16 +188,26 @@ def bucket_vs_padding(
     return report
 
 
+@dataclass(frozen=True)
+class SweepPoint:
+    """One max_queue_delay setting: latency alone (concurrency 1) and throughput under load."""
+
+    idle: LoadResult
+    loaded: LoadResult
+
+
 def queue_delay_sweep(
     repo: Path,
     delays_us: list[int],
-    queries: list[str],
+    requests: list[Inputs],
     *,
-    role: Role = Role.ENCODER,
+    ensemble: str,
+    output: str,
+    roles: frozenset[Role],
     concurrency: int = 8,
     rounds: int = 2,
-) -> dict[int, dict]:
-    """embed_query under closed-loop load, once per max_queue_delay of the models with `role`.
+) -> dict[int, SweepPoint]:
+    """`ensemble` alone and under closed-loop load, once per max_queue_delay of the models with `roles`.
 
     Each point renders a copy of the repository with the delay changed and starts its own server.
     """
@@ -206,9 +216,8 @@ def queue_delay_sweep(
     from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
 
     schema = RepoManifest.load(repo).schema()
-    names = [m.name for m in schema.models if m.role is role]
-    requests = [{QUERY: texts([q])} for q in queries]
-    results: dict[int, dict] = {}
+    names = [m.name for m in schema.models if m.role in roles and m.batching.max_queue_delay_us is not None]
+    results: dict[int, SweepPoint] = {}
     for delay in delays_us:
         with tempfile.TemporaryDirectory(prefix="aisle-delay-") as scratch:
             copy = Path(scratch) / "repo"
@@ -220,9 +229,10 @@ def queue_delay_sweep(
             grpc_port, http_port, metrics_port = free_ports(3)
             with TritonServer(ServerConfig(copy, grpc_port, http_port, metrics_port)) as server:
                 url = server.grpc_url
-                closed_loop(url, EMBED_QUERY, requests[:50], EMBEDDING, concurrency=concurrency)
-                load = closed_loop(url, EMBED_QUERY, requests, EMBEDDING, concurrency=concurrency, rounds=rounds)
-                results[delay] = asdict(load)
+                closed_loop(url, ensemble, requests[:50], output, concurrency=concurrency)
+                idle = closed_loop(url, ensemble, requests[:100], output, concurrency=1)
+                loaded = closed_loop(url, ensemble, requests, output, concurrency=concurrency, rounds=rounds)
+                results[delay] = SweepPoint(idle, loaded)
     return results
 
 
@@ -236,7 +246,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repo", type=Path, required=True, help="the repository it serves")
     parser.add_argument("--data", type=Path, required=True, help="dataset whose queries and items drive the load")
     parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--delay-sweep-us", type=int, nargs="*", default=[], help="also sweep the encoders' delay")
+    parser.add_argument(
+        "--delay-sweep-us", type=int, nargs="*", default=[], help="also sweep the encoders' delay on embed_query"
+    )
+    parser.add_argument(
+        "--rank-delay-sweep-us",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also sweep the delay of rank's other steps (tokenizer, item store, fusion head) on rank",
+    )
     args = parser.parse_args(argv)
 
     dataset = load_dataset(args.data)
@@ -251,7 +270,29 @@ def main(argv: list[str] | None = None) -> int:
         "item_buckets": bucket_vs_padding(args.url, item_texts, tokenizer_dir, manifest.item_buckets),
     }
     if args.delay_sweep_us:
-        report["encoder_queue_delay_sweep"] = queue_delay_sweep(args.repo, args.delay_sweep_us, queries)
+        sweep = queue_delay_sweep(
+            args.repo,
+            args.delay_sweep_us,
+            [{QUERY: texts([q])} for q in queries],
+            ensemble=EMBED_QUERY,
+            output=EMBEDDING,
+            roles=frozenset({Role.ENCODER}),
+        )
+        report["encoder_queue_delay_sweep"] = {delay: asdict(point) for delay, point in sweep.items()}
+    if args.rank_delay_sweep_us:
+        span = max(1, len(item_ids) - 110)
+        requests = [
+            rank_request(q, item_ids[n % span : n % span + 100], item_ids[-10:]) for n, q in enumerate(queries)
+        ]
+        sweep = queue_delay_sweep(
+            args.repo,
+            args.rank_delay_sweep_us,
+            requests,
+            ensemble=RANK,
+            output=SCORES,
+            roles=frozenset({Role.TOKENIZER, Role.ITEM_STORE, Role.FUSION_HEAD}),
+        )
+        report["rank_queue_delay_sweep"] = {delay: asdict(point) for delay, point in sweep.items()}
     print(json.dumps(report, indent=2))
     return 0
 

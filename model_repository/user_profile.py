@@ -1,4 +1,5 @@
-"""The user profile model: USER_HISTORY_IDS [B, H] -> USER_EMBEDDING [B, D].
+"""The user profile model: USER_HISTORY_IDS [B, H] -> USER_EMBEDDING [B, D] (rank_cold's user vector;
+rank's comes from the item store, with the same function).
 
 The user vector is aisle.modeling.user.user_vector over the catalog embeddings of the history,
 the very function training used, so serving cannot drift from what the fusion head learned.
@@ -14,9 +15,9 @@ import numpy as np
 from aisle.export.repo_format import Catalog
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
-from aisle.model_repository.validation import CatalogIndex, catalog_path, check_count
+from aisle.model_repository.validation import CatalogIndex, catalog_path, history_rows
 from aisle.modeling.user import user_vector
-from aisle.schema import USER_EMBEDDING, USER_HISTORY_IDS
+from aisle.schema import USER_EMBEDDING
 
 
 class UserProfile:
@@ -35,16 +36,15 @@ class UserProfile:
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         outcomes, valid, rows = validate_each(requests, self._rows)
-        embeddings = self.catalog.embeddings
-        results = [
-            {USER_EMBEDDING: np.stack([user_vector(embeddings[user], self.decay) for user in r["rows"]])}
-            if len(r["rows"])
-            else {USER_EMBEDDING: np.zeros((0, self.catalog.dim), np.float32)}
-            for r in rows
-        ]
+        results = [{USER_EMBEDDING: user_embeddings(self.catalog, r["rows"], self.decay)} for r in rows]
         return merge(outcomes, valid, results)
 
     def _rows(self, request: Tensors) -> Tensors:
-        ids = request[USER_HISTORY_IDS]
-        check_count(ids, USER_HISTORY_IDS, self.max_history, "max_history", "history items")
-        return {"rows": self.index.rows(ids, USER_HISTORY_IDS)}
+        return {"rows": history_rows(request, self.index, self.max_history)}
+
+
+def user_embeddings(catalog: Catalog, rows: np.ndarray, decay: float) -> np.ndarray:
+    """[B, H] catalog rows of B histories (oldest first) -> [B, D] user vectors."""
+    if not len(rows):
+        return np.zeros((0, catalog.dim), np.float32)
+    return np.stack([user_vector(catalog.embeddings[user], decay) for user in rows])

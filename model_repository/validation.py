@@ -1,10 +1,11 @@
-"""Input checks, shared by the validators at the door of rank/rank_cold and the models behind them.
+"""Input checks, shared by the first steps of rank/rank_cold and the models behind them.
 
-Why a validator step: when a composing model fails while sibling steps of the same ensemble
+Why a checking first step: when a composing model fails while sibling steps of the same ensemble
 request are still running, tritonserver 2.51 never releases that request (measured: the in-flight
 count and memory grow with every rejected request, and shutdown waits out its drain timeout). So
-rank and rank_cold check everything in one first step, before any branch starts, and the models
-behind it keep the same checks only for clients that call them directly (no siblings there).
+rank and rank_cold check everything in one first step, before any branch starts: rank's is the
+item store (it looks the ids up anyway), rank_cold's is its validator. The models behind them keep
+the same checks only for clients that call them directly (no siblings there).
 """
 
 from __future__ import annotations
@@ -100,8 +101,25 @@ class CatalogIndex:
         return rows
 
 
+def candidate_rows(request: Tensors, index: CatalogIndex, max_candidates: int) -> np.ndarray:
+    """Catalog rows of a request's CANDIDATE_IDS, after checking their count and every id."""
+    ids = request[CANDIDATE_IDS]
+    check_count(ids, CANDIDATE_IDS, max_candidates, "max_candidates", "candidates")
+    return index.rows(ids, CANDIDATE_IDS)
+
+
+def history_rows(request: Tensors, index: CatalogIndex, max_history: int) -> np.ndarray:
+    """Catalog rows of a request's USER_HISTORY_IDS, after checking their count and every id."""
+    ids = request[USER_HISTORY_IDS]
+    check_count(ids, USER_HISTORY_IDS, max_history, "max_history", "history items")
+    return index.rows(ids, USER_HISTORY_IDS)
+
+
 class RequestValidator:
-    """Checks every input of a rank/rank_cold request and passes it on unchanged as VALID_<name>."""
+    """Checks every input of a rank_cold request and passes it on unchanged as VALID_<name>.
+
+    rank needs no validator of its own: its first step, the item store, checks the whole request.
+    """
 
     def __init__(self, inputs: Sequence[str], index: CatalogIndex, schema: Schema) -> None:
         self.inputs = tuple(inputs)
@@ -145,11 +163,7 @@ class RequestValidator:
         decode_texts(texts, CANDIDATE_TEXTS)
 
     def _candidate_ids(self, request: Tensors) -> None:
-        ids = request[CANDIDATE_IDS]
-        check_count(ids, CANDIDATE_IDS, self.schema.max_candidates, "max_candidates", "candidates")
-        self.index.rows(ids, CANDIDATE_IDS)
+        candidate_rows(request, self.index, self.schema.max_candidates)
 
     def _history(self, request: Tensors) -> None:
-        ids = request[USER_HISTORY_IDS]
-        check_count(ids, USER_HISTORY_IDS, self.schema.max_history, "max_history", "history items")
-        self.index.rows(ids, USER_HISTORY_IDS)
+        history_rows(request, self.index, self.schema.max_history)

@@ -30,6 +30,20 @@ def test_top_k_overlap_counts_shared_items_per_row() -> None:
     assert top_k_overlap(reference, swapped).tolist() == [0.9]
 
 
+def test_reduced_precision_rankings_are_gated_on_the_mean_overlap_not_one_near_tie() -> None:
+    reference = np.tile(np.arange(20, dtype=np.float32), (20, 1))
+    one_swap = reference.copy()
+    one_swap[0, [10, 9]] = one_swap[0, [9, 10]] + np.float32(0.5)  # rank 10 and 11 trade places
+    gate = TOWER_GATES[Variant.FP16]
+    stats = compare(reference, one_swap, ranking=True)
+    assert (stats.min_top_k_overlap, stats.mean_top_k_overlap) == (0.9, pytest.approx(0.995))
+    assert stats.failures(gate, "g.fp16.onnx", "EMBEDDING") == []
+    every_row = reference.copy()
+    every_row[:, [10, 9]] = every_row[:, [9, 10]] + np.float32(0.5)
+    (failure,) = compare(reference, every_row, ranking=True).failures(gate, "g.fp16.onnx", "EMBEDDING")
+    assert failure == "g.fp16.onnx: output EMBEDDING mean top-10 overlap=0.900 is below tolerance 0.95"
+
+
 def test_nan_in_an_output_fails_every_gate() -> None:
     reference = np.ones((2, 4), np.float32)
     actual = reference.copy()

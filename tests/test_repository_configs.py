@@ -97,6 +97,20 @@ def test_ensemble_wiring_is_complete_and_type_consistent() -> None:
             assert (available[output.name].dtype, available[output.name].dims) == (output.dtype, output.dims)
 
 
+def test_multi_step_ensembles_take_their_inputs_only_in_a_python_first_step() -> None:
+    """tritonserver 2.51 leaks an ensemble request that fails while sibling steps run, so the one
+    step that sees the raw request inputs (and can reject them) must run before any other."""
+    for ensemble in SCHEMA.ensembles:
+        if len(ensemble.steps) <= 2:
+            continue  # embed_*: a tokenizer then an encoder, never two steps at once
+        public = {t.name for t in ensemble.inputs}
+        first, *rest = ensemble.steps
+        assert {tensor for _, tensor in first.input_map} == public, ensemble.name
+        assert SCHEMA.model(first.model).role in {Role.ITEM_STORE, Role.VALIDATOR}, ensemble.name
+        for step in rest:
+            assert not public & {tensor for _, tensor in step.input_map}, (ensemble.name, step.model)
+
+
 @pytest.mark.parametrize(
     ("options", "graph_platform", "graph_kind"),
     [

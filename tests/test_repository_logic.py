@@ -22,6 +22,7 @@ from aisle.schema import (
     CANDIDATE_IDS,
     CANDIDATE_TEXTS,
     EMBEDDING,
+    HISTORY_DECAY,
     INPUT_IDS,
     ITEM_EMBEDDINGS,
     ITEM_FEATURES_TENSOR,
@@ -144,30 +145,70 @@ def test_tokenizer_errors_name_the_ensemble_input_the_client_sent() -> None:
 # --- item store --------------------------------------------------------------------------------------
 
 
+def store_request(candidates: list[int], history: list[int], query: bytes = b"shoes") -> dict[str, np.ndarray]:
+    """One rank request as the item store receives it (rank's inputs)."""
+    return {
+        QUERY: np.array([[query]], dtype=object),
+        CANDIDATE_IDS: np.array([candidates], np.int64),
+        USER_HISTORY_IDS: np.array([history], np.int64).reshape(1, len(history)),
+    }
+
+
+def item_store(catalog: Catalog, max_candidates: int = 10, max_history: int = 5) -> ItemStore:
+    return ItemStore(catalog, build_schema(6, max_candidates=max_candidates, max_history=max_history))
+
+
 def test_item_store_returns_rows_of_the_requested_ids_in_request_order(catalog: Catalog) -> None:
-    store = ItemStore(catalog, max_candidates=10)
-    (outcome,) = store([{CANDIDATE_IDS: np.array([[30, 10, 30]], np.int64)}])
+    (outcome,) = item_store(catalog)([store_request([30, 10, 30], [])])
     rows = [4, 0, 4]
     np.testing.assert_array_equal(outcome[ITEM_EMBEDDINGS], catalog.embeddings[rows][None])
     np.testing.assert_array_equal(outcome[ITEM_FEATURES_TENSOR], catalog.features[rows][None])
 
 
+def test_item_store_passes_the_checked_query_on_and_builds_the_user_vector(catalog: Catalog) -> None:
+    request = store_request([10], [12, 10, 30], query="cr\u00e8me \u2615".encode())
+    (outcome,) = item_store(catalog)([request])
+    assert set(outcome) == {validated(QUERY), ITEM_EMBEDDINGS, ITEM_FEATURES_TENSOR, USER_EMBEDDING}
+    np.testing.assert_array_equal(outcome[validated(QUERY)], request[QUERY])
+    # The same user vector the user_profile model (and training) computes.
+    (profile,) = UserProfile(catalog, max_history=5, decay=HISTORY_DECAY)([{USER_HISTORY_IDS: request[USER_HISTORY_IDS]}])
+    np.testing.assert_array_equal(outcome[USER_EMBEDDING], profile[USER_EMBEDDING])
+    np.testing.assert_array_equal(outcome[USER_EMBEDDING][0], user_vector(catalog.embeddings[[2, 0, 4]], HISTORY_DECAY))
+
+
+def test_item_store_gives_an_empty_history_the_zero_user_vector(catalog: Catalog) -> None:
+    (outcome,) = item_store(catalog)([store_request([10, 11], [])])
+    np.testing.assert_array_equal(outcome[USER_EMBEDDING], np.zeros((1, 6), np.float32))
+
+
 @pytest.mark.parametrize(
-    ("ids", "message"),
+    ("request_", "tensor", "message"),
     [
-        ([[10, -3]], r"CANDIDATE_IDS: \[0, 1\] = -3 is negative"),
-        ([[10, 15]], r"CANDIDATE_IDS: \[0, 1\] = 15 is not an item of the served catalog \(5 items, ids 10..30\)"),
-        ([[99]], r"= 99 is not an item"),
-        ([[10] * 4], r"CANDIDATE_IDS: 4 candidates per request is more than max_candidates=3"),
+        (store_request([10, -3], []), CANDIDATE_IDS, r"CANDIDATE_IDS: \[0, 1\] = -3 is negative"),
+        (
+            store_request([10, 15], []),
+            CANDIDATE_IDS,
+            r"CANDIDATE_IDS: \[0, 1\] = 15 is not an item of the served catalog \(5 items, ids 10..30\)",
+        ),
+        (store_request([99], []), CANDIDATE_IDS, r"= 99 is not an item"),
+        (store_request([10] * 4, []), CANDIDATE_IDS, r"CANDIDATE_IDS: 4 candidates per request is more than max_candidates=3"),
+        (store_request([10], [11, 7]), USER_HISTORY_IDS, r"USER_HISTORY_IDS: \[0, 1\] = 7 is not an item"),
+        (
+            store_request([10], [10, 11, 12]),
+            USER_HISTORY_IDS,
+            r"USER_HISTORY_IDS: 3 history items per request is more than max_history=2",
+        ),
+        (store_request([10], [], query=b"ab\xff"), QUERY, r"QUERY: element \[0, 0\] is not valid UTF-8"),
     ],
-    ids=["negative", "unknown-between", "unknown-above", "too-many"],
+    ids=["negative", "unknown-between", "unknown-above", "too-many", "unknown-history", "long-history", "utf8"],
 )
-def test_item_store_rejects_bad_ids_naming_tensor_position_and_value(catalog: Catalog, ids, message: str) -> None:
-    store = ItemStore(catalog, max_candidates=3)
-    good, bad = store([{CANDIDATE_IDS: np.array([[11]], np.int64)}, {CANDIDATE_IDS: np.array(ids, np.int64)}])
+def test_item_store_rejects_each_bad_input_naming_tensor_position_and_value(
+    catalog: Catalog, request_, tensor: str, message: str
+) -> None:
+    good, bad = item_store(catalog, max_candidates=3, max_history=2)([store_request([11], [12]), request_])
     assert good[ITEM_EMBEDDINGS].shape == (1, 1, 6)
     assert isinstance(bad, InvalidInput)
-    assert bad.tensor == CANDIDATE_IDS
+    assert bad.tensor == tensor
     assert re.search(message, str(bad)), str(bad)
 
 
@@ -251,23 +292,16 @@ def test_cold_encoder_rejects_bad_candidates_without_embedding_them(request_, me
 # --- request validator -------------------------------------------------------------------------------
 
 
-def rank_request(candidates: list[int], history: list[int], query: bytes = b"shoes") -> dict[str, np.ndarray]:
-    return {
-        QUERY: np.array([[query]], dtype=object),
-        CANDIDATE_IDS: np.array([candidates], np.int64),
-        USER_HISTORY_IDS: np.array([history], np.int64).reshape(1, len(history)),
-    }
-
-
 @pytest.fixture(scope="module")
-def rank_validator(catalog: Catalog) -> RequestValidator:
+def id_validator(catalog: Catalog) -> RequestValidator:
+    """A validator over rank's inputs: the id checks it shares with the item store."""
     schema = build_schema(6, max_candidates=3, max_history=2)
     return RequestValidator([QUERY, CANDIDATE_IDS, USER_HISTORY_IDS], CatalogIndex(catalog.item_ids), schema)
 
 
-def test_validator_passes_valid_inputs_on_unchanged_under_their_valid_names(rank_validator) -> None:
-    request = rank_request([10, 30], [])
-    (outcome,) = rank_validator([request])
+def test_validator_passes_valid_inputs_on_unchanged_under_their_valid_names(id_validator) -> None:
+    request = store_request([10, 30], [])
+    (outcome,) = id_validator([request])
     assert set(outcome) == {validated(QUERY), validated(CANDIDATE_IDS), validated(USER_HISTORY_IDS)}
     for name, array in request.items():
         np.testing.assert_array_equal(outcome[validated(name)], array)
@@ -276,19 +310,19 @@ def test_validator_passes_valid_inputs_on_unchanged_under_their_valid_names(rank
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (rank_request([10], [], query=b"\xff"), r"^QUERY: element \[0, 0\] is not valid UTF-8"),
-        (rank_request([10, 13], []), r"^CANDIDATE_IDS: \[0, 1\] = 13 is not an item"),
-        (rank_request([10, 11, 12, 20], []), r"^CANDIDATE_IDS: 4 candidates per request is more than max_candidates=3"),
-        (rank_request([10], [-1]), r"^USER_HISTORY_IDS: \[0, 0\] = -1 is negative"),
+        (store_request([10], [], query=b"\xff"), r"^QUERY: element \[0, 0\] is not valid UTF-8"),
+        (store_request([10, 13], []), r"^CANDIDATE_IDS: \[0, 1\] = 13 is not an item"),
+        (store_request([10, 11, 12, 20], []), r"^CANDIDATE_IDS: 4 candidates per request is more than max_candidates=3"),
+        (store_request([10], [-1]), r"^USER_HISTORY_IDS: \[0, 0\] = -1 is negative"),
         (
-            rank_request([10], [10, 11, 12]),
+            store_request([10], [10, 11, 12]),
             r"^USER_HISTORY_IDS: 3 history items per request is more than max_history=2",
         ),
     ],
     ids=["utf8", "unknown", "too-many", "negative-history", "long-history"],
 )
-def test_validator_rejects_each_bad_input_naming_it(rank_validator, request_, message: str) -> None:
-    good, bad = rank_validator([rank_request([11], [12]), request_])
+def test_validator_rejects_each_bad_input_naming_it(id_validator, request_, message: str) -> None:
+    good, bad = id_validator([store_request([11], [12]), request_])
     assert validated(CANDIDATE_IDS) in good
     assert isinstance(bad, InvalidInput) and re.search(message, str(bad)), str(bad)
 

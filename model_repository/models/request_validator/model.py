@@ -1,5 +1,5 @@
-"""Triton python model for rank_validator and rank_cold_validator, the first step of rank and
-rank_cold (logic: aisle.model_repository.validation)."""
+"""Triton python model for rank_cold_validator, the first step of rank_cold
+(logic: aisle.model_repository.validation)."""
 
 from aisle.model_repository.adapter import PythonModel
 from aisle.model_repository.validation import RequestValidator
