@@ -364,7 +364,9 @@ def build_schema(
                     tuple((t.name, t.name) for t in item_store.inputs),
                     (
                         (validated(QUERY), QUERY.lower()),
-                        *_pairs(ITEM_EMBEDDINGS="item_embeddings", ITEM_FEATURES="item_features", USER_EMBEDDING="user"),
+                        *_pairs(
+                            ITEM_EMBEDDINGS="item_embeddings", ITEM_FEATURES="item_features", USER_EMBEDDING="user"
+                        ),
                     ),
                 ),
             )

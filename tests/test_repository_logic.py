@@ -171,7 +171,9 @@ def test_item_store_passes_the_checked_query_on_and_builds_the_user_vector(catal
     assert set(outcome) == {validated(QUERY), ITEM_EMBEDDINGS, ITEM_FEATURES_TENSOR, USER_EMBEDDING}
     np.testing.assert_array_equal(outcome[validated(QUERY)], request[QUERY])
     # The same user vector the user_profile model (and training) computes.
-    (profile,) = UserProfile(catalog, max_history=5, decay=HISTORY_DECAY)([{USER_HISTORY_IDS: request[USER_HISTORY_IDS]}])
+    (profile,) = UserProfile(catalog, max_history=5, decay=HISTORY_DECAY)(
+        [{USER_HISTORY_IDS: request[USER_HISTORY_IDS]}]
+    )
     np.testing.assert_array_equal(outcome[USER_EMBEDDING], profile[USER_EMBEDDING])
     np.testing.assert_array_equal(outcome[USER_EMBEDDING][0], user_vector(catalog.embeddings[[2, 0, 4]], HISTORY_DECAY))
 
@@ -191,7 +193,11 @@ def test_item_store_gives_an_empty_history_the_zero_user_vector(catalog: Catalog
             r"CANDIDATE_IDS: \[0, 1\] = 15 is not an item of the served catalog \(5 items, ids 10..30\)",
         ),
         (store_request([99], []), CANDIDATE_IDS, r"= 99 is not an item"),
-        (store_request([10] * 4, []), CANDIDATE_IDS, r"CANDIDATE_IDS: 4 candidates per request is more than max_candidates=3"),
+        (
+            store_request([10] * 4, []),
+            CANDIDATE_IDS,
+            r"CANDIDATE_IDS: 4 candidates per request is more than max_candidates=3",
+        ),
         (store_request([10], [11, 7]), USER_HISTORY_IDS, r"USER_HISTORY_IDS: \[0, 1\] = 7 is not an item"),
         (
             store_request([10], [10, 11, 12]),
@@ -312,7 +318,10 @@ def test_validator_passes_valid_inputs_on_unchanged_under_their_valid_names(id_v
     [
         (store_request([10], [], query=b"\xff"), r"^QUERY: element \[0, 0\] is not valid UTF-8"),
         (store_request([10, 13], []), r"^CANDIDATE_IDS: \[0, 1\] = 13 is not an item"),
-        (store_request([10, 11, 12, 20], []), r"^CANDIDATE_IDS: 4 candidates per request is more than max_candidates=3"),
+        (
+            store_request([10, 11, 12, 20], []),
+            r"^CANDIDATE_IDS: 4 candidates per request is more than max_candidates=3",
+        ),
         (store_request([10], [-1]), r"^USER_HISTORY_IDS: \[0, 0\] = -1 is negative"),
         (
             store_request([10], [10, 11, 12]),
