@@ -188,6 +188,8 @@ def model_config(schema: Schema, decl: ModelDecl, options: RenderOptions) -> pb.
         config.platform = "tensorrt_plan"
         config.default_model_filename = PLAN_FILE
     if decl.batching.max_queue_delay_us is not None:
+        # SetInParent: a delay of 0 ("batch what is already queued") is still a dynamic batcher.
+        config.dynamic_batching.SetInParent()
         config.dynamic_batching.max_queue_delay_microseconds = decl.batching.max_queue_delay_us
         config.dynamic_batching.preferred_batch_size.extend(decl.batching.preferred_batch_sizes)
     on_gpu = backend is not Backend.PYTHON and options.graphs_on_gpu
