@@ -264,7 +264,7 @@ def build_schema(
         (TensorDecl(validated(QUERY), DType.BYTES, (1,)), item_embeddings, item_features, user_embedding),
         rank_batching,
     )
-    models = (
+    models: tuple[ModelDecl, ...] = (
         tokenizer(QUERY_TOKENIZER, query_buckets),
         tokenizer(ITEM_TOKENIZER, item_buckets),
         encoder(QUERY_ENCODER),
