@@ -6,11 +6,11 @@
 It serves the catalog the renderer computed with the item tower (item_store/1/catalog.npz), so a
 ranking request carries ids, never embeddings. Why one step does the checks, the candidate lookup
 and the user vector: on the python backend every step is a stub hop with its own queue, and these
-three read the same catalog; as separate models they cost rank two more hops per request and two
-copies of the catalog's embeddings. Being first, it also checks QUERY (UTF-8) before the query
-branch starts and passes it on as VALID_QUERY: a request that fails does so before any sibling
-step runs (see aisle.model_repository.validation). Every id is checked: negative, unknown, or more
-of them than the declared maximum is INVALID_ARGUMENT naming the tensor, the position and the value.
+three read the same catalog; as separate models they cost rank two more hops per request. Being
+first, it also checks QUERY (UTF-8) before the query branch starts and passes it on as VALID_QUERY:
+a request that fails does so before any sibling step runs (see aisle.model_repository.validation).
+Every id is checked: negative, unknown, or more of them than the declared maximum is
+INVALID_ARGUMENT naming the tensor, the position and the value.
 """
 
 from __future__ import annotations

@@ -131,7 +131,6 @@ class RequestValidator:
             CANDIDATE_FEATURES: lambda r: check_features(
                 r[CANDIDATE_FEATURES], r[CANDIDATE_TEXTS], len(schema.item_features)
             ),
-            CANDIDATE_IDS: self._candidate_ids,
             USER_HISTORY_IDS: self._history,
         }
         unknown = set(self.inputs) - checks.keys()
@@ -161,9 +160,6 @@ class RequestValidator:
         texts = request[CANDIDATE_TEXTS]
         check_count(texts, CANDIDATE_TEXTS, self.schema.max_candidates, "max_candidates", "candidates")
         decode_texts(texts, CANDIDATE_TEXTS)
-
-    def _candidate_ids(self, request: Tensors) -> None:
-        candidate_rows(request, self.index, self.schema.max_candidates)
 
     def _history(self, request: Tensors) -> None:
         history_rows(request, self.index, self.schema.max_history)

@@ -298,17 +298,31 @@ def test_cold_encoder_rejects_bad_candidates_without_embedding_them(request_, me
 # --- request validator -------------------------------------------------------------------------------
 
 
+COLD_INPUTS = [QUERY, CANDIDATE_TEXTS, CANDIDATE_FEATURES, USER_HISTORY_IDS]
+
+
+def cold_rank_request(
+    texts: list[str | bytes], history: list[int], query: bytes = b"shoes", width: int = 4
+) -> dict[str, np.ndarray]:
+    """One rank_cold request as its validator receives it (bytes texts are sent as they are)."""
+    return {
+        QUERY: np.array([[query]], dtype=object),
+        CANDIDATE_TEXTS: np.array([[t if isinstance(t, bytes) else t.encode() for t in texts]], dtype=object),
+        CANDIDATE_FEATURES: np.ones((1, len(texts), width), np.float32),
+        USER_HISTORY_IDS: np.array([history], np.int64).reshape(1, len(history)),
+    }
+
+
 @pytest.fixture(scope="module")
-def id_validator(catalog: Catalog) -> RequestValidator:
-    """A validator over rank's inputs: the id checks it shares with the item store."""
+def cold_validator(catalog: Catalog) -> RequestValidator:
     schema = build_schema(6, max_candidates=3, max_history=2)
-    return RequestValidator([QUERY, CANDIDATE_IDS, USER_HISTORY_IDS], CatalogIndex(catalog.item_ids), schema)
+    return RequestValidator(COLD_INPUTS, CatalogIndex(catalog.item_ids), schema)
 
 
-def test_validator_passes_valid_inputs_on_unchanged_under_their_valid_names(id_validator) -> None:
-    request = store_request([10, 30], [])
-    (outcome,) = id_validator([request])
-    assert set(outcome) == {validated(QUERY), validated(CANDIDATE_IDS), validated(USER_HISTORY_IDS)}
+def test_validator_passes_valid_inputs_on_unchanged_under_their_valid_names(cold_validator) -> None:
+    request = cold_rank_request(["a", "b"], [10, 30])
+    (outcome,) = cold_validator([request])
+    assert set(outcome) == {validated(name) for name in COLD_INPUTS}
     for name, array in request.items():
         np.testing.assert_array_equal(outcome[validated(name)], array)
 
@@ -316,37 +330,23 @@ def test_validator_passes_valid_inputs_on_unchanged_under_their_valid_names(id_v
 @pytest.mark.parametrize(
     ("request_", "message"),
     [
-        (store_request([10], [], query=b"\xff"), r"^QUERY: element \[0, 0\] is not valid UTF-8"),
-        (store_request([10, 13], []), r"^CANDIDATE_IDS: \[0, 1\] = 13 is not an item"),
+        (cold_rank_request(["a"], [], query=b"\xff"), r"^QUERY: element \[0, 0\] is not valid UTF-8"),
+        (cold_rank_request(["a", b"b\xe9"], []), r"^CANDIDATE_TEXTS: element \[0, 1\] is not valid UTF-8"),
+        (cold_rank_request(["a"] * 4, []), r"^CANDIDATE_TEXTS: 4 candidates per request is more than max_candidates=3"),
+        (cold_rank_request(["a", "b"], [], width=3), r"^CANDIDATE_FEATURES: shape \[1, 2, 3\] does not match"),
+        (cold_rank_request(["a"], [-1]), r"^USER_HISTORY_IDS: \[0, 0\] = -1 is negative"),
+        (cold_rank_request(["a"], [10, 13]), r"^USER_HISTORY_IDS: \[0, 1\] = 13 is not an item"),
         (
-            store_request([10, 11, 12, 20], []),
-            r"^CANDIDATE_IDS: 4 candidates per request is more than max_candidates=3",
-        ),
-        (store_request([10], [-1]), r"^USER_HISTORY_IDS: \[0, 0\] = -1 is negative"),
-        (
-            store_request([10], [10, 11, 12]),
+            cold_rank_request(["a"], [10, 11, 12]),
             r"^USER_HISTORY_IDS: 3 history items per request is more than max_history=2",
         ),
     ],
-    ids=["utf8", "unknown", "too-many", "negative-history", "long-history"],
+    ids=["utf8", "utf8-candidate", "too-many", "feature-width", "negative-history", "unknown-history", "long-history"],
 )
-def test_validator_rejects_each_bad_input_naming_it(id_validator, request_, message: str) -> None:
-    good, bad = id_validator([store_request([11], [12]), request_])
-    assert validated(CANDIDATE_IDS) in good
+def test_validator_rejects_each_bad_input_naming_it(cold_validator, request_, message: str) -> None:
+    good, bad = cold_validator([cold_rank_request(["a"], [12]), request_])
+    assert validated(CANDIDATE_TEXTS) in good
     assert isinstance(bad, InvalidInput) and re.search(message, str(bad)), str(bad)
-
-
-def test_validator_checks_cold_candidate_features_against_texts(catalog: Catalog) -> None:
-    validator = RequestValidator(
-        [QUERY, CANDIDATE_TEXTS, CANDIDATE_FEATURES, USER_HISTORY_IDS], CatalogIndex(catalog.item_ids), build_schema(6)
-    )
-    request = {
-        QUERY: np.array([[b"q"]], object),
-        **cold_request([["a", "b"]], features_width=3),
-        USER_HISTORY_IDS: np.zeros((1, 0), np.int64),
-    }
-    (outcome,) = validator([request])
-    assert isinstance(outcome, InvalidInput) and outcome.tensor == CANDIDATE_FEATURES
 
 
 # --- batching and the ORT runner ------------------------------------------------------------------------
