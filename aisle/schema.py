@@ -113,6 +113,10 @@ class ModelDecl:
     instance_count: int = 1
     #: Free-form parameters rendered into config.pbtxt `parameters` (e.g. which tokenizer to load).
     parameters: tuple[tuple[str, str], ...] = ()
+    #: Let Triton's response cache answer a repeated request (same input tensors) without running
+    #: the model. Only for deterministic models whose inputs recur; it takes effect on a server
+    #: started with a cache (`aisle serve --response-cache-mb N`, tritonserver `--cache-config`).
+    response_cache: bool = False
 
 
 @dataclass(frozen=True)
@@ -247,8 +251,8 @@ def build_schema(
             parameters=(("buckets", ",".join(map(str, buckets))),),
         )
 
-    def encoder(name: str) -> ModelDecl:
-        return ModelDecl(name, Role.ENCODER, (ids, mask), (embedding,), encoder_batching)
+    def encoder(name: str, *, response_cache: bool = False) -> ModelDecl:
+        return ModelDecl(name, Role.ENCODER, (ids, mask), (embedding,), encoder_batching, response_cache=response_cache)
 
     query_in = TensorDecl(QUERY, DType.BYTES, (1,))
     item_embeddings = TensorDecl(ITEM_EMBEDDINGS, DType.FP32, (-1, d))
@@ -267,7 +271,9 @@ def build_schema(
     models: tuple[ModelDecl, ...] = (
         tokenizer(QUERY_TOKENIZER, query_buckets),
         tokenizer(ITEM_TOKENIZER, item_buckets),
-        encoder(QUERY_ENCODER),
+        # Shoppers repeat head queries ("running shoes"): their token ids recur, so the query
+        # encoder's responses are worth caching. Item texts rarely repeat in one request's shape.
+        encoder(QUERY_ENCODER, response_cache=True),
         encoder(ITEM_ENCODER),
         item_store,
         ModelDecl(USER_PROFILE, Role.USER_PROFILE, (history,), (user_embedding,), rank_batching),

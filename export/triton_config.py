@@ -201,6 +201,8 @@ def model_config(schema: Schema, decl: ModelDecl, options: RenderOptions) -> pb.
     )
     for key, value in decl.parameters:
         config.parameters[key].string_value = value
+    if decl.response_cache:
+        config.response_cache.enable = True
     if decl.role in GRAPH_ROLES:
         config.model_warmup.extend(model_warmup(schema, decl, options))
     if backend is Backend.ONNXRUNTIME and options.trt_accelerator:

@@ -24,6 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address of all endpoints (default loopback only)")
     parser.add_argument("--start-timeout-s", type=float, default=240.0, help="give up if not ready by then")
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
+    parser.add_argument(
+        "--response-cache-mb",
+        type=int,
+        default=0,
+        help="Triton response cache size in MiB (default 0: off). With a cache, repeated queries skip the "
+        "query encoder; each cached embedding costs about 2 KB",
+    )
     parser.set_defaults(func=run)
 
 
@@ -47,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         host=args.host,
         log_verbose=args.log_verbose,
+        response_cache_mb=args.response_cache_mb,
     )
     serve_until_signalled(config, start_timeout_s=args.start_timeout_s)
     return 0

@@ -236,6 +236,36 @@ def queue_delay_sweep(
     return results
 
 
+def zipf_draws(texts: list[str], count: int, *, exponent: float = 1.1, seed: int = 0) -> list[str]:
+    """`count` texts drawn with Zipf weights over `texts` (the first is the most frequent), as
+    head queries recur in a shop's search log."""
+    weights = 1.0 / np.arange(1, len(texts) + 1) ** exponent
+    picks = np.random.default_rng(seed).choice(len(texts), size=count, p=weights / weights.sum())
+    return [texts[i] for i in picks]
+
+
+def response_cache_comparison(
+    repo: Path, queries: list[str], cache_mb: int, *, draws: int = 2000, concurrency: int = 8
+) -> dict[int, dict]:
+    """embed_query on Zipf-repeated queries, on a server without a response cache and one with
+    `cache_mb` MiB: throughput, latency and the query encoder's cache hits, by cache size."""
+    import tritonclient.grpc as grpcclient
+
+    from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
+    from aisle.schema import QUERY_ENCODER
+
+    drawn = zipf_draws(queries, draws)
+    requests = [{QUERY: texts([q])} for q in drawn]
+    results: dict[int, dict] = {}
+    for size in (0, cache_mb):
+        with TritonServer(ServerConfig(repo, *free_ports(3), response_cache_mb=size)) as server:
+            load = closed_loop(server.grpc_url, EMBED_QUERY, requests, EMBEDDING, concurrency=concurrency)
+            stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(QUERY_ENCODER)
+            hits = sum(s.inference_stats.cache_hit.count for s in stats.model_stats)
+            results[size] = {"load": asdict(load), "encoder_cache_hits": hits, "distinct_queries": len(set(drawn))}
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     from aisle.data.format import load_dataset
     from aisle.export.repo_format import MODEL_VERSION, RepoManifest
@@ -255,6 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         nargs="*",
         default=[],
         help="also sweep the delay of rank's other steps (tokenizer, item store, fusion head) on rank",
+    )
+    parser.add_argument(
+        "--cache-comparison-mb",
+        type=int,
+        default=0,
+        help="also compare embed_query on Zipf-repeated queries without and with a response cache of this size",
     )
     args = parser.parse_args(argv)
 
@@ -281,9 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         report["encoder_queue_delay_sweep"] = {delay: asdict(point) for delay, point in sweep.items()}
     if args.rank_delay_sweep_us:
         span = max(1, len(item_ids) - 110)
-        requests = [
-            rank_request(q, item_ids[n % span : n % span + 100], item_ids[-10:]) for n, q in enumerate(queries)
-        ]
+        requests = [rank_request(q, item_ids[n % span : n % span + 100], item_ids[-10:]) for n, q in enumerate(queries)]
         sweep = queue_delay_sweep(
             args.repo,
             args.rank_delay_sweep_us,
@@ -293,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
             roles=frozenset({Role.TOKENIZER, Role.ITEM_STORE, Role.FUSION_HEAD}),
         )
         report["rank_queue_delay_sweep"] = {delay: asdict(point) for delay, point in sweep.items()}
+    if args.cache_comparison_mb:
+        report["response_cache"] = response_cache_comparison(args.repo, queries, args.cache_comparison_mb)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -140,6 +140,10 @@ class ServerConfig:
     host: address of all three endpoints; loopback by default so nothing is exposed by accident.
     extra_args: appended verbatim to the tritonserver command line (e.g. "--model-control-mode=explicit").
     log_verbose: tritonserver's --log-verbose level (0 = info/warnings/errors only).
+    response_cache_mb: size of Triton's local response cache; 0 starts the server without one.
+        With a cache, the models whose config enables it (the query encoder) answer a repeated
+        input from memory: a head query costs its tokenizer hop only. Off by default so that
+        benchmarks measure the models, not the cache.
     """
 
     repo: Path
@@ -149,6 +153,11 @@ class ServerConfig:
     host: str = "127.0.0.1"
     extra_args: tuple[str, ...] = ()
     log_verbose: int = 0
+    response_cache_mb: int = 0
+
+    def __post_init__(self) -> None:
+        if self.response_cache_mb < 0:
+            raise ValueError(f"ServerConfig.response_cache_mb={self.response_cache_mb} must be >= 0")
 
 
 class TritonServer:
@@ -193,7 +202,17 @@ class TritonServer:
             # Explicit control (everything loaded at start) lets stop() unload ensembles to drain them.
             "--model-control-mode=explicit",
             "--load-model=*",
+            *self._cache_args(),
             *c.extra_args,
+        ]
+
+    def _cache_args(self) -> list[str]:
+        """The response cache flags: the wheel's local cache implementation, sized in bytes."""
+        if not self.config.response_cache_mb:
+            return []
+        return [
+            f"--cache-directory={pytriton_home() / 'caches'}",
+            f"--cache-config=local,size={self.config.response_cache_mb * 2**20}",
         ]
 
     def env(self) -> dict[str, str]:

@@ -59,8 +59,10 @@ def test_every_model_config_parses_and_matches_its_declaration(options: RenderOp
         if decl.batching.max_queue_delay_us is None:
             assert not config.HasField("dynamic_batching")
         else:
+            assert config.HasField("dynamic_batching"), decl.name  # a 0 us delay is still a batcher
             assert config.dynamic_batching.max_queue_delay_microseconds == decl.batching.max_queue_delay_us
         assert dict(decl.parameters) == {k: v.string_value for k, v in config.parameters.items()}
+        assert config.response_cache.enable == decl.response_cache, decl.name
 
 
 @pytest.mark.parametrize("options", ALL_OPTIONS, ids=OPTION_IDS)
