@@ -244,6 +244,12 @@ def zipf_draws(texts: list[str], count: int, *, exponent: float = 1.1, seed: int
     return [texts[i] for i in picks]
 
 
+def cache_hits(client, model: str) -> int:
+    """How many requests to `model` Triton's response cache has answered since the server started."""
+    stats = client.get_inference_statistics(model_name=model)
+    return sum(s.inference_stats.cache_hit.count for s in stats.model_stats)
+
+
 def response_cache_comparison(
     repo: Path, queries: list[str], cache_mb: int, *, draws: int = 2000, concurrency: int = 8
 ) -> dict[int, dict]:
@@ -256,13 +262,13 @@ def response_cache_comparison(
 
     drawn = zipf_draws(queries, draws)
     requests = [{QUERY: texts([q])} for q in drawn]
+    distinct = len(set(drawn))
     results: dict[int, dict] = {}
     for size in (0, cache_mb):
         with TritonServer(ServerConfig(repo, *free_ports(3), response_cache_mb=size)) as server:
             load = closed_loop(server.grpc_url, EMBED_QUERY, requests, EMBEDDING, concurrency=concurrency)
-            stats = grpcclient.InferenceServerClient(server.grpc_url).get_inference_statistics(QUERY_ENCODER)
-            hits = sum(s.inference_stats.cache_hit.count for s in stats.model_stats)
-            results[size] = {"load": asdict(load), "encoder_cache_hits": hits, "distinct_queries": len(set(drawn))}
+            hits = cache_hits(grpcclient.InferenceServerClient(server.grpc_url), QUERY_ENCODER)
+            results[size] = {"load": asdict(load), "encoder_cache_hits": hits, "distinct_queries": distinct}
     return results
 
 

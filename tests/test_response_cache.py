@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from aisle.model_repository.measure import cache_hits
 from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
 from aisle.schema import EMBED_QUERY, EMBEDDING, QUERY, QUERY_ENCODER, build_schema
 
@@ -17,11 +18,6 @@ def embed(client: grpcclient.InferenceServerClient, text: str) -> np.ndarray:
     tensor = grpcclient.InferInput(QUERY, [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
     return client.infer(EMBED_QUERY, [tensor], client_timeout=120).as_numpy(EMBEDDING)
-
-
-def cache_hits(client: grpcclient.InferenceServerClient, model: str) -> int:
-    stats = client.get_inference_statistics(model_name=model)
-    return sum(s.inference_stats.cache_hit.count for s in stats.model_stats)
 
 
 def test_only_the_query_encoder_asks_for_the_response_cache() -> None:
