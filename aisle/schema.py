@@ -10,7 +10,8 @@ This module imports only the standard library so the torch-free client can use i
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 
 # --- Sizes declared once -------------------------------------------------------------------------
@@ -23,17 +24,109 @@ NUM_ITEM_FEATURES = len(ITEM_FEATURES)
 #: Default embedding size: all-MiniLM-L6-v2's hidden size. A checkpoint's manifest overrides it.
 DEFAULT_EMBEDDING_DIM = 384
 
-#: Length buckets: each request is padded to the smallest bucket that fits its longest text, so
-#: the dynamic batcher (which merges only identical shapes) can merge requests of one bucket.
-QUERY_BUCKETS: tuple[int, ...] = (8, 16, 32)
-ITEM_BUCKETS: tuple[int, ...] = (16, 32, 64, 128)
-
-#: Upper bounds enforced by the item store and the client, reported in INVALID_ARGUMENT messages.
-MAX_CANDIDATES = 1000
-MAX_HISTORY = 50
-
 #: Recency weighting of the user vector: the k-th most recent item weighs HISTORY_DECAY**k.
 HISTORY_DECAY = 0.9
+#: Most history items a request may carry (and the generator keeps per user).
+MAX_HISTORY = 50
+
+#: Prefix of the config `parameters` keys that carry ServingLimits in every rendered ensemble.
+LIMITS_PARAMETER_PREFIX = "aisle."
+
+
+def _buckets_text(buckets: tuple[int, ...]) -> str:
+    return ",".join(map(str, buckets))
+
+
+def parse_buckets(text: str, field_name: str = "buckets") -> tuple[int, ...]:
+    """Parse "8,16,32" into (8, 16, 32): the form flags, config parameters and JSON all share."""
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError as e:
+        raise ValueError(f"{field_name}={text!r}: expected comma-separated token counts, e.g. 8,16,32") from e
+
+
+def _parse_limit(name: str, text: str, default: object) -> object:
+    """One ServingLimits value from its config-parameter text, typed like the field's default."""
+    if isinstance(default, tuple):
+        return parse_buckets(text, name)
+    try:
+        return float(text) if isinstance(default, float) else int(text)
+    except ValueError as e:
+        raise ValueError(f"{name}={text!r}: not a number") from e
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    """Every limit and size a served repository enforces, declared once.
+
+    Owned by the checkpoint (`aisle train` writes them, `--query-buckets`/`--item-buckets` set the
+    buckets), embedded in the repository manifest (`aisle export repo` may override the buckets),
+    rendered into every ensemble's config `parameters`, and read back from the server by the client
+    at its first call, so client-side checks always match the server it talks to.
+
+    query_buckets / item_buckets: token lengths each text is padded to (the smallest that fits);
+        the dynamic batcher merges only identical shapes, so few buckets batch well. The largest is
+        the tower's maximum length: longer texts are truncated.
+    max_candidates: candidate ids (or texts) one rank request may carry.
+    max_history: history ids one request may carry; the user vector uses them all.
+    history_decay: the k-th most recent history item weighs history_decay**k in the user vector.
+    """
+
+    query_buckets: tuple[int, ...] = (8, 16, 32)
+    item_buckets: tuple[int, ...] = (16, 32, 64, 128)
+    max_candidates: int = 1000
+    max_history: int = MAX_HISTORY
+    history_decay: float = HISTORY_DECAY
+
+    def __post_init__(self) -> None:
+        for name in ("query_buckets", "item_buckets"):
+            buckets = getattr(self, name)
+            if not buckets or any(b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)):
+                raise ValueError(f"{name}={_buckets_text(buckets)}: expected ascending positive token counts")
+        for name in ("max_candidates", "max_history"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
+        if not 0 < self.history_decay <= 1:
+            raise ValueError(f"history_decay={self.history_decay}: must be in (0, 1]")
+
+    def to_dict(self) -> dict[str, object]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, object]) -> ServingLimits:
+        """From JSON (unknown keys ignored, missing ones default); lists become tuples."""
+        known = {f.name: f for f in fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in known}
+        return cls(**values)  # type: ignore[arg-type]
+
+    def to_parameters(self) -> dict[str, str]:
+        """The config.pbtxt `parameters` form: "aisle.<field>" -> string value."""
+        return {
+            LIMITS_PARAMETER_PREFIX + name: _buckets_text(value) if isinstance(value, tuple) else str(value)
+            for name, value in self.to_dict().items()
+        }
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, str]) -> ServingLimits:
+        """Inverse of to_parameters; a missing key is an error (the server must declare every limit)."""
+        values: dict[str, object] = {}
+        for name, default in cls().to_dict().items():
+            key = LIMITS_PARAMETER_PREFIX + name
+            if key not in parameters:
+                raise ValueError(f"parameter {key!r} missing")
+            text = parameters[key]
+            values[name] = _parse_limit(name, text, default)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def with_buckets(
+        self, query_buckets: tuple[int, ...] | None = None, item_buckets: tuple[int, ...] | None = None
+    ) -> ServingLimits:
+        """These limits with the given buckets replaced (None keeps the current ones)."""
+        return replace(
+            self,
+            query_buckets=self.query_buckets if query_buckets is None else query_buckets,
+            item_buckets=self.item_buckets if item_buckets is None else item_buckets,
+        )
 
 
 class DType(str, Enum):
@@ -138,21 +231,19 @@ class EnsembleDecl:
     max_batch_size: int
     steps: tuple[Step, ...]
     description: str = ""
+    #: Rendered into config.pbtxt `parameters`: every ensemble carries the ServingLimits, so a
+    #: client reads the limits of the server it talks to from any ensemble's config.
+    parameters: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
 class Schema:
-    """All declarations for one checkpoint (the embedding dim comes from its manifest)."""
+    """All declarations for one checkpoint: its embedding size and its serving limits."""
 
     embedding_dim: int
     models: tuple[ModelDecl, ...]
     ensembles: tuple[EnsembleDecl, ...]
-    query_buckets: tuple[int, ...] = QUERY_BUCKETS
-    item_buckets: tuple[int, ...] = ITEM_BUCKETS
-    max_candidates: int = MAX_CANDIDATES
-    max_history: int = MAX_HISTORY
-    history_decay: float = HISTORY_DECAY
-    item_features: tuple[str, ...] = field(default=ITEM_FEATURES)
+    limits: ServingLimits = field(default_factory=ServingLimits)
 
     def model(self, name: str) -> ModelDecl:
         for decl in self.models:
@@ -165,6 +256,23 @@ class Schema:
             if decl.name == name:
                 return decl
         raise KeyError(f"no ensemble named {name!r} in the schema")
+
+    def encoder_buckets(self, encoder: str) -> tuple[int, ...]:
+        """The length buckets of the tokenizer whose token ids an encoder consumes in the ensembles.
+
+        Found by following the ensemble wiring, so a third tower gets its own tokenizer's buckets.
+        """
+        for ensemble in self.ensembles:
+            produced_by = {tensor: step.model for step in ensemble.steps for _, tensor in step.output_map}
+            for step in ensemble.steps:
+                if step.model == self.model(encoder).name:
+                    return tokenizer_buckets(self.model(produced_by[step.input_map[0][1]]))
+        raise KeyError(f"no ensemble feeds encoder {encoder!r} from a tokenizer")
+
+
+def tokenizer_buckets(decl: ModelDecl) -> tuple[int, ...]:
+    """A tokenizer model's length buckets, as declared in its `buckets` parameter ("8,16,32")."""
+    return parse_buckets(dict(decl.parameters)["buckets"])
 
 
 # --- Names -----------------------------------------------------------------------------------------
@@ -206,6 +314,16 @@ ENCODER_MAX_BATCH = 64
 #: Largest batch of rank requests merged into one head execution.
 RANK_MAX_BATCH = 8
 
+# Queue delays, from the queue-delay sweep on the small shop (2 CPU cores, embedded target): the
+# python steps (tokenizers, item store, validator, profile, head) gain nothing from waiting for
+# company: rank at delay 0 vs 500 us, alone p50 9.6 vs 13.7 ms, at concurrency 8 179 vs 156 req/s.
+# Under load they still batch what queued while they ran. The encoders do gain: embed_query at
+# concurrency 8 took 186 req/s at delay 0 and 204-218 at 500-2000 us (alone p50 8.3 -> 9.0 ms at
+# 1000 us).
+TEXT_BATCHING = Batching(ENCODER_MAX_BATCH, max_queue_delay_us=0)
+ENCODER_BATCHING = Batching(ENCODER_MAX_BATCH, max_queue_delay_us=1000)
+RANK_BATCHING = Batching(RANK_MAX_BATCH, max_queue_delay_us=0)
+
 
 def _pairs(**mapping: str) -> tuple[tuple[str, str], ...]:
     return tuple(mapping.items())
@@ -216,203 +334,250 @@ def validated(tensor: str) -> str:
     return f"VALID_{tensor}"
 
 
-def build_schema(
-    embedding_dim: int = DEFAULT_EMBEDDING_DIM,
-    *,
-    query_buckets: tuple[int, ...] = QUERY_BUCKETS,
-    item_buckets: tuple[int, ...] = ITEM_BUCKETS,
-    max_candidates: int = MAX_CANDIDATES,
-    max_history: int = MAX_HISTORY,
-    history_decay: float = HISTORY_DECAY,
-) -> Schema:
-    """Declare every served model and ensemble for one embedding size."""
-    d = embedding_dim
-    f = NUM_ITEM_FEATURES
-    ids = TensorDecl(INPUT_IDS, TOKEN_DTYPE, (-1,))
-    mask = TensorDecl(ATTENTION_MASK, TOKEN_DTYPE, (-1,))
-    embedding = TensorDecl(EMBEDDING, DType.FP32, (d,))
-    # Queue delays, from `measure.queue_delay_sweep` on the small shop (2 CPU cores, embedded target):
-    # the python steps (tokenizers, item store, validator, profile, head) gain nothing from waiting
-    # for company: rank at delay 0 vs 500 us, alone p50 9.6 vs 13.7 ms, at concurrency 8 179 vs 156
-    # req/s. Under load they still batch what queued while they ran. The encoders do gain: embed_query
-    # at concurrency 8 took 186 req/s at delay 0 and 204-218 at 500-2000 us (alone p50 8.3 -> 9.0 ms
-    # at 1000 us).
-    text_batching = Batching(ENCODER_MAX_BATCH, max_queue_delay_us=0)
-    encoder_batching = Batching(ENCODER_MAX_BATCH, max_queue_delay_us=1000)
-    rank_batching = Batching(RANK_MAX_BATCH, max_queue_delay_us=0)
+@dataclass(frozen=True)
+class CommonTensors:
+    """The tensor declarations every builder below shares, for one embedding size."""
 
-    def tokenizer(name: str, buckets: tuple[int, ...]) -> ModelDecl:
-        return ModelDecl(
-            name=name,
-            role=Role.TOKENIZER,
-            inputs=(TensorDecl(TEXT, DType.BYTES, (1,)),),
-            outputs=(ids, mask),
-            batching=text_batching,
-            parameters=(("buckets", ",".join(map(str, buckets))),),
-        )
+    dim: int
 
-    def encoder(name: str, *, response_cache: bool = False) -> ModelDecl:
-        return ModelDecl(name, Role.ENCODER, (ids, mask), (embedding,), encoder_batching, response_cache=response_cache)
+    @property
+    def ids(self) -> TensorDecl:
+        return TensorDecl(INPUT_IDS, TOKEN_DTYPE, (-1,))
 
-    query_in = TensorDecl(QUERY, DType.BYTES, (1,))
-    item_embeddings = TensorDecl(ITEM_EMBEDDINGS, DType.FP32, (-1, d))
-    item_features = TensorDecl(ITEM_FEATURES_TENSOR, DType.FP32, (-1, f))
-    user_embedding = TensorDecl(USER_EMBEDDING, DType.FP32, (d,))
-    history = TensorDecl(USER_HISTORY_IDS, DType.INT64, (-1,))
-    # rank's first step: checks the whole request (QUERY passes on as VALID_QUERY), looks up the
-    # candidates and builds the user vector; one python hop where three would read one catalog.
-    item_store = ModelDecl(
+    @property
+    def mask(self) -> TensorDecl:
+        return TensorDecl(ATTENTION_MASK, TOKEN_DTYPE, (-1,))
+
+    @property
+    def embedding(self) -> TensorDecl:
+        return TensorDecl(EMBEDDING, DType.FP32, (self.dim,))
+
+    @property
+    def query(self) -> TensorDecl:
+        return TensorDecl(QUERY, DType.BYTES, (1,))
+
+    @property
+    def history(self) -> TensorDecl:
+        return TensorDecl(USER_HISTORY_IDS, DType.INT64, (-1,))
+
+    @property
+    def item_embeddings(self) -> TensorDecl:
+        return TensorDecl(ITEM_EMBEDDINGS, DType.FP32, (-1, self.dim))
+
+    @property
+    def item_features(self) -> TensorDecl:
+        return TensorDecl(ITEM_FEATURES_TENSOR, DType.FP32, (-1, NUM_ITEM_FEATURES))
+
+    @property
+    def user_embedding(self) -> TensorDecl:
+        return TensorDecl(USER_EMBEDDING, DType.FP32, (self.dim,))
+
+    @property
+    def scores(self) -> TensorDecl:
+        return TensorDecl(SCORES, DType.FP32, (-1,))
+
+
+# --- Composing models --------------------------------------------------------------------------------
+
+
+def tokenizer_model(name: str, buckets: tuple[int, ...], t: CommonTensors) -> ModelDecl:
+    return ModelDecl(
+        name=name,
+        role=Role.TOKENIZER,
+        inputs=(TensorDecl(TEXT, DType.BYTES, (1,)),),
+        outputs=(t.ids, t.mask),
+        batching=TEXT_BATCHING,
+        parameters=(("buckets", _buckets_text(buckets)),),
+    )
+
+
+def encoder_model(name: str, t: CommonTensors, *, response_cache: bool = False) -> ModelDecl:
+    return ModelDecl(
+        name, Role.ENCODER, (t.ids, t.mask), (t.embedding,), ENCODER_BATCHING, response_cache=response_cache
+    )
+
+
+def item_store_model(t: CommonTensors) -> ModelDecl:
+    """rank's first step: checks the whole request (QUERY passes on as VALID_QUERY), looks up the
+    candidates and builds the user vector; one python hop where three would read one catalog."""
+    return ModelDecl(
         ITEM_STORE,
         Role.ITEM_STORE,
-        (query_in, TensorDecl(CANDIDATE_IDS, DType.INT64, (-1,)), history),
-        (TensorDecl(validated(QUERY), DType.BYTES, (1,)), item_embeddings, item_features, user_embedding),
-        rank_batching,
-    )
-    models: tuple[ModelDecl, ...] = (
-        tokenizer(QUERY_TOKENIZER, query_buckets),
-        tokenizer(ITEM_TOKENIZER, item_buckets),
-        # Shoppers repeat head queries ("running shoes"): their token ids recur, so the query
-        # encoder's responses are worth caching. Item texts rarely repeat in one request's shape.
-        encoder(QUERY_ENCODER, response_cache=True),
-        encoder(ITEM_ENCODER),
-        item_store,
-        ModelDecl(USER_PROFILE, Role.USER_PROFILE, (history,), (user_embedding,), rank_batching),
-        # Takes the features too (passed through) so it can check they match the texts one to one
-        # and name CANDIDATE_FEATURES when they do not, on every target.
-        ModelDecl(
-            COLD_ITEM_ENCODER,
-            Role.COLD_ITEM_ENCODER,
-            (TensorDecl(CANDIDATE_TEXTS, DType.BYTES, (-1,)), TensorDecl(CANDIDATE_FEATURES, DType.FP32, (-1, f))),
-            (item_embeddings, item_features),
-            Batching(RANK_MAX_BATCH),
-        ),
-        ModelDecl(
-            FUSION_HEAD,
-            Role.FUSION_HEAD,
-            (
-                TensorDecl(QUERY_EMBEDDING, DType.FP32, (d,)),
-                user_embedding,
-                item_embeddings,
-                item_features,
-            ),
-            (TensorDecl(SCORES, DType.FP32, (-1,)),),
-            rank_batching,
-        ),
+        (t.query, TensorDecl(CANDIDATE_IDS, DType.INT64, (-1,)), t.history),
+        (TensorDecl(validated(QUERY), DType.BYTES, (1,)), t.item_embeddings, t.item_features, t.user_embedding),
+        RANK_BATCHING,
     )
 
-    def embed_steps(tokenizer_name: str, encoder_name: str, text: str) -> tuple[Step, ...]:
-        return (
-            Step(tokenizer_name, _pairs(TEXT=text), _pairs(INPUT_IDS="ids", ATTENTION_MASK="mask")),
-            Step(encoder_name, _pairs(INPUT_IDS="ids", ATTENTION_MASK="mask"), _pairs(EMBEDDING=EMBEDDING)),
-        )
 
-    # Multi-branch ensembles check every input in one first step, before any branch starts: when a
-    # composing model fails while sibling steps are in flight, tritonserver 2.51 never releases the
-    # ensemble request (leaked in-flight count, memory, and a stalled shutdown drain). rank's first
-    # step is the item store; rank_cold's is a validator that passes every input on once checked.
-    def validator(name: str, inputs: tuple[TensorDecl, ...]) -> ModelDecl:
-        outputs = tuple(TensorDecl(validated(t.name), t.dtype, t.dims) for t in inputs)
-        return ModelDecl(name, Role.VALIDATOR, inputs, outputs, rank_batching)
+def cold_item_encoder_model(t: CommonTensors) -> ModelDecl:
+    """Takes the features too (passed through) so it can check they match the texts one to one and
+    name CANDIDATE_FEATURES when they do not, on every target."""
+    return ModelDecl(
+        COLD_ITEM_ENCODER,
+        Role.COLD_ITEM_ENCODER,
+        (
+            TensorDecl(CANDIDATE_TEXTS, DType.BYTES, (-1,)),
+            TensorDecl(CANDIDATE_FEATURES, DType.FP32, (-1, NUM_ITEM_FEATURES)),
+        ),
+        (t.item_embeddings, t.item_features),
+        Batching(RANK_MAX_BATCH),
+    )
 
-    def validation_step(decl: ModelDecl) -> Step:
-        return Step(
-            decl.name,
-            tuple((t.name, t.name) for t in decl.inputs),
-            tuple((validated(t.name), t.name.lower()) for t in decl.inputs),
-        )
 
-    query_steps = embed_steps(QUERY_TOKENIZER, QUERY_ENCODER, QUERY)
-    query_to_embedding = (
-        Step(QUERY_TOKENIZER, _pairs(TEXT=QUERY.lower()), query_steps[0].output_map),
-        Step(QUERY_ENCODER, query_steps[1].input_map, _pairs(EMBEDDING="query_embedding")),
+def fusion_head_model(t: CommonTensors) -> ModelDecl:
+    return ModelDecl(
+        FUSION_HEAD,
+        Role.FUSION_HEAD,
+        (TensorDecl(QUERY_EMBEDDING, DType.FP32, (t.dim,)), t.user_embedding, t.item_embeddings, t.item_features),
+        (t.scores,),
+        RANK_BATCHING,
+    )
+
+
+def validator_model(name: str, inputs: tuple[TensorDecl, ...]) -> ModelDecl:
+    """A step that checks every input and passes each on as VALID_<name>.
+
+    Multi-branch ensembles check every input in one first step, before any branch starts: when a
+    composing model fails while sibling steps are in flight, tritonserver 2.51 never releases the
+    ensemble request (leaked in-flight count, memory, and a stalled shutdown drain).
+    """
+    outputs = tuple(TensorDecl(validated(t.name), t.dtype, t.dims) for t in inputs)
+    return ModelDecl(name, Role.VALIDATOR, inputs, outputs, RANK_BATCHING)
+
+
+# --- Steps shared by several ensembles ----------------------------------------------------------------
+
+
+def embed_steps(tokenizer: str, encoder: str, text: str, embedding: str = EMBEDDING) -> tuple[Step, ...]:
+    """Text tensor `text` -> tokenizer -> encoder -> ensemble tensor `embedding`."""
+    return (
+        Step(tokenizer, _pairs(TEXT=text), _pairs(INPUT_IDS="ids", ATTENTION_MASK="mask")),
+        Step(encoder, _pairs(INPUT_IDS="ids", ATTENTION_MASK="mask"), _pairs(EMBEDDING=embedding)),
+    )
+
+
+def passthrough_step(decl: ModelDecl, outputs: Mapping[str, str]) -> Step:
+    """A step fed by the ensemble inputs of the same names, its outputs wired as `outputs` says."""
+    return Step(decl.name, tuple((t.name, t.name) for t in decl.inputs), tuple(outputs.items()))
+
+
+HEAD_STEP = Step(
+    FUSION_HEAD,
+    _pairs(
+        QUERY_EMBEDDING="query_embedding",
+        USER_EMBEDDING="user",
+        ITEM_EMBEDDINGS="item_embeddings",
+        ITEM_FEATURES="item_features",
+    ),
+    _pairs(SCORES=SCORES),
+)
+#: The validated query's embedding, as the head step reads it.
+QUERY_TO_EMBEDDING = embed_steps(QUERY_TOKENIZER, QUERY_ENCODER, QUERY.lower(), "query_embedding")
+
+
+# --- Public ensembles -------------------------------------------------------------------------------------
+
+
+def embed_query_ensemble(t: CommonTensors) -> EnsembleDecl:
+    return EnsembleDecl(
+        EMBED_QUERY,
+        (t.query,),
+        (t.embedding,),
+        ENCODER_MAX_BATCH,
+        embed_steps(QUERY_TOKENIZER, QUERY_ENCODER, QUERY),
+        "Search query text -> L2-normalised query-tower embedding (empty text -> zero vector).",
+    )
+
+
+def embed_item_ensemble(t: CommonTensors) -> EnsembleDecl:
+    return EnsembleDecl(
+        EMBED_ITEM,
+        (TensorDecl(ITEM_TEXT, DType.BYTES, (1,)),),
+        (t.embedding,),
+        ENCODER_MAX_BATCH,
+        embed_steps(ITEM_TOKENIZER, ITEM_ENCODER, ITEM_TEXT),
+        "Item text -> L2-normalised item-tower embedding.",
+    )
+
+
+def rank_ensemble(t: CommonTensors, item_store: ModelDecl) -> EnsembleDecl:
+    outputs = {
+        validated(QUERY): QUERY.lower(),
+        ITEM_EMBEDDINGS: "item_embeddings",
+        ITEM_FEATURES_TENSOR: "item_features",
+        USER_EMBEDDING: "user",
+    }
+    return EnsembleDecl(
+        RANK,
+        item_store.inputs,
+        (t.scores,),
+        RANK_MAX_BATCH,
+        (passthrough_step(item_store, outputs), *QUERY_TO_EMBEDDING, HEAD_STEP),
+        "Score catalog candidates for a query (may be empty) and a user history (may be empty).",
+    )
+
+
+def rank_cold_ensemble(t: CommonTensors, validator: ModelDecl) -> EnsembleDecl:
+    cold_step = Step(
+        COLD_ITEM_ENCODER,
+        _pairs(CANDIDATE_TEXTS=CANDIDATE_TEXTS.lower(), CANDIDATE_FEATURES=CANDIDATE_FEATURES.lower()),
+        _pairs(ITEM_EMBEDDINGS="item_embeddings", ITEM_FEATURES="item_features"),
     )
     user_step = Step(USER_PROFILE, _pairs(USER_HISTORY_IDS=USER_HISTORY_IDS.lower()), _pairs(USER_EMBEDDING="user"))
-    head_step = Step(
-        FUSION_HEAD,
-        _pairs(
-            QUERY_EMBEDDING="query_embedding",
-            USER_EMBEDDING="user",
-            ITEM_EMBEDDINGS="item_embeddings",
-            ITEM_FEATURES="item_features",
+    return EnsembleDecl(
+        RANK_COLD,
+        validator.inputs,
+        (t.scores,),
+        RANK_MAX_BATCH,
+        (
+            passthrough_step(validator, {validated(x.name): x.name.lower() for x in validator.inputs}),
+            *QUERY_TO_EMBEDDING,
+            cold_step,
+            user_step,
+            HEAD_STEP,
         ),
-        _pairs(SCORES=SCORES),
+        "Cold start: score candidates given as item texts (+ raw features, NaN = unknown), "
+        "encoded by the item tower on the fly.",
     )
-    scores = TensorDecl(SCORES, DType.FP32, (-1,))
-    rank_cold_validator = validator(
+
+
+def build_schema(embedding_dim: int = DEFAULT_EMBEDDING_DIM, limits: ServingLimits | None = None) -> Schema:
+    """Declare every served model and ensemble for one embedding size and one set of limits."""
+    limits = limits or ServingLimits()
+    t = CommonTensors(embedding_dim)
+    item_store = item_store_model(t)
+    rank_cold_validator = validator_model(
         RANK_COLD_VALIDATOR,
         (
-            query_in,
+            t.query,
             TensorDecl(CANDIDATE_TEXTS, DType.BYTES, (-1,)),
-            TensorDecl(CANDIDATE_FEATURES, DType.FP32, (-1, f)),
-            history,
+            TensorDecl(CANDIDATE_FEATURES, DType.FP32, (-1, NUM_ITEM_FEATURES)),
+            t.history,
         ),
     )
-    models += (rank_cold_validator,)
+    models = (
+        tokenizer_model(QUERY_TOKENIZER, limits.query_buckets, t),
+        tokenizer_model(ITEM_TOKENIZER, limits.item_buckets, t),
+        # Shoppers repeat head queries ("running shoes"): their token ids recur, so the query
+        # encoder's responses are worth caching. Item texts rarely repeat in one request's shape.
+        encoder_model(QUERY_ENCODER, t, response_cache=True),
+        encoder_model(ITEM_ENCODER, t),
+        item_store,
+        ModelDecl(USER_PROFILE, Role.USER_PROFILE, (t.history,), (t.user_embedding,), RANK_BATCHING),
+        cold_item_encoder_model(t),
+        fusion_head_model(t),
+        rank_cold_validator,
+    )
     ensembles = (
-        EnsembleDecl(
-            EMBED_QUERY,
-            (query_in,),
-            (embedding,),
-            ENCODER_MAX_BATCH,
-            query_steps,
-            "Search query text -> L2-normalised query-tower embedding (empty text -> zero vector).",
-        ),
-        EnsembleDecl(
-            EMBED_ITEM,
-            (TensorDecl(ITEM_TEXT, DType.BYTES, (1,)),),
-            (embedding,),
-            ENCODER_MAX_BATCH,
-            embed_steps(ITEM_TOKENIZER, ITEM_ENCODER, ITEM_TEXT),
-            "Item text -> L2-normalised item-tower embedding.",
-        ),
-        EnsembleDecl(
-            RANK,
-            item_store.inputs,
-            (scores,),
-            RANK_MAX_BATCH,
-            (
-                Step(
-                    ITEM_STORE,
-                    tuple((t.name, t.name) for t in item_store.inputs),
-                    (
-                        (validated(QUERY), QUERY.lower()),
-                        *_pairs(
-                            ITEM_EMBEDDINGS="item_embeddings", ITEM_FEATURES="item_features", USER_EMBEDDING="user"
-                        ),
-                    ),
-                ),
-            )
-            + query_to_embedding
-            + (head_step,),
-            "Score catalog candidates for a query (may be empty) and a user history (may be empty).",
-        ),
-        EnsembleDecl(
-            RANK_COLD,
-            rank_cold_validator.inputs,
-            (scores,),
-            RANK_MAX_BATCH,
-            (validation_step(rank_cold_validator),)
-            + query_to_embedding
-            + (
-                Step(
-                    COLD_ITEM_ENCODER,
-                    _pairs(CANDIDATE_TEXTS=CANDIDATE_TEXTS.lower(), CANDIDATE_FEATURES=CANDIDATE_FEATURES.lower()),
-                    _pairs(ITEM_EMBEDDINGS="item_embeddings", ITEM_FEATURES="item_features"),
-                ),
-                user_step,
-                head_step,
-            ),
-            "Cold start: score candidates given as item texts (+ raw features, NaN = unknown), "
-            "encoded by the item tower on the fly.",
-        ),
+        embed_query_ensemble(t),
+        embed_item_ensemble(t),
+        rank_ensemble(t, item_store),
+        rank_cold_ensemble(t, rank_cold_validator),
     )
+    parameters = tuple(limits.to_parameters().items())
     return Schema(
-        embedding_dim=d,
+        embedding_dim=embedding_dim,
         models=models,
-        ensembles=ensembles,
-        query_buckets=query_buckets,
-        item_buckets=item_buckets,
-        max_candidates=max_candidates,
-        max_history=max_history,
-        history_decay=history_decay,
+        ensembles=tuple(replace(e, parameters=parameters) for e in ensembles),
+        limits=limits,
     )

@@ -177,15 +177,15 @@ def ort_baselines(config: SuiteConfig, schema: Schema, workload: Workload, graph
     from aisle.tokenization import Bucketing, load_tokenizer
 
     model_dir = config.checkpoint / QUERY_ENCODER_DIR
-    tokenizer = load_tokenizer(model_dir, schema.query_buckets[-1])
+    tokenizer = load_tokenizer(model_dir, schema.limits.query_buckets[-1])
     shape = EncoderShape.from_model_dir(model_dir)
-    pad_to = max(default_pad_length(model_dir, schema.query_buckets[-1]), schema.query_buckets[-1])
+    pad_to = max(default_pad_length(model_dir, schema.limits.query_buckets[-1]), schema.limits.query_buckets[-1])
     session = ort_session(graph, config.threads)
     texts = workload.texts(QUERY)
     batch = config.levels.throughput_concurrency
     runs = [
-        ("buckets", Bucketing(schema.query_buckets), 1),
-        ("buckets", Bucketing(schema.query_buckets), batch),
+        ("buckets", Bucketing(schema.limits.query_buckets), 1),
+        ("buckets", Bucketing(schema.limits.query_buckets), batch),
         ("max", Bucketing((pad_to,)), batch),
     ]
     results = []
@@ -208,9 +208,9 @@ def query_tokens(config: SuiteConfig, schema: Schema, workload: Workload) -> dic
     from aisle.tokenization import Bucketing, load_tokenizer
 
     model_dir = config.checkpoint / QUERY_ENCODER_DIR
-    tokenizer = load_tokenizer(model_dir, schema.query_buckets[-1])
+    tokenizer = load_tokenizer(model_dir, schema.limits.query_buckets[-1])
     shape = EncoderShape.from_model_dir(model_dir)
-    bucketing = Bucketing(schema.query_buckets)
+    bucketing = Bucketing(schema.limits.query_buckets)
     lengths = [len(e.ids) for e in tokenizer.encode_batch(workload.texts(QUERY))]
     buckets = [bucketing.bucket_for(n) for n in lengths]
     return {
@@ -219,7 +219,7 @@ def query_tokens(config: SuiteConfig, schema: Schema, workload: Workload) -> dic
             "useful": sum(shape.flops(n) for n in lengths) / len(lengths),
             "executed": sum(shape.flops(b) for b in buckets) / len(buckets),
         },
-        "bucket_share": {str(b): buckets.count(b) / len(buckets) for b in schema.query_buckets},
+        "bucket_share": {str(b): buckets.count(b) / len(buckets) for b in schema.limits.query_buckets},
     }
 
 

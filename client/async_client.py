@@ -75,7 +75,7 @@ class AsyncAisleClient(ClientBase):
         request_id: str | None = None,
     ) -> RankResult:
         """See AisleClient.rank."""
-        request = rank_request(self._limits, query, candidate_ids, user_history_ids, top_k)
+        request = rank_request(query, candidate_ids, user_history_ids, top_k)
         return await self._execute(request, timeout_s, request_id)
 
     async def rank_cold(
@@ -90,7 +90,7 @@ class AsyncAisleClient(ClientBase):
         request_id: str | None = None,
     ) -> RankResult:
         """See AisleClient.rank_cold."""
-        request = rank_cold_request(self._limits, query, candidate_texts, candidate_features, user_history_ids, top_k)
+        request = rank_cold_request(query, candidate_texts, candidate_features, user_history_ids, top_k)
         return await self._execute(request, timeout_s, request_id)
 
     async def recommend(
@@ -207,7 +207,8 @@ class AsyncAisleClient(ClientBase):
             )
         except NotFoundError:  # Triton's answer for a model it does not know
             return None
-        return ServedEnsemble(metadata, config.config.max_batch_size)
+        parameters = {key: value.string_value for key, value in config.config.parameters.items()}
+        return ServedEnsemble(metadata, config.config.max_batch_size, parameters)
 
     async def _verified_schema(self, request_id: str, deadline: float | None) -> Schema:
         """The server's schema, checked once per client (concurrent first calls wait for one check)."""

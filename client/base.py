@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from tritonclient.utils import InferenceServerException
 
-from aisle.schema import Schema, build_schema
+from aisle.schema import Schema
 
 from .config import ClientConfig
 from .contract import CONTRACT_ENSEMBLES
@@ -49,10 +49,9 @@ class ClientBase:
     def __init__(self, url: str | None, config: ClientConfig | None) -> None:
         config = config or ClientConfig()
         self.config = config if url is None else replace(config, url=url)
-        #: The server's schema once its ensembles were checked (see contract.py); None before.
+        #: The server's schema (its embedding size and limits) once its ensembles were checked at the
+        #: first call (see contract.py); None before.
         self._schema = None
-        #: Argument limits before the first call; they do not depend on the embedding size.
-        self._limits = build_schema()
         self._headers = dict(self.config.headers) or None
 
     @property
@@ -60,9 +59,9 @@ class ClientBase:
         return self.config.url
 
     @property
-    def schema(self) -> Schema:
-        """The verified schema when the server has been checked, the default one before."""
-        return self._schema or self._limits
+    def schema(self) -> Schema | None:
+        """The server's verified schema (embedding size, ServingLimits) after the first call; None before."""
+        return self._schema
 
     def _connection_kwargs(self) -> dict[str, Any]:
         """tritonclient constructor arguments: one channel, TLS credentials, every channel option."""

@@ -6,18 +6,21 @@ message, or worse, return misaligned results. Comparing the server's model metad
 with `aisle.schema` once, before the first request, turns that into one clear SchemaMismatchError
 listing every difference.
 
-The embedding size is not fixed by aisle (it comes from the checkpoint), so it is read from the
-server's `embed_query` output and the expected schema is built for it.
+The embedding size and the serving limits (length buckets, max candidates, max history, ...) are
+not fixed by aisle: they come from the checkpoint and the rendering. The embedding size is read from
+the server's `embed_query` output and the limits from its config `parameters` (every ensemble
+carries them), and the expected schema is built for both, so the client's argument checks are the
+server's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tritonclient.grpc.service_pb2 import ModelMetadataResponse
 
-from aisle.schema import EMBED_QUERY, EMBEDDING, EnsembleDecl, Schema, TensorDecl, build_schema
+from aisle.schema import EMBED_QUERY, EMBEDDING, EnsembleDecl, Schema, ServingLimits, TensorDecl, build_schema
 
 from .errors import SchemaMismatchError
 
@@ -27,10 +30,11 @@ CONTRACT_ENSEMBLES: tuple[str, ...] = tuple(decl.name for decl in build_schema()
 
 @dataclass(frozen=True)
 class ServedEnsemble:
-    """What the server reports about one ensemble: its metadata and its configured max batch."""
+    """What the server reports about one ensemble: metadata, configured max batch, config parameters."""
 
     metadata: ModelMetadataResponse
     max_batch_size: int
+    parameters: Mapping[str, str] = field(default_factory=dict)
 
 
 def wire_shape(decl: EnsembleDecl, tensor: TensorDecl) -> list[int]:
@@ -51,11 +55,26 @@ def served_embedding_dim(url: str, served: Mapping[str, ServedEnsemble | None]) 
     return shape[-1]
 
 
+def served_limits(url: str, served: Mapping[str, ServedEnsemble | None]) -> ServingLimits:
+    """The ServingLimits the server declares in its embed_query ensemble's config parameters."""
+    ensemble = served.get(EMBED_QUERY)
+    try:
+        return ServingLimits.from_parameters(ensemble.parameters if ensemble else {})
+    except ValueError as e:
+        raise SchemaMismatchError(
+            f"server {url}: cannot read its serving limits from {EMBED_QUERY}'s config: {e} "
+            "(a repository rendered by an older aisle? render it again with `aisle export repo`)"
+        ) from e
+
+
 def ensemble_mismatches(decl: EnsembleDecl, served: ServedEnsemble | None) -> list[str]:
     """Every difference between one declared ensemble and what the server reports for it."""
     if served is None:
         return [f"no ensemble {decl.name!r}"]
     problems = []
+    for key, value in decl.parameters:
+        if served.parameters.get(key) != value:
+            problems.append(f"{decl.name}: parameter {key}={served.parameters.get(key)!r}, expected {value!r}")
     if served.max_batch_size != decl.max_batch_size:
         problems.append(f"{decl.name}: max_batch_size {served.max_batch_size}, expected {decl.max_batch_size}")
     for kind, declared, reported in (
@@ -81,12 +100,12 @@ def ensemble_mismatches(decl: EnsembleDecl, served: ServedEnsemble | None) -> li
 
 
 def verify_contract(url: str, served: Mapping[str, ServedEnsemble | None]) -> Schema:
-    """The schema for the served embedding size, once every ensemble matches it.
+    """The schema for the served embedding size and limits, once every ensemble matches it.
 
     `served` maps each of CONTRACT_ENSEMBLES to what the server reported, or None when the server
     does not know it. Raises SchemaMismatchError naming every mismatch.
     """
-    schema = build_schema(served_embedding_dim(url, served))
+    schema = build_schema(served_embedding_dim(url, served), served_limits(url, served))
     problems = [p for decl in schema.ensembles for p in ensemble_mismatches(decl, served.get(decl.name))]
     if problems:
         raise SchemaMismatchError(

@@ -25,12 +25,14 @@ from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_IDS,
     CANDIDATE_TEXTS,
+    ITEM_FEATURES,
     QUERY,
     RANK,
     RANK_COLD,
     USER_HISTORY_IDS,
     EnsembleDecl,
     Schema,
+    ServingLimits,
     TensorDecl,
 )
 
@@ -62,23 +64,21 @@ def chunk_slices(rows: int, size: int) -> list[slice]:
 # --- Argument checks ------------------------------------------------------------------------------
 
 
-def text_array(argument: str, texts: Sequence[Text], *, limit: int | None = None) -> np.ndarray:
-    """A 1-D object array of texts (str or already-encoded UTF-8 bytes), at most `limit` long."""
+def text_array(argument: str, texts: Sequence[Text]) -> np.ndarray:
+    """A 1-D object array of texts (str or already-encoded UTF-8 bytes)."""
     if isinstance(texts, (str, bytes)):
         raise InvalidInputError(f"{argument}: expected a list of texts, got one {type(texts).__name__}; pass [text]")
     items = list(texts)
     for i, text in enumerate(items):
         if not isinstance(text, (str, bytes)):
             raise InvalidInputError(f"{argument}[{i}]: expected str or bytes, got {type(text).__name__}")
-    if limit is not None and len(items) > limit:
-        raise InvalidInputError(f"{argument}: {len(items)} texts, more than the schema's maximum of {limit}")
     array = np.empty(len(items), dtype=object)
     array[:] = items
     return array
 
 
-def id_array(argument: str, ids: Sequence[int] | np.ndarray, *, limit: int) -> np.ndarray:
-    """A 1-D int64 array of item ids, each >= 0, at most `limit` long."""
+def id_array(argument: str, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """A 1-D int64 array of item ids, each >= 0."""
     array = np.asarray(ids)
     if array.ndim != 1:
         raise InvalidInputError(f"{argument}: expected a flat sequence of item ids, got shape {array.shape}")
@@ -86,8 +86,6 @@ def id_array(argument: str, ids: Sequence[int] | np.ndarray, *, limit: int) -> n
         return np.zeros(0, dtype=np.int64)
     if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer):
         raise InvalidInputError(f"{argument}: item ids must be integers, got dtype {array.dtype}")
-    if len(array) > limit:
-        raise InvalidInputError(f"{argument}: {len(array)} ids, more than the schema's maximum of {limit}")
     if np.issubdtype(array.dtype, np.unsignedinteger) and array.max() > np.iinfo(np.int64).max:
         raise InvalidInputError(f"{argument}: id {array.max()} does not fit in int64")
     if array.min() < 0:
@@ -114,6 +112,24 @@ def feature_matrix(argument: str, features: object, *, rows: int, names: Sequenc
         row, col = np.argwhere(np.isinf(matrix))[0]
         raise InvalidInputError(f"{argument}[{row}][{col}] ({names[col]}) = {matrix[row, col]}: use NaN for unknown")
     return matrix
+
+
+@dataclass(frozen=True)
+class Counted:
+    """An argument whose length the server limits: checked against the limits the server declares
+    (ServingLimits, read at the client's first call), so the client refuses exactly what the
+    server would."""
+
+    argument: str
+    count: int
+    limit: str  # a ServingLimits field
+
+    def check(self, limits: ServingLimits) -> None:
+        maximum = getattr(limits, self.limit)
+        if self.count > maximum:
+            raise InvalidInputError(
+                f"{self.argument}: {self.count} entries, more than the server's {self.limit}={maximum}"
+            )
 
 
 def check_top_k(top_k: int | None) -> int | None:
@@ -244,9 +260,12 @@ class RankRequest:
     history: np.ndarray
     ids: np.ndarray
     top_k: int | None
+    counted: tuple[Counted, ...]
 
     def calls(self, schema: Schema, request_id: str) -> list[InferCall]:
         """No request for an empty candidate list: there is nothing to score."""
+        for counted in self.counted:
+            counted.check(schema.limits)
         if len(self.ids) == 0:
             return []
         decl = schema.ensemble(self.ensemble)
@@ -269,38 +288,46 @@ class RankRequest:
 
 
 def rank_request(
-    schema: Schema,
     query: Text,
     candidate_ids: Sequence[int] | np.ndarray,
     user_history_ids: Sequence[int] | np.ndarray,
     top_k: int | None,
 ) -> RankRequest:
-    ids = id_array("candidate_ids", candidate_ids, limit=schema.max_candidates)
+    ids = id_array("candidate_ids", candidate_ids)
+    history = id_array("user_history_ids", user_history_ids)
     return RankRequest(
         ensemble=RANK,
         query=check_query(query),
         candidates={CANDIDATE_IDS: ids},
-        history=id_array("user_history_ids", user_history_ids, limit=schema.max_history),
+        history=history,
         ids=ids,
         top_k=check_top_k(top_k),
+        counted=(
+            Counted("candidate_ids", len(ids), "max_candidates"),
+            Counted("user_history_ids", len(history), "max_history"),
+        ),
     )
 
 
 def rank_cold_request(
-    schema: Schema,
     query: Text,
     candidate_texts: Sequence[Text],
     candidate_features: object,
     user_history_ids: Sequence[int] | np.ndarray,
     top_k: int | None,
 ) -> RankRequest:
-    texts = text_array("candidate_texts", candidate_texts, limit=schema.max_candidates)
-    features = feature_matrix("candidate_features", candidate_features, rows=len(texts), names=schema.item_features)
+    texts = text_array("candidate_texts", candidate_texts)
+    features = feature_matrix("candidate_features", candidate_features, rows=len(texts), names=ITEM_FEATURES)
+    history = id_array("user_history_ids", user_history_ids)
     return RankRequest(
         ensemble=RANK_COLD,
         query=check_query(query),
         candidates={CANDIDATE_TEXTS: texts, CANDIDATE_FEATURES: features},
-        history=id_array("user_history_ids", user_history_ids, limit=schema.max_history),
+        history=history,
         ids=np.arange(len(texts), dtype=np.int64),
         top_k=check_top_k(top_k),
+        counted=(
+            Counted("candidate_texts", len(texts), "max_candidates"),
+            Counted("user_history_ids", len(history), "max_history"),
+        ),
     )

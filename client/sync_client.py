@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import TypeVar
 
@@ -80,7 +80,7 @@ class AisleClient(ClientBase):
         request_id: str | None = None,
     ) -> RankResult:
         """Score catalog items for a search query and (optionally) the user's history, oldest first."""
-        request = rank_request(self._limits, query, candidate_ids, user_history_ids, top_k)
+        request = rank_request(query, candidate_ids, user_history_ids, top_k)
         return self._execute(request, timeout_s, request_id)
 
     def rank_cold(
@@ -99,7 +99,7 @@ class AisleClient(ClientBase):
         `candidate_features` has one row per candidate in the order of `aisle.schema.ITEM_FEATURES`
         (price, rating, review_count, popularity). Result ids are positions in `candidate_texts`.
         """
-        request = rank_cold_request(self._limits, query, candidate_texts, candidate_features, user_history_ids, top_k)
+        request = rank_cold_request(query, candidate_texts, candidate_features, user_history_ids, top_k)
         return self._execute(request, timeout_s, request_id)
 
     def recommend(
@@ -205,7 +205,8 @@ class AisleClient(ClientBase):
             )
         except NotFoundError:  # Triton's answer for a model it does not know
             return None
-        return ServedEnsemble(metadata, config.config.max_batch_size)
+        parameters = {key: value.string_value for key, value in config.config.parameters.items()}
+        return ServedEnsemble(metadata, config.config.max_batch_size, parameters)
 
     def _verified_schema(self, request_id: str, deadline: float | None) -> Schema:
         """The server's schema, checked once per client (the first caller checks, others wait)."""
@@ -232,5 +233,16 @@ class AisleClient(ClientBase):
                 call.model, lambda t: self._triton.infer(**self._infer_kwargs(call, t)), call.request_id, deadline
             )
 
-        results = list(self._executor().map(send, calls)) if len(calls) > 1 else [send(c) for c in calls]
-        return request.finish(schema, results, request_id)
+        if len(calls) <= 1:
+            return request.finish(schema, [send(c) for c in calls], request_id)
+        futures = [self._executor().submit(send, call) for call in calls]
+        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+        error = next((e for e in (f.exception() for f in futures if f in done) if e is not None), None)
+        if error is not None:
+            # One chunk failed: the call has failed. Chunks not yet started never start; those on
+            # the wire finish in the background and are discarded (a blocking gRPC call cannot be
+            # interrupted from another thread).
+            for future in pending:
+                future.cancel()
+            raise error
+        return request.finish(schema, [f.result() for f in futures], request_id)

@@ -182,8 +182,8 @@ def benchmark_towers(options: OnnxExportOptions, out: Path, dataset) -> dict:
 
     manifest = Manifest.load(options.checkpoint)
     towers = (
-        (QUERY_ENCODER, QUERY_ENCODER_DIR, manifest.query_buckets, [q.text for q in dataset.queries]),
-        (ITEM_ENCODER, ITEM_ENCODER_DIR, manifest.item_buckets, [item.text() for item in dataset.items]),
+        (QUERY_ENCODER, QUERY_ENCODER_DIR, manifest.limits.query_buckets, [q.text for q in dataset.queries]),
+        (ITEM_ENCODER, ITEM_ENCODER_DIR, manifest.limits.item_buckets, [item.text() for item in dataset.items]),
     )
     cpu_variants = [v for v in (Variant.FP32, Variant.OPT, Variant.INT8) if v is Variant.FP32 or v in options.variants]
     report: dict = {"settings": asdict(options.speed)}

@@ -191,7 +191,7 @@ def build_inputs(checkpoint: Checkpoint, dataset: Dataset) -> ParityInputs:
     from aisle.tokenization import load_tokenizer
 
     manifest = checkpoint.manifest
-    query_bucketing, item_bucketing = Bucketing(manifest.query_buckets), Bucketing(manifest.item_buckets)
+    query_bucketing, item_bucketing = Bucketing(manifest.limits.query_buckets), Bucketing(manifest.limits.item_buckets)
     query_tokenizer = load_tokenizer(checkpoint.query_dir, query_bucketing.max_length)
     item_tokenizer = load_tokenizer(checkpoint.item_dir, item_bucketing.max_length)
     catalog = dataset.items[:MAX_CATALOG]
@@ -205,7 +205,7 @@ def build_inputs(checkpoint: Checkpoint, dataset: Dataset) -> ParityInputs:
         return [(f"retrieval_{i}", encode_batch(tokenizer, chunk, bucketing)) for i, chunk in enumerate(chunks)]
 
     histories = [
-        [row[i] for i in session.history[-manifest.max_history :] if i in row]
+        [row[i] for i in session.history[-manifest.limits.max_history :] if i in row]
         for session in dataset.sessions
         if any(i in row for i in session.history)
     ]
@@ -376,7 +376,7 @@ class ParityGate:
         """User vectors of the dataset's histories, built by the function serving uses."""
         from aisle.modeling.user import user_vector
 
-        decay = self.checkpoint.manifest.history_decay
+        decay = self.checkpoint.manifest.limits.history_decay
         histories = self.inputs.histories or [list(range(min(5, len(items))))]
         return np.stack([user_vector(items[h], decay) for h in histories])
 

@@ -6,29 +6,20 @@
     REPO/<tokenizer>/1/tokenizer.json   the tower's fast tokenizer (truncating, never padding)
 
 numpy and the standard library only: the python-backend models inside tritonserver read these
-files (and the declarations, through tokenizer_buckets) with the same code that writes them.
+files with the same code that writes them.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aisle.errors import ExportError
-from aisle.schema import (
-    HISTORY_DECAY,
-    ITEM_BUCKETS,
-    MAX_CANDIDATES,
-    MAX_HISTORY,
-    QUERY_BUCKETS,
-    ModelDecl,
-    Schema,
-    build_schema,
-)
+from aisle.manifests import load_manifest, save_manifest
+from aisle.schema import Schema, ServingLimits, build_schema
 
 REPO_MANIFEST = "aisle_repo.json"
 CATALOG_FILE = "catalog.npz"
@@ -42,26 +33,21 @@ MODEL_VERSION = "1"
 FORMAT_VERSION = 1
 
 
-def tokenizer_buckets(decl: ModelDecl) -> tuple[int, ...]:
-    """A tokenizer model's length buckets, as declared in its `buckets` parameter ("8,16,32")."""
-    return tuple(int(b) for b in dict(decl.parameters)["buckets"].split(","))
-
-
 class RepositoryError(ExportError):
     """A rendered repository is missing a piece or a file disagrees with the manifest."""
 
 
 @dataclass
 class RepoManifest:
-    """What a rendered repository serves and what it was rendered from."""
+    """What a rendered repository serves and what it was rendered from.
+
+    limits: what the served models enforce; the checkpoint's, with any buckets `aisle export repo`
+        was told to override (the same values every ensemble's config carries as parameters).
+    """
 
     target: str
     embedding_dim: int
-    query_buckets: tuple[int, ...] = QUERY_BUCKETS
-    item_buckets: tuple[int, ...] = ITEM_BUCKETS
-    max_candidates: int = MAX_CANDIDATES
-    max_history: int = MAX_HISTORY
-    history_decay: float = HISTORY_DECAY
+    limits: ServingLimits = field(default_factory=ServingLimits)
     catalog_items: int = 0
     data_fingerprint: str = ""
     checkpoint: dict[str, Any] = field(default_factory=dict)
@@ -69,39 +55,21 @@ class RepoManifest:
 
     def schema(self) -> Schema:
         """The served interface; the same call the renderer used, so configs and models agree."""
-        return build_schema(
-            self.embedding_dim,
-            query_buckets=self.query_buckets,
-            item_buckets=self.item_buckets,
-            max_candidates=self.max_candidates,
-            max_history=self.max_history,
-            history_decay=self.history_decay,
-        )
+        return build_schema(self.embedding_dim, self.limits)
 
     def save(self, repo: Path) -> None:
-        (Path(repo) / REPO_MANIFEST).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        save_manifest(self, Path(repo) / REPO_MANIFEST)
 
     @classmethod
     def load(cls, repo: Path) -> RepoManifest:
-        path = Path(repo) / REPO_MANIFEST
-        if not path.is_file():
-            raise RepositoryError(f"{repo}: not a rendered aisle repository (missing {REPO_MANIFEST})")
-        try:
-            raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise RepositoryError(f"{path}: invalid JSON: {e}") from e
-        if raw.get("format_version") != FORMAT_VERSION:
-            raise RepositoryError(
-                f"{path}: format_version={raw.get('format_version')}, this aisle reads {FORMAT_VERSION}"
-            )
-        missing = sorted({"target", "embedding_dim"} - raw.keys())
-        if missing:
-            raise RepositoryError(f"{path}: missing field {missing[0]!r}")
-        for key in ("query_buckets", "item_buckets"):
-            if key in raw:
-                raw[key] = tuple(raw[key])
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        return load_manifest(
+            cls,
+            Path(repo) / REPO_MANIFEST,
+            required=("target", "embedding_dim"),
+            format_version=FORMAT_VERSION,
+            error=RepositoryError,
+            absent=f"{repo}: not a rendered aisle repository (missing {REPO_MANIFEST})",
+        )
 
 
 def read_item_ids(path: Path) -> np.ndarray:

@@ -34,7 +34,6 @@ from aisle.export.repo_format import (
     TOKENIZER_FILE,
     Catalog,
     RepoManifest,
-    tokenizer_buckets,
 )
 from aisle.export.triton_config import (
     GRAPH_ROLES,
@@ -45,7 +44,7 @@ from aisle.export.triton_config import (
     render_configs,
     write_config,
 )
-from aisle.schema import ITEM_TOKENIZER, QUERY_TOKENIZER, Role, Schema, Target
+from aisle.schema import ITEM_TOKENIZER, QUERY_TOKENIZER, Role, Schema, Target, tokenizer_buckets
 
 #: Texts per item-tower batch when embedding the catalog.
 CATALOG_BATCH = 64
@@ -94,7 +93,7 @@ def compute_catalog(checkpoint_dir: Path, items: list, *, batch_size: int, progr
     checkpoint = load_checkpoint(checkpoint_dir)
     manifest = checkpoint.manifest
     tokenizer = load_tokenizer(checkpoint.item_dir, manifest.item_max_length)
-    bucketing = Bucketing(manifest.item_buckets)
+    bucketing = Bucketing(manifest.limits.item_buckets)
     texts = [item.text() for item in items]
     order = np.argsort([len(t) for t in texts], kind="stable")
     embeddings = np.zeros((len(texts), manifest.embedding_dim), np.float32)
@@ -248,11 +247,7 @@ def render_repository(spec: RepoSpec) -> RepoManifest:
         manifest = RepoManifest(
             target=spec.options.target.value,
             embedding_dim=schema.embedding_dim,
-            query_buckets=schema.query_buckets,
-            item_buckets=schema.item_buckets,
-            max_candidates=schema.max_candidates,
-            max_history=schema.max_history,
-            history_decay=schema.history_decay,
+            limits=schema.limits,
             catalog_items=len(catalog.item_ids),
             data_fingerprint=dataset.manifest.fingerprint,
             checkpoint=asdict(checkpoint_manifest),

@@ -88,10 +88,9 @@ def derive_profiles(schema: Schema, model: str, *, opt_batch: int | None = None)
     max_batch = decl.batching.max_batch_size
     batch = (1, min(opt_batch or max_batch, max_batch), max_batch)
     if decl.role is Role.ENCODER:
-        buckets = schema.query_buckets if model == QUERY_ENCODER else schema.item_buckets
-        variable_ranges = [(b, b, b) for b in buckets]
+        variable_ranges = [(b, b, b) for b in schema.encoder_buckets(model)]
     elif decl.role is Role.FUSION_HEAD:
-        variable_ranges = [(1, min(OPT_CANDIDATES, schema.max_candidates), schema.max_candidates)]
+        variable_ranges = [(1, min(OPT_CANDIDATES, schema.limits.max_candidates), schema.limits.max_candidates)]
     else:
         raise ExportError(f"model {model!r} (role {decl.role.value}) has no TensorRT engine")
     return [_profile(decl, batch, variable) for variable in variable_ranges]

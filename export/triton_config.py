@@ -23,7 +23,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from aisle.errors import ExportError
-from aisle.export.repo_format import GRAPH_FILE, PLAN_FILE, tokenizer_buckets
+from aisle.export.repo_format import GRAPH_FILE, PLAN_FILE
 from aisle.schema import DType, EnsembleDecl, ModelDecl, Role, Schema, Target, TensorDecl
 
 CONFIG_FILE = "config.pbtxt"
@@ -110,16 +110,6 @@ def instance_count(decl: ModelDecl, options: RenderOptions) -> int:
     return INSTANCE_COUNTS.get((options.target, decl.role), decl.instance_count)
 
 
-def encoder_buckets(schema: Schema, encoder: str) -> tuple[int, ...]:
-    """The buckets of the tokenizer whose outputs an encoder consumes in the ensembles."""
-    for ensemble in schema.ensembles:
-        produced_by = {tensor: step.model for step in ensemble.steps for _, tensor in step.output_map}
-        for step in ensemble.steps:
-            if step.model == encoder:
-                return tokenizer_buckets(schema.model(produced_by[step.input_map[0][1]]))
-    raise ExportError(f"no ensemble feeds encoder {encoder!r} from a tokenizer")
-
-
 def warmup_batches(decl: ModelDecl, options: RenderOptions) -> tuple[int, ...]:
     """Batch sizes to warm up with: 1 everywhere, plus the maximum batch on GPU targets.
 
@@ -142,7 +132,7 @@ def warmup_shapes(
     if decl.role is Role.ENCODER:
         return [
             (f"bucket{bucket}_batch{batch}", batch, {t.name: (bucket,) for t in decl.inputs})
-            for bucket in encoder_buckets(schema, decl.name)
+            for bucket in schema.encoder_buckets(decl.name)
             for batch in batches
         ]
     if decl.role is Role.FUSION_HEAD:
@@ -232,6 +222,8 @@ def ensemble_config(decl: EnsembleDecl) -> pb.ModelConfig:
                 output_map=dict(step.output_map),
             )
         )
+    for key, value in decl.parameters:
+        config.parameters[key].string_value = value
     return config
 
 

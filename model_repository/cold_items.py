@@ -29,6 +29,7 @@ from aisle.schema import (
     EMBEDDING,
     ITEM_EMBEDDINGS,
     ITEM_FEATURES_TENSOR,
+    NUM_ITEM_FEATURES,
     TEXT,
 )
 
@@ -57,8 +58,8 @@ class ColdItemEncoder:
         return cls(
             tower_embedder(tokenizer, graph),
             dim=schema.embedding_dim,
-            max_candidates=schema.max_candidates,
-            num_features=len(schema.item_features),
+            max_candidates=schema.limits.max_candidates,
+            num_features=NUM_ITEM_FEATURES,
             chunk_size=schema.ensemble(EMBED_ITEM).max_batch_size,
         )
 

@@ -46,7 +46,7 @@ class ItemStore:
                 validated(QUERY): r[QUERY],
                 ITEM_EMBEDDINGS: catalog.embeddings[r["candidates"]],
                 ITEM_FEATURES_TENSOR: catalog.features[r["candidates"]],
-                USER_EMBEDDING: user_embeddings(catalog, r["history"], self.schema.history_decay),
+                USER_EMBEDDING: user_embeddings(catalog, r["history"], self.schema.limits.history_decay),
             }
             for r in checked
         ]
@@ -56,6 +56,6 @@ class ItemStore:
         decode_texts(request[QUERY], QUERY)
         return {
             QUERY: request[QUERY],
-            "candidates": candidate_rows(request, self.index, self.schema.max_candidates),
-            "history": history_rows(request, self.index, self.schema.max_history),
+            "candidates": candidate_rows(request, self.index, self.schema.limits.max_candidates),
+            "history": history_rows(request, self.index, self.schema.limits.max_history),
         }

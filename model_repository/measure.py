@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     item_texts = [item.text() for item in dataset.items]
     report: dict[str, object] = {
         "latency": {name: asdict(stats) for name, stats in measured.items()},
-        "item_buckets": bucket_vs_padding(args.url, item_texts, tokenizer_dir, manifest.item_buckets),
+        "item_buckets": bucket_vs_padding(args.url, item_texts, tokenizer_dir, manifest.limits.item_buckets),
     }
     if args.delay_sweep_us:
         sweep = queue_delay_sweep(

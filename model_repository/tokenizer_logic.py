@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from aisle.export.repo_format import tokenizer_buckets
+from aisle.schema import tokenizer_buckets
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.validation import decode_texts

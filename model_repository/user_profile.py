@@ -32,7 +32,7 @@ class UserProfile:
     @classmethod
     def from_context(cls, context: ModelContext) -> UserProfile:
         schema = context.schema
-        return cls(Catalog.load(catalog_path(context)), schema.max_history, schema.history_decay)
+        return cls(Catalog.load(catalog_path(context)), schema.limits.max_history, schema.limits.history_decay)
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         outcomes, valid, rows = validate_each(requests, self._rows)

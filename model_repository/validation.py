@@ -23,6 +23,7 @@ from aisle.schema import (
     CANDIDATE_IDS,
     CANDIDATE_TEXTS,
     ITEM_STORE,
+    NUM_ITEM_FEATURES,
     QUERY,
     USER_HISTORY_IDS,
     Schema,
@@ -128,9 +129,7 @@ class RequestValidator:
         checks: dict[str, Callable[[Tensors], None]] = {
             QUERY: lambda r: self._texts(r, QUERY),
             CANDIDATE_TEXTS: self._candidate_texts,
-            CANDIDATE_FEATURES: lambda r: check_features(
-                r[CANDIDATE_FEATURES], r[CANDIDATE_TEXTS], len(schema.item_features)
-            ),
+            CANDIDATE_FEATURES: lambda r: check_features(r[CANDIDATE_FEATURES], r[CANDIDATE_TEXTS], NUM_ITEM_FEATURES),
             USER_HISTORY_IDS: self._history,
         }
         unknown = set(self.inputs) - checks.keys()
@@ -158,8 +157,8 @@ class RequestValidator:
 
     def _candidate_texts(self, request: Tensors) -> None:
         texts = request[CANDIDATE_TEXTS]
-        check_count(texts, CANDIDATE_TEXTS, self.schema.max_candidates, "max_candidates", "candidates")
+        check_count(texts, CANDIDATE_TEXTS, self.schema.limits.max_candidates, "max_candidates", "candidates")
         decode_texts(texts, CANDIDATE_TEXTS)
 
     def _history(self, request: Tensors) -> None:
-        history_rows(request, self.index, self.schema.max_history)
+        history_rows(request, self.index, self.schema.limits.max_history)

@@ -84,7 +84,7 @@ def main() -> None:
     with TritonServer(config) as server:
         print(f"ready in {time.perf_counter() - started:.0f} s: {' '.join(server.command())}")
         with AisleClient(server.grpc_url) as client:
-            demo(client, catalog, data, RepoManifest.load(args.repo).history_decay)
+            demo(client, catalog, data, RepoManifest.load(args.repo).limits.history_decay)
     print("\nserver stopped")
 
 

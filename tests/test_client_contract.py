@@ -8,7 +8,17 @@ from tritonclient.grpc.service_pb2 import ModelMetadataResponse
 
 from aisle.client.contract import CONTRACT_ENSEMBLES, ServedEnsemble, verify_contract, wire_shape
 from aisle.client.errors import SchemaMismatchError
-from aisle.schema import CANDIDATE_IDS, EMBEDDING, QUERY, RANK, RANK_COLD, Schema, build_schema
+from aisle.schema import (
+    CANDIDATE_IDS,
+    EMBED_QUERY,
+    EMBEDDING,
+    QUERY,
+    RANK,
+    RANK_COLD,
+    Schema,
+    ServingLimits,
+    build_schema,
+)
 
 URL = "127.0.0.1:8001"
 
@@ -22,7 +32,7 @@ def served_as_declared(schema: Schema) -> dict[str, ServedEnsemble | None]:
             metadata.inputs.add(name=tensor.name, datatype=tensor.dtype.value, shape=wire_shape(decl, tensor))
         for tensor in decl.outputs:
             metadata.outputs.add(name=tensor.name, datatype=tensor.dtype.value, shape=wire_shape(decl, tensor))
-        served[decl.name] = ServedEnsemble(metadata, decl.max_batch_size)
+        served[decl.name] = ServedEnsemble(metadata, decl.max_batch_size, dict(decl.parameters))
     return served
 
 
@@ -80,4 +90,29 @@ def test_an_unreadable_embedding_size_says_what_was_found() -> None:
     embedding = tensor(served, "embed_query", EMBEDDING)
     embedding.name = "VECTOR"
     with pytest.raises(SchemaMismatchError, match="cannot read the embedding size.*missing"):
+        verify_contract(URL, served)
+
+
+def test_the_client_takes_the_limits_the_server_declares() -> None:
+    limits = ServingLimits(query_buckets=(4, 24), max_candidates=7, max_history=3, history_decay=0.5)
+    schema = verify_contract(URL, served_as_declared(build_schema(48, limits)))
+    assert schema.limits == limits
+
+
+def test_a_server_without_declared_limits_is_a_mismatch_naming_the_parameter() -> None:
+    served = served_as_declared(build_schema())
+    entry = served[EMBED_QUERY]
+    assert entry is not None
+    served[EMBED_QUERY] = ServedEnsemble(entry.metadata, entry.max_batch_size, {})
+    with pytest.raises(SchemaMismatchError, match="serving limits.*aisle.query_buckets"):
+        verify_contract(URL, served)
+
+
+def test_ensembles_declaring_different_limits_are_a_mismatch() -> None:
+    served = served_as_declared(build_schema())
+    entry = served[RANK]
+    assert entry is not None
+    changed = {**entry.parameters, "aisle.max_candidates": "5"}
+    served[RANK] = ServedEnsemble(entry.metadata, entry.max_batch_size, changed)
+    with pytest.raises(SchemaMismatchError, match="rank: parameter aisle.max_candidates='5', expected '1000'"):
         verify_contract(URL, served)

@@ -31,15 +31,18 @@ from aisle.schema import (
     EMBED_QUERY,
     EMBEDDING,
     ENCODER_MAX_BATCH,
-    MAX_CANDIDATES,
     MAX_HISTORY,
+    NUM_ITEM_FEATURES,
     QUERY,
     RANK,
     RANK_COLD,
     SCORES,
     USER_HISTORY_IDS,
+    ServingLimits,
     build_schema,
 )
+
+DEFAULT_LIMITS = ServingLimits()
 
 SCHEMA = build_schema(8)
 
@@ -110,7 +113,7 @@ def test_a_chunk_answer_with_the_wrong_row_count_is_a_server_error() -> None:
 
 
 def test_rank_sends_one_batch_row_shaped_as_the_schema_declares() -> None:
-    (call,) = rank_request(SCHEMA, "red shoes", [5, 3, 9], [1, 2], top_k=None).calls(SCHEMA, "r")
+    (call,) = rank_request("red shoes", [5, 3, 9], [1, 2], top_k=None).calls(SCHEMA, "r")
     inputs = by_name(call.inputs)
     assert call.model == RANK and set(inputs) == {QUERY, CANDIDATE_IDS, USER_HISTORY_IDS}
     assert inputs[QUERY].shape() == [1, 1]
@@ -120,23 +123,23 @@ def test_rank_sends_one_batch_row_shaped_as_the_schema_declares() -> None:
 
 
 def test_an_empty_history_is_sent_as_a_zero_length_row() -> None:
-    (call,) = rank_request(SCHEMA, "", [5], (), top_k=None).calls(SCHEMA, "r")
+    (call,) = rank_request("", [5], (), top_k=None).calls(SCHEMA, "r")
     assert by_name(call.inputs)[USER_HISTORY_IDS].shape() == [1, 0]
 
 
 def test_cold_ranking_sends_texts_and_unknown_features_as_nan() -> None:
-    request = rank_cold_request(SCHEMA, "tent", ["a 2-person tent", "a stove"], None, [], top_k=None)
+    request = rank_cold_request("tent", ["a 2-person tent", "a stove"], None, [], top_k=None)
     (call,) = request.calls(SCHEMA, "r")
     inputs = by_name(call.inputs)
     assert call.model == RANK_COLD
     assert inputs[CANDIDATE_TEXTS].shape() == [1, 2]
-    assert inputs[CANDIDATE_FEATURES].shape() == [1, 2, len(SCHEMA.item_features)]
+    assert inputs[CANDIDATE_FEATURES].shape() == [1, 2, NUM_ITEM_FEATURES]
     assert np.isnan(np.frombuffer(inputs[CANDIDATE_FEATURES]._get_content(), np.float32)).all()
     np.testing.assert_array_equal(request.ids, [0, 1])
 
 
 def test_rank_results_map_scores_back_to_candidate_ids() -> None:
-    request = rank_request(SCHEMA, "q", [50, 30, 90], [], top_k=2)
+    request = rank_request("q", [50, 30, 90], [], top_k=2)
     result = request.finish(SCHEMA, [response("r", SCORES, np.array([[0.1, 0.7, 0.4]]))], "r")
     np.testing.assert_array_equal(result.ids, [30, 90])
     np.testing.assert_allclose(result.raw_scores, [0.1, 0.7, 0.4])
@@ -144,13 +147,13 @@ def test_rank_results_map_scores_back_to_candidate_ids() -> None:
 
 
 def test_a_score_count_that_differs_from_the_candidates_is_a_server_error() -> None:
-    request = rank_request(SCHEMA, "q", [1, 2, 3], [], top_k=None)
+    request = rank_request("q", [1, 2, 3], [], top_k=None)
     with pytest.raises(ServerError, match="2 scores for 3 candidates"):
         request.finish(SCHEMA, [response("r", SCORES, np.array([[0.1, 0.2]]))], "r")
 
 
 def test_no_candidates_means_no_request_and_an_empty_result() -> None:
-    request = rank_request(SCHEMA, "q", [], [], top_k=3)
+    request = rank_request("q", [], [], top_k=3)
     assert request.calls(SCHEMA, "r") == []
     assert len(request.finish(SCHEMA, [], "r")) == 0
 
@@ -161,33 +164,35 @@ def test_no_candidates_means_no_request_and_an_empty_result() -> None:
 @pytest.mark.parametrize(
     ("build", "pattern"),
     [
-        (lambda: rank_request(SCHEMA, "q", [1, -4], [], None), r"candidate_ids\[1\] = -4: item ids must be >= 0"),
-        (lambda: rank_request(SCHEMA, "q", [1], [3, -1], None), r"user_history_ids\[1\] = -1"),
+        (lambda: rank_request("q", [1, -4], [], None), r"candidate_ids\[1\] = -4: item ids must be >= 0"),
+        (lambda: rank_request("q", [1], [3, -1], None), r"user_history_ids\[1\] = -1"),
         (
-            lambda: rank_request(SCHEMA, "q", list(range(MAX_CANDIDATES + 1)), [], None),
-            rf"candidate_ids: {MAX_CANDIDATES + 1} ids, more than the schema's maximum of {MAX_CANDIDATES}",
+            lambda: rank_request("q", list(range(DEFAULT_LIMITS.max_candidates + 1)), [], None).calls(SCHEMA, "r"),
+            "candidate_ids: 1001 entries, more than the server's max_candidates=1000",
         ),
         (
-            lambda: rank_request(SCHEMA, "q", [1], list(range(MAX_HISTORY + 1)), None),
-            rf"user_history_ids: {MAX_HISTORY + 1} ids, more than the schema's maximum of {MAX_HISTORY}",
+            lambda: rank_request("q", [1], list(range(MAX_HISTORY + 1)), None).calls(SCHEMA, "r"),
+            rf"user_history_ids: {MAX_HISTORY + 1} entries, more than the server's max_history={MAX_HISTORY}",
         ),
-        (lambda: rank_request(SCHEMA, "q", [1.5, 2.0], [], None), "candidate_ids: item ids must be integers"),
-        (lambda: rank_request(SCHEMA, "q", [[1, 2]], [], None), r"candidate_ids: expected a flat sequence"),
-        (lambda: rank_request(SCHEMA, "q", [1], [], 0), "top_k = 0: must be a positive integer"),
-        (lambda: rank_request(SCHEMA, 42, [1], [], None), "query: expected str or bytes, got int"),  # type: ignore[arg-type]
+        (lambda: rank_request("q", [1.5, 2.0], [], None), "candidate_ids: item ids must be integers"),
+        (lambda: rank_request("q", [[1, 2]], [], None), r"candidate_ids: expected a flat sequence"),
+        (lambda: rank_request("q", [1], [], 0), "top_k = 0: must be a positive integer"),
+        (lambda: rank_request(42, [1], [], None), "query: expected str or bytes, got int"),  # type: ignore[arg-type]
         (lambda: embed_request(EMBED_QUERY, "one string"), "texts: expected a list of texts, got one str"),
         (lambda: embed_request(EMBED_QUERY, ["ok", 7]), r"texts\[1\]: expected str or bytes, got int"),  # type: ignore[list-item]
         (
-            lambda: rank_cold_request(SCHEMA, "q", ["a", "b"], [[1, 2, 3, 4]], [], None),
+            lambda: rank_cold_request("q", ["a", "b"], [[1, 2, 3, 4]], [], None),
             r"candidate_features: expected shape \(2, 4\).*got \(1, 4\)",
         ),
         (
-            lambda: rank_cold_request(SCHEMA, "q", ["a"], [[1, float("inf"), 3, 4]], [], None),
+            lambda: rank_cold_request("q", ["a"], [[1, float("inf"), 3, 4]], [], None),
             r"candidate_features\[0\]\[1\] \(rating\) = inf: use NaN for unknown",
         ),
         (
-            lambda: rank_cold_request(SCHEMA, "q", ["t"] * (MAX_CANDIDATES + 1), None, [], None),
-            "candidate_texts: 1001 texts, more than the schema's maximum of 1000",
+            lambda: rank_cold_request("q", ["t"] * (DEFAULT_LIMITS.max_candidates + 1), None, [], None).calls(
+                SCHEMA, "r"
+            ),
+            "candidate_texts: 1001 entries, more than the server's max_candidates=1000",
         ),
     ],
     ids=[
@@ -216,7 +221,7 @@ def test_bad_arguments_are_refused_before_sending_naming_the_argument(
 
 def test_numpy_id_arrays_and_bytes_texts_are_accepted() -> None:
     request = rank_request(
-        SCHEMA, b"caf\xc3\xa9", np.array([3, 1], dtype=np.uint16), np.array([], dtype=np.int32), None
+        b"caf\xc3\xa9", np.array([3, 1], dtype=np.uint16), np.array([], dtype=np.int32), None
     )
     assert request.ids.dtype == np.int64
     (call,) = embed_request(EMBED_QUERY, [b"raw", "text"]).calls(SCHEMA, "r")

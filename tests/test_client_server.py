@@ -43,14 +43,17 @@ from aisle.schema import (
     EMBEDDING,
     ENCODER_MAX_BATCH,
     ITEM_TEXT,
-    MAX_CANDIDATES,
     MAX_HISTORY,
+    NUM_ITEM_FEATURES,
     QUERY,
     RANK,
     RANK_COLD,
     SCORES,
     USER_HISTORY_IDS,
+    ServingLimits,
 )
+
+DEFAULT_LIMITS = ServingLimits()
 
 pytestmark = pytest.mark.server
 
@@ -176,7 +179,7 @@ def test_rank_cold_equals_the_raw_rank_cold_call(
 
 def test_rank_cold_without_features_sends_them_as_unknown(client: AisleClient, raw: Raw, catalog: list[Item]) -> None:
     texts = [item.text() for item in catalog[:4]]
-    unknown = np.full((4, len(client.schema.item_features)), np.nan, dtype=np.float32)
+    unknown = np.full((4, NUM_ITEM_FEATURES), np.nan, dtype=np.float32)
     expected = raw_rank_cold(raw, "lamp", texts, unknown, np.zeros(0, np.int64))
     assert_ranked(client.rank_cold("lamp", texts), np.arange(4), expected, top_k=None)
 
@@ -314,10 +317,13 @@ BAD_INPUTS = {
         CANDIDATE_IDS,
     ),
     "too many candidates": BadInput(
-        lambda c, ids: c.rank("q", np.resize(ids, MAX_CANDIDATES + 1)),
+        lambda c, ids: c.rank("q", np.resize(ids, DEFAULT_LIMITS.max_candidates + 1)),
         "candidate_ids",
         RANK,
-        lambda ids: {CANDIDATE_IDS: np.resize(ids, (1, MAX_CANDIDATES + 1)), USER_HISTORY_IDS: NO_HISTORY},
+        lambda ids: {
+            CANDIDATE_IDS: np.resize(ids, (1, DEFAULT_LIMITS.max_candidates + 1)),
+            USER_HISTORY_IDS: NO_HISTORY,
+        },
         CANDIDATE_IDS,
     ),
     "history too long": BadInput(
@@ -406,3 +412,22 @@ def test_cli_reports_a_bad_argument_as_a_user_error(
 ) -> None:
     assert aisle_main(["search", "q", "--ids=-5,1", "--url", triton_server.grpc_url]) == 2
     assert "candidate_ids[0] = -5" in capsys.readouterr().err
+
+
+def test_a_failed_chunk_stops_the_calls_other_chunks(triton_server: TritonServer, raw: Raw) -> None:
+    """The first chunk's texts are not UTF-8: the call fails, and chunks that had not started are
+    never sent (one chunk at a time, so at most the one already on its way runs)."""
+
+    def embed_item_requests() -> int:
+        stats = raw.get_inference_statistics(EMBED_ITEM, as_json=True)
+        return int(stats["model_stats"][0]["inference_stats"]["success"]["count"]) + int(
+            stats["model_stats"][0]["inference_stats"]["fail"]["count"]
+        )
+
+    chunks = 6
+    texts: list[str | bytes] = [b"\xff\xfe"] + ["red running shoes"] * (ENCODER_MAX_BATCH * chunks - 1)
+    before = embed_item_requests()
+    with AisleClient(triton_server.grpc_url, config=ClientConfig(max_concurrent_chunks=1)) as one_at_a_time:
+        with pytest.raises(InvalidInputError, match="not valid UTF-8"):
+            one_at_a_time.embed_items(texts)
+    assert embed_item_requests() - before <= 2

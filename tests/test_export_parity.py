@@ -56,7 +56,8 @@ def test_tower_cases_cover_batch_sizes_buckets_truncation_and_blank_texts(
     serving_checkpoint: Path, parity_gate
 ) -> None:
     manifest = Manifest.load(serving_checkpoint)
-    for model, buckets in ((QUERY_ENCODER, manifest.query_buckets), (ITEM_ENCODER, manifest.item_buckets)):
+    limits = manifest.limits
+    for model, buckets in ((QUERY_ENCODER, limits.query_buckets), (ITEM_ENCODER, limits.item_buckets)):
         cases = dict(parity_gate.cases[model])
         assert [cases[f"batch_{n}"][0].shape[0] for n in (1, 7, 64)] == [1, 7, 64]
         for bucket in buckets:

@@ -8,7 +8,7 @@ import torch
 
 from aisle.modeling.loading import embed_texts
 from aisle.modeling.towers import TextTower
-from aisle.schema import ITEM_BUCKETS
+from aisle.schema import ServingLimits
 from aisle.tokenization import Bucketing, encode_batch, load_tokenizer
 from aisle.training.encoding import CutEncoder, StateCache
 
@@ -17,7 +17,7 @@ TEXTS = [
     "Nike Pegasus 40 Men's Running Shoes, Black, Size 10 | Nike | Shoes > Running Shoes | color: black",
     "wireless earbuds noise cancelling",
 ]
-BUCKETING = Bucketing(ITEM_BUCKETS)
+BUCKETING = Bucketing(ServingLimits().item_buckets)
 
 
 @pytest.fixture(scope="module")

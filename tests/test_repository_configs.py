@@ -13,12 +13,21 @@ from aisle.export.triton_config import (
     CONFIG_FILE,
     GRAPH_ROLES,
     RenderOptions,
-    encoder_buckets,
     read_config,
     render_configs,
     write_config,
 )
-from aisle.schema import ITEM_ENCODER, QUERY_ENCODER, Role, Schema, Target, TensorDecl, build_schema
+from aisle.schema import (
+    ITEM_ENCODER,
+    NUM_ITEM_FEATURES,
+    QUERY_ENCODER,
+    Role,
+    Schema,
+    ServingLimits,
+    Target,
+    TensorDecl,
+    build_schema,
+)
 
 SCHEMA = build_schema(384)
 ALL_OPTIONS = [
@@ -151,7 +160,7 @@ def test_only_the_onnxruntime_gpu_target_asks_for_the_tensorrt_execution_acceler
 def test_warmup_covers_every_bucket_and_a_rank_sized_head_request_at_max_batch_on_gpu(options: RenderOptions) -> None:
     configs = render_configs(SCHEMA, options)
     batches = (1, 64) if options.graphs_on_gpu else (1,)
-    for name, buckets in ((QUERY_ENCODER, SCHEMA.query_buckets), (ITEM_ENCODER, SCHEMA.item_buckets)):
+    for name, buckets in ((QUERY_ENCODER, SCHEMA.limits.query_buckets), (ITEM_ENCODER, SCHEMA.limits.item_buckets)):
         warmed = {(w.batch_size, tuple(w.inputs["INPUT_IDS"].dims)) for w in configs[name].model_warmup}
         assert warmed == {(batch, (bucket,)) for bucket in buckets for batch in batches}
     head = configs["fusion_head"].model_warmup
@@ -162,9 +171,9 @@ def test_warmup_covers_every_bucket_and_a_rank_sized_head_request_at_max_batch_o
 
 
 def test_encoder_buckets_follow_the_tokenizer_feeding_the_encoder() -> None:
-    schema = build_schema(384, query_buckets=(4, 12), item_buckets=(24, 48))
-    assert encoder_buckets(schema, QUERY_ENCODER) == (4, 12)
-    assert encoder_buckets(schema, ITEM_ENCODER) == (24, 48)
+    schema = build_schema(384, ServingLimits(query_buckets=(4, 12), item_buckets=(24, 48)))
+    assert schema.encoder_buckets(QUERY_ENCODER) == (4, 12)
+    assert schema.encoder_buckets(ITEM_ENCODER) == (24, 48)
 
 
 @pytest.mark.parametrize(
@@ -188,7 +197,7 @@ def synthetic_catalog(schema: Schema) -> Catalog:
     return Catalog.build(
         np.array([5, 3, 9], np.int64),
         rng.standard_normal((3, schema.embedding_dim)).astype(np.float32),
-        rng.random((3, len(schema.item_features))).astype(np.float32),
+        rng.random((3, NUM_ITEM_FEATURES)).astype(np.float32),
     )
 
 
@@ -227,10 +236,10 @@ def test_catalog_rejects_duplicate_item_ids() -> None:
 
 
 def test_repo_manifest_rebuilds_the_rendering_schema(tmp_path: Path) -> None:
-    manifest = RepoManifest(target="embedded", embedding_dim=32, item_buckets=(16, 64), max_history=7)
-    manifest.save(tmp_path)
+    limits = ServingLimits(item_buckets=(16, 64), max_history=7)
+    RepoManifest(target="embedded", embedding_dim=32, limits=limits).save(tmp_path)
     schema = RepoManifest.load(tmp_path).schema()
-    assert schema == build_schema(32, item_buckets=(16, 64), max_history=7)
+    assert schema == build_schema(32, limits)
 
 
 def test_repo_manifest_load_names_a_missing_manifest(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from aisle.schema import (
     TEXT,
     USER_EMBEDDING,
     USER_HISTORY_IDS,
+    ServingLimits,
     build_schema,
     validated,
 )
@@ -155,7 +156,7 @@ def store_request(candidates: list[int], history: list[int], query: bytes = b"sh
 
 
 def item_store(catalog: Catalog, max_candidates: int = 10, max_history: int = 5) -> ItemStore:
-    return ItemStore(catalog, build_schema(6, max_candidates=max_candidates, max_history=max_history))
+    return ItemStore(catalog, build_schema(6, ServingLimits(max_candidates=max_candidates, max_history=max_history)))
 
 
 def test_item_store_returns_rows_of_the_requested_ids_in_request_order(catalog: Catalog) -> None:
@@ -315,7 +316,7 @@ def cold_rank_request(
 
 @pytest.fixture(scope="module")
 def cold_validator(catalog: Catalog) -> RequestValidator:
-    schema = build_schema(6, max_candidates=3, max_history=2)
+    schema = build_schema(6, ServingLimits(max_candidates=3, max_history=2))
     return RequestValidator(COLD_INPUTS, CatalogIndex(catalog.item_ids), schema)
 
 

@@ -19,15 +19,17 @@ from aisle.schema import (
     EMBED_QUERY,
     EMBEDDING,
     ITEM_TEXT,
-    MAX_CANDIDATES,
     MAX_HISTORY,
     QUERY,
     RANK,
     RANK_COLD,
     SCORES,
     USER_HISTORY_IDS,
+    ServingLimits,
     build_schema,
 )
+
+DEFAULT_LIMITS = ServingLimits()
 
 pytestmark = pytest.mark.server
 
@@ -94,8 +96,8 @@ class Reference:
         self.schema = manifest.schema()
         self.query_tokenizer = load_tokenizer(self.checkpoint.query_dir, manifest.query_max_length)
         self.item_tokenizer = load_tokenizer(self.checkpoint.item_dir, manifest.item_max_length)
-        self.query_bucketing = Bucketing(manifest.query_buckets)
-        self.item_bucketing = Bucketing(manifest.item_buckets)
+        self.query_bucketing = Bucketing(manifest.limits.query_buckets)
+        self.item_bucketing = Bucketing(manifest.limits.item_buckets)
         self.dataset = load_dataset(data_dir)
         self.items = self.dataset.items
         self.item_embeddings = self.embed_items([item.text() for item in self.items])
@@ -115,7 +117,7 @@ class Reference:
         from aisle.modeling.user import user_vector
 
         rows = [self.row[i] for i in history]
-        return user_vector(self.item_embeddings[rows], self.schema.history_decay)
+        return user_vector(self.item_embeddings[rows], self.schema.limits.history_decay)
 
     def scores(self, query: str, items: np.ndarray, features: np.ndarray, history: list[int]) -> np.ndarray:
         import torch
@@ -274,9 +276,9 @@ def bad_requests() -> list:
         pytest.param(RANK, rank_inputs("q", [1, -4], []), CANDIDATE_IDS, "-4", id="negative-candidate"),
         pytest.param(
             RANK,
-            rank_inputs("q", [1] * (MAX_CANDIDATES + 1), []),
+            rank_inputs("q", [1] * (DEFAULT_LIMITS.max_candidates + 1), []),
             CANDIDATE_IDS,
-            f"max_candidates={MAX_CANDIDATES}",
+            f"max_candidates={DEFAULT_LIMITS.max_candidates}",
             id="too-many-candidates",
         ),
         pytest.param(RANK, rank_inputs("q", [1], [3, 123456]), USER_HISTORY_IDS, "123456", id="unknown-history"),
@@ -343,6 +345,7 @@ def test_bad_input_is_invalid_argument_naming_the_field_and_server_stays_ready(
     ],
     ids=["unknown-candidate", "negative-history"],
 )
+
 def test_bad_input_over_http_is_400_naming_the_field(triton_server, inputs: dict, field: str, value: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as caught:
         http_infer(triton_server, RANK, inputs, SCORES)

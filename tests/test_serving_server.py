@@ -162,7 +162,7 @@ def test_measurement_helpers_report_every_call_against_the_server(triton_server,
         triton_server.grpc_url,
         [item.text() for item in dataset.items[:8]],
         repo / ITEM_TOKENIZER / MODEL_VERSION,
-        RepoManifest.load(repo).item_buckets,
+        RepoManifest.load(repo).limits.item_buckets,
         concurrency=2,
     )
     assert sum(report["bucket_share"].values()) == pytest.approx(1.0)

