@@ -70,6 +70,12 @@ class ServingLimits:
     max_candidates: candidate ids (or texts) one rank request may carry.
     max_history: history ids one request may carry; the user vector uses them all.
     history_decay: the k-th most recent history item weighs history_decay**k in the user vector.
+    retrieval_depth: candidates search retrieves from the whole catalog (stage 1) and the fusion
+        head re-ranks (stage 2); more finds more of what the head would rank high, at a cost per
+        request linear in it.
+    max_results: most results (TOP_K) one search request may ask for; at most retrieval_depth.
+    max_excluded_ids: most ids one search request may exclude (already bought, out of stock).
+    max_filter_brands: most brands one search request may include or exclude.
     """
 
     query_buckets: tuple[int, ...] = (8, 16, 32)
@@ -77,15 +83,28 @@ class ServingLimits:
     max_candidates: int = 1000
     max_history: int = MAX_HISTORY
     history_decay: float = HISTORY_DECAY
+    retrieval_depth: int = 300
+    max_results: int = 100
+    max_excluded_ids: int = 1000
+    max_filter_brands: int = 100
 
     def __post_init__(self) -> None:
         for name in ("query_buckets", "item_buckets"):
             buckets = getattr(self, name)
             if not buckets or any(b < 1 for b in buckets) or list(buckets) != sorted(set(buckets)):
                 raise ValueError(f"{name}={_buckets_text(buckets)}: expected ascending positive token counts")
-        for name in ("max_candidates", "max_history"):
+        for name in (
+            "max_candidates",
+            "max_history",
+            "retrieval_depth",
+            "max_results",
+            "max_excluded_ids",
+            "max_filter_brands",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
+        if self.max_results > self.retrieval_depth:
+            raise ValueError(f"max_results={self.max_results}: more than retrieval_depth={self.retrieval_depth}")
         if not 0 < self.history_decay <= 1:
             raise ValueError(f"history_decay={self.history_decay}: must be in (0, 1]")
 
@@ -160,6 +179,8 @@ class Role(str, Enum):
     USER_PROFILE = "user_profile"
     COLD_ITEM_ENCODER = "cold_item_encoder"
     VALIDATOR = "validator"
+    RETRIEVER = "retriever"
+    RESULT_SELECTOR = "result_selector"
     ENSEMBLE = "ensemble"
 
 
@@ -286,11 +307,14 @@ USER_PROFILE = "user_profile"
 COLD_ITEM_ENCODER = "cold_item_encoder"
 FUSION_HEAD = "fusion_head"
 RANK_COLD_VALIDATOR = "rank_cold_validator"
+RETRIEVER = "retriever"
+SELECT_RESULTS = "select_results"
 
 EMBED_QUERY = "embed_query"
 EMBED_ITEM = "embed_item"
 RANK = "rank"
 RANK_COLD = "rank_cold"
+SEARCH = "search"
 
 # Tensor names shared by several models and ensembles.
 TEXT = "TEXT"
@@ -308,6 +332,14 @@ USER_EMBEDDING = "USER_EMBEDDING"
 ITEM_EMBEDDINGS = "ITEM_EMBEDDINGS"
 ITEM_FEATURES_TENSOR = "ITEM_FEATURES"
 SCORES = "SCORES"
+CANDIDATE_SCORES = "CANDIDATE_SCORES"
+TOP_K = "TOP_K"
+CATEGORY = "CATEGORY"
+BRANDS = "BRANDS"
+EXCLUDE_BRANDS = "EXCLUDE_BRANDS"
+PRICE_RANGE = "PRICE_RANGE"
+EXCLUDE_IDS = "EXCLUDE_IDS"
+ITEM_IDS = "ITEM_IDS"
 
 #: Largest batch of texts one embed request (and one encoder execution) carries.
 ENCODER_MAX_BATCH = 64
@@ -434,6 +466,59 @@ def fusion_head_model(t: CommonTensors) -> ModelDecl:
     )
 
 
+def search_inputs(t: CommonTensors) -> tuple[TensorDecl, ...]:
+    """What a search request carries besides the query: history, result count, filters.
+
+    TOP_K: results wanted (1..max_results). Filters, each "no filter" when empty: CATEGORY a
+    category path prefix ("Shoes > Running Shoes", "" = any); BRANDS only these brands; EXCLUDE_BRANDS
+    never these; PRICE_RANGE (min, max), NaN = open end; EXCLUDE_IDS items never returned.
+    """
+    return (
+        t.history,
+        TensorDecl(TOP_K, DType.INT64, (1,)),
+        TensorDecl(CATEGORY, DType.BYTES, (1,)),
+        TensorDecl(BRANDS, DType.BYTES, (-1,)),
+        TensorDecl(EXCLUDE_BRANDS, DType.BYTES, (-1,)),
+        TensorDecl(PRICE_RANGE, DType.FP32, (2,)),
+        TensorDecl(EXCLUDE_IDS, DType.INT64, (-1,)),
+    )
+
+
+def retriever_model(t: CommonTensors) -> ModelDecl:
+    """Stage 1 of search: checks the request, retrieves retrieval_depth candidates from the whole
+    catalog (filtered inside retrieval) and looks up what the head needs. Its outputs always have
+    retrieval_depth rows (CANDIDATE_IDS -1 past the last match), so the head batches requests."""
+    inputs = (TensorDecl(QUERY_EMBEDDING, DType.FP32, (t.dim,)), *search_inputs(t))
+    return ModelDecl(
+        RETRIEVER,
+        Role.RETRIEVER,
+        inputs,
+        (
+            TensorDecl(CANDIDATE_IDS, DType.INT64, (-1,)),
+            t.item_embeddings,
+            t.item_features,
+            t.user_embedding,
+            TensorDecl(validated(TOP_K), DType.INT64, (1,)),
+        ),
+        RANK_BATCHING,
+    )
+
+
+def select_results_model() -> ModelDecl:
+    """Stage 2's end: the TOP_K best-scored real candidates, best first (variable length)."""
+    return ModelDecl(
+        SELECT_RESULTS,
+        Role.RESULT_SELECTOR,
+        (
+            TensorDecl(CANDIDATE_SCORES, DType.FP32, (-1,)),
+            TensorDecl(CANDIDATE_IDS, DType.INT64, (-1,)),
+            TensorDecl(TOP_K, DType.INT64, (1,)),
+        ),
+        (TensorDecl(ITEM_IDS, DType.INT64, (-1,)), TensorDecl(SCORES, DType.FP32, (-1,))),
+        RANK_BATCHING,
+    )
+
+
 def validator_model(name: str, inputs: tuple[TensorDecl, ...]) -> ModelDecl:
     """A step that checks every input and passes each on as VALID_<name>.
 
@@ -541,11 +626,43 @@ def rank_cold_ensemble(t: CommonTensors, validator: ModelDecl) -> EnsembleDecl:
     )
 
 
+def search_ensemble(t: CommonTensors, retriever: ModelDecl, select: ModelDecl) -> EnsembleDecl:
+    query_steps = embed_steps(QUERY_TOKENIZER, QUERY_ENCODER, QUERY, "query_embedding")
+    retrieve = Step(
+        RETRIEVER,
+        ((QUERY_EMBEDDING, "query_embedding"), *((x.name, x.name) for x in retriever.inputs[1:])),
+        _pairs(
+            CANDIDATE_IDS="candidate_ids",
+            ITEM_EMBEDDINGS="item_embeddings",
+            ITEM_FEATURES="item_features",
+            USER_EMBEDDING="user",
+            **{validated(TOP_K): "top_k"},
+        ),
+    )
+    head = replace(HEAD_STEP, output_map=_pairs(SCORES="candidate_scores"))
+    finish = Step(
+        SELECT_RESULTS,
+        _pairs(CANDIDATE_SCORES="candidate_scores", CANDIDATE_IDS="candidate_ids", TOP_K="top_k"),
+        _pairs(ITEM_IDS=ITEM_IDS, SCORES=SCORES),
+    )
+    return EnsembleDecl(
+        SEARCH,
+        (t.query, *retriever.inputs[1:]),
+        select.outputs,
+        RANK_MAX_BATCH,
+        (*query_steps, retrieve, head, finish),
+        "Search (or, with an empty query, recommend) from the whole catalog: retrieval of "
+        "retrieval_depth candidates by the query and the user vector, filtered, then the fusion head; "
+        "the TOP_K best ids and scores, best first. No query and no history: the most popular items.",
+    )
+
+
 def build_schema(embedding_dim: int = DEFAULT_EMBEDDING_DIM, limits: ServingLimits | None = None) -> Schema:
     """Declare every served model and ensemble for one embedding size and one set of limits."""
     limits = limits or ServingLimits()
     t = CommonTensors(embedding_dim)
     item_store = item_store_model(t)
+    retriever, select = retriever_model(t), select_results_model()
     rank_cold_validator = validator_model(
         RANK_COLD_VALIDATOR,
         (
@@ -567,12 +684,15 @@ def build_schema(embedding_dim: int = DEFAULT_EMBEDDING_DIM, limits: ServingLimi
         cold_item_encoder_model(t),
         fusion_head_model(t),
         rank_cold_validator,
+        retriever,
+        select,
     )
     ensembles = (
         embed_query_ensemble(t),
         embed_item_ensemble(t),
         rank_ensemble(t, item_store),
         rank_cold_ensemble(t, rank_cold_validator),
+        search_ensemble(t, retriever, select),
     )
     parameters = tuple(limits.to_parameters().items())
     return Schema(

@@ -2,7 +2,9 @@
 
     REPO/aisle_repo.json            RepoManifest: target, the schema's sizes, the checkpoint's
                                     manifest and the data fingerprint it was rendered from
-    REPO/item_store/1/catalog.npz   Catalog: item ids, item-tower embeddings, raw features
+    REPO/item_store/1/catalog/      Catalog: item ids, item-tower embeddings, raw features (one
+                                    .npy file each), plus what retrieval reads beside them (item
+                                    attributes, the ANN index when there is one)
     REPO/<tokenizer>/1/tokenizer.json   the tower's fast tokenizer (truncating, never padding)
 
 numpy and the standard library only: the python-backend models inside tritonserver read these
@@ -19,10 +21,15 @@ import numpy as np
 
 from aisle.errors import ExportError
 from aisle.manifests import load_manifest, save_manifest
-from aisle.schema import Schema, ServingLimits, build_schema
+from aisle.schema import ITEM_STORE, Schema, ServingLimits, build_schema
 
 REPO_MANIFEST = "aisle_repo.json"
-CATALOG_FILE = "catalog.npz"
+#: The catalog's arrays, each a .npy file of the catalog directory.
+CATALOG_ARRAYS = ("item_ids", "embeddings", "features")
+#: The catalog's directory in the item store's version directory. Every model that reads the
+#: catalog memory-maps the same files, so the server holds one physical copy (the page cache's)
+#: however many python-backend processes read it.
+CATALOG_DIR = "catalog"
 TOKENIZER_FILE = "tokenizer.json"
 #: A graph model's files in its version directory: the ONNX graph, and on the tensorrt target the
 #: plan built from it at container start.
@@ -72,15 +79,21 @@ class RepoManifest:
         )
 
 
-def read_item_ids(path: Path) -> np.ndarray:
-    """Only the item ids of a catalog file (npz members load lazily): what validators need."""
-    path = Path(path)
+def catalog_dir(repo: Path, version: str = MODEL_VERSION) -> Path:
+    """Where a rendered repository keeps its catalog (the item store's version directory)."""
+    return Path(repo) / ITEM_STORE / version / CATALOG_DIR
+
+
+def _array_file(directory: Path, name: str) -> Path:
+    path = Path(directory) / f"{name}.npy"
     if not path.is_file():
-        raise RepositoryError(f"{path}: catalog file not found")
-    with np.load(path, allow_pickle=False) as data:
-        if "item_ids" not in data.files:
-            raise RepositoryError(f"{path}: missing array 'item_ids'")
-        return data["item_ids"]
+        raise RepositoryError(f"{directory}: catalog lacks {path.name}")
+    return path
+
+
+def read_item_ids(directory: Path) -> np.ndarray:
+    """Only the item ids of a catalog (memory-mapped): what validators need."""
+    return np.load(_array_file(directory, "item_ids"), mmap_mode="r", allow_pickle=False)
 
 
 @dataclass(frozen=True)
@@ -119,17 +132,20 @@ class Catalog:
             np.ascontiguousarray(features[order], dtype=np.float32),
         )
 
-    def save(self, path: Path) -> None:
-        with Path(path).open("wb") as handle:
-            np.savez(handle, item_ids=self.item_ids, embeddings=self.embeddings, features=self.features)
+    def save(self, directory: Path) -> None:
+        """One .npy per array (memory-mappable, unlike an .npz); the directory is created."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in CATALOG_ARRAYS:
+            np.save(directory / f"{name}.npy", getattr(self, name), allow_pickle=False)
 
     @classmethod
-    def load(cls, path: Path) -> Catalog:
-        path = Path(path)
-        if not path.is_file():
-            raise RepositoryError(f"{path}: catalog file not found")
-        with np.load(path, allow_pickle=False) as data:
-            missing = sorted({"item_ids", "embeddings", "features"} - set(data.files))
-            if missing:
-                raise RepositoryError(f"{path}: missing array {missing[0]!r}")
-            return cls(data["item_ids"], data["embeddings"], data["features"])
+    def load(cls, directory: Path) -> Catalog:
+        """Memory-mapped, read-only: processes that load one catalog share its pages."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise RepositoryError(f"{directory}: catalog directory not found")
+        arrays = {
+            name: np.load(_array_file(directory, name), mmap_mode="r", allow_pickle=False) for name in CATALOG_ARRAYS
+        }
+        return cls(**arrays)

@@ -27,7 +27,7 @@ import numpy as np
 
 from aisle.errors import ExportError
 from aisle.export.repo_format import (
-    CATALOG_FILE,
+    CATALOG_DIR,
     GRAPH_FILE,
     MODEL_VERSION,
     PLAN_FILE,
@@ -162,7 +162,7 @@ def write_models(
             tokenizer = load_tokenizer(Path(checkpoint_dir) / tower_dirs[decl.name], max_length)
             tokenizer.save(str(version_dir / TOKENIZER_FILE))
         elif decl.role is Role.ITEM_STORE:
-            catalog.save(version_dir / CATALOG_FILE)
+            catalog.save(version_dir / CATALOG_DIR)
     for ensemble in schema.ensembles:
         (root / ensemble.name / MODEL_VERSION).mkdir(parents=True)
         write_config(configs[ensemble.name], root / ensemble.name)

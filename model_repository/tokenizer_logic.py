@@ -13,11 +13,10 @@ from collections.abc import Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from aisle.schema import tokenizer_buckets
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.validation import decode_texts
-from aisle.schema import ATTENTION_MASK, INPUT_IDS, TEXT, Schema
+from aisle.schema import ATTENTION_MASK, INPUT_IDS, TEXT, Schema, tokenizer_buckets
 from aisle.tokenization import Bucketing, encode_batch, load_tokenizer
 
 

@@ -11,10 +11,11 @@ the same checks only for clients that call them directly (no siblings there).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from aisle.export.repo_format import CATALOG_FILE, read_item_ids
+from aisle.export.repo_format import catalog_dir, read_item_ids
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
@@ -22,7 +23,6 @@ from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_IDS,
     CANDIDATE_TEXTS,
-    ITEM_STORE,
     NUM_ITEM_FEATURES,
     QUERY,
     USER_HISTORY_IDS,
@@ -31,9 +31,9 @@ from aisle.schema import (
 )
 
 
-def catalog_path(context: ModelContext) -> str:
-    """The catalog file every model reading it uses: the item store's current version."""
-    return str(context.repo / ITEM_STORE / context.version_dir.name / CATALOG_FILE)
+def catalog_path(context: ModelContext) -> Path:
+    """The catalog every model reading it uses: the item store's version of this model's version."""
+    return catalog_dir(context.repo, context.version_dir.name)
 
 
 def _at(position: tuple[int, ...]) -> str:

@@ -16,10 +16,9 @@ import numpy as np
 
 from aisle.client import AisleClient, RankResult
 from aisle.data.format import Dataset, load_dataset
-from aisle.export.repo_format import CATALOG_FILE, MODEL_VERSION, Catalog, RepoManifest
+from aisle.export.repo_format import Catalog, RepoManifest, catalog_dir
 from aisle.model_repository.server import ServerConfig, TritonServer, free_port
 from aisle.modeling.user import user_vector
-from aisle.schema import ITEM_STORE
 
 RETRIEVE = 100
 SHOW = 5
@@ -77,7 +76,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset directory (for titles)")
     args = parser.parse_args()
     data = load_dataset(args.data)
-    catalog = Catalog.load(args.repo / ITEM_STORE / str(MODEL_VERSION) / CATALOG_FILE)
+    catalog = Catalog.load(catalog_dir(args.repo))
     config = ServerConfig(args.repo, grpc_port=free_port(), http_port=free_port(), metrics_port=free_port())
     print(f"starting tritonserver on {config.host}:{config.grpc_port} (gRPC) ...")
     started = time.perf_counter()

@@ -224,8 +224,8 @@ def test_written_repository_holds_each_models_files_for_its_target(
 def test_catalog_is_sorted_by_id_and_survives_a_round_trip(tmp_path: Path) -> None:
     catalog = synthetic_catalog(SCHEMA)
     assert catalog.item_ids.tolist() == [3, 5, 9]
-    catalog.save(tmp_path / "catalog.npz")
-    loaded = Catalog.load(tmp_path / "catalog.npz")
+    catalog.save(tmp_path / "catalog")
+    loaded = Catalog.load(tmp_path / "catalog")
     np.testing.assert_array_equal(loaded.embeddings, catalog.embeddings)
     np.testing.assert_array_equal(loaded.features, catalog.features)
 

@@ -16,7 +16,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from aisle.export.repo_format import CATALOG_FILE, MODEL_VERSION, REPO_MANIFEST
+from aisle.export.repo_format import REPO_MANIFEST, catalog_dir
 from aisle.model_repository.errors import ServerStartError
 from aisle.model_repository.server import ServerConfig, TritonServer, backends_dir, free_ports
 from aisle.schema import (
@@ -77,12 +77,12 @@ def test_failed_start_raises_with_the_server_log_naming_the_broken_model(embedde
     repo.mkdir()
     shutil.copy2(embedded_repo / REPO_MANIFEST, repo)
     shutil.copytree(embedded_repo / ITEM_STORE, repo / ITEM_STORE)
-    (repo / ITEM_STORE / MODEL_VERSION / CATALOG_FILE).unlink()
+    shutil.rmtree(catalog_dir(repo))
     grpc_port, http_port, metrics_port = free_ports(3)
     server = TritonServer(ServerConfig(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port))
     with pytest.raises(ServerStartError, match="exited with code") as caught:
         server.start(timeout_s=120)
-    assert "catalog.npz: catalog file not found" in str(caught.value)
+    assert "catalog: catalog directory not found" in str(caught.value)
     assert not server.is_running()
 
 
