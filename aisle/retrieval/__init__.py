@@ -13,6 +13,7 @@ from aisle.retrieval.attributes import ATTRIBUTES_FILE, ItemAttributes
 from aisle.retrieval.errors import FilterError, RetrievalError
 from aisle.retrieval.filters import Filters, filter_mask
 from aisle.retrieval.index import (
+    ANN_MIN_ITEMS,
     INDEX_FILE,
     PAD_ROW,
     PAD_SCORE,
@@ -26,6 +27,7 @@ from aisle.retrieval.index import (
 from aisle.retrieval.query import USER_WEIGHT, Popularity, retrieval_vectors
 
 __all__ = [
+    "ANN_MIN_ITEMS",
     "ATTRIBUTES_FILE",
     "INDEX_FILE",
     "PAD_ROW",
