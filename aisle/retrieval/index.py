@@ -1,0 +1,325 @@
+"""Retrieval indexes over the catalog's item-tower embeddings: exact search and a faiss ANN index.
+
+Both answer `search(queries [B, D], k, mask=None) -> (rows [B, k] int64, scores [B, k] float32)`:
+catalog rows best first, padded with PAD_ROW / PAD_SCORE when fewer than k rows are allowed.
+Scores are inner products; the catalog's embeddings and the queries are L2-normalised, so they are
+cosines. `mask` is a boolean [N] (one filter for the whole batch) or [B, N] (one per query) over
+the catalog rows; a masked-out row is never returned and never takes one of the k slots.
+
+Neither index copies the catalog's embeddings: ExactIndex reads the served catalog's matrix, and
+the ANN index keeps a reference to it for its exact fallback (faiss holds its own copy of the
+vectors inside the index, the price of its memory layout).
+
+Why IVF-Flat rather than HNSW (measured by `python -m aisle.benchmarks.ann`, see ANN_MIN_ITEMS):
+- build: IVF trains k-means on a sample and appends vectors to lists; HNSW inserts every vector
+  into a graph, several times slower on 2 cores and the difference grows with the catalog;
+- filtering: IVF with an IDSelector scans the probed lists and skips masked rows, so a filter
+  costs nothing extra and recall holds; HNSW with a selector still walks masked nodes and, with a
+  selective filter, its bounded beam ends with fewer than k allowed results;
+- memory: IVF-Flat adds 8 bytes per vector (ids) to the vectors; HNSW adds 2*M links per vector.
+Both return exact inner products of the stored (flat) vectors, so their scores equal the exact
+index's for the rows they find. HNSW stays available (`kind="hnsw"`) for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from aisle.retrieval.errors import RetrievalError
+
+#: Row and score that fill the slots past the last allowed result.
+PAD_ROW = -1
+PAD_SCORE = float("-inf")
+
+#: File name of a saved ANN index (faiss.write_index), beside the catalog.
+INDEX_FILE = "index.faiss"
+
+EXACT = "exact"
+IVF = "ivf"
+HNSW = "hnsw"
+KINDS = (EXACT, IVF, HNSW)
+
+#: Catalogs of at least this many items get the ANN index by default; below it exact search wins.
+#: From `python -m aisle.benchmarks.ann --out artifacts/ann` (2 shared CPU cores, see its JSON):
+#: MEASURED_CROSSOVER_PLACEHOLDER
+ANN_MIN_ITEMS = 100_000
+
+#: A filtered query whose mask allows at most this many rows searches those rows exactly: a
+#: gather plus a [B, rows] product costs less than probing an index that skips almost everything,
+#: and it is exact. MEASURED_FALLBACK_PLACEHOLDER
+EXACT_FALLBACK_ROWS = 20_000
+
+#: IVF cells per catalog: nlist ~ 2 * sqrt(N) as a power of two (2048 at 1M; faiss suggests 4-16
+#: sqrt(N) for billion-scale sets, where scanning a list costs more than choosing it), with enough
+#: training points per cell (faiss wants >= 39). Fewer cells keep k-means affordable on 2 cores.
+IVF_CELLS_PER_SQRT_N = 2
+IVF_TRAIN_POINTS_PER_CELL = 64
+#: Share of the cells probed per query; set so recall@100 >= 0.95 on the benchmark's 1M catalog.
+IVF_PROBE_SHARE = 1 / 64
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How the retrieval index is built and searched; recorded as a dict in aisle_repo.json.
+
+    kind: "exact" (one matrix product), "ivf" (faiss IVF-Flat) or "hnsw" (faiss HNSW-Flat).
+    nlist, nprobe: IVF cells, and cells probed per query (more: better recall, slower).
+    hnsw_m, ef_construction, ef_search: HNSW links per node, and beam widths when building/searching.
+    exact_fallback_rows: a filter allowing at most this many rows is searched exactly (ANN kinds).
+    """
+
+    kind: str = EXACT
+    nlist: int = 0
+    nprobe: int = 0
+    hnsw_m: int = 32
+    ef_construction: int = 64
+    ef_search: int = 256
+    exact_fallback_rows: int = EXACT_FALLBACK_ROWS
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise RetrievalError(f"index kind={self.kind!r} is not one of {KINDS}")
+        if self.kind == IVF and not 1 <= self.nprobe <= self.nlist:
+            raise RetrievalError(f"ivf index: nprobe={self.nprobe} must be in 1..nlist={self.nlist}")
+        for name in ("hnsw_m", "ef_construction", "ef_search"):
+            if getattr(self, name) < 1:
+                raise RetrievalError(f"index {name}={getattr(self, name)} must be >= 1")
+        if self.exact_fallback_rows < 0:
+            raise RetrievalError(f"index exact_fallback_rows={self.exact_fallback_rows} must be >= 0")
+
+    def to_dict(self) -> dict[str, int | str]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> IndexParams:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise RetrievalError(f"index parameters: unknown field {unknown[0]!r} (known: {sorted(known)})")
+        return cls(**raw)
+
+
+def ivf_params(catalog_size: int) -> IndexParams:
+    """IVF-Flat parameters for a catalog: cells from its size, probes from IVF_PROBE_SHARE."""
+    target = IVF_CELLS_PER_SQRT_N * math.sqrt(max(catalog_size, 1))
+    nlist = 2 ** round(math.log2(target))
+    nlist = max(1, min(nlist, catalog_size // IVF_TRAIN_POINTS_PER_CELL))
+    return IndexParams(kind=IVF, nlist=nlist, nprobe=max(1, math.ceil(nlist * IVF_PROBE_SHARE)))
+
+
+def choose_index(catalog_size: int, override: str | None = None) -> IndexParams:
+    """The index for a catalog: exact below ANN_MIN_ITEMS, IVF from there; `override` names a kind."""
+    kind = override or (IVF if catalog_size >= ANN_MIN_ITEMS else EXACT)
+    if kind == EXACT:
+        return IndexParams(kind=EXACT)
+    if kind == IVF:
+        return ivf_params(catalog_size)
+    if kind == HNSW:
+        return IndexParams(kind=HNSW)
+    raise RetrievalError(f"index kind={kind!r} is not one of {KINDS}")
+
+
+class RetrievalIndex(Protocol):
+    params: IndexParams
+
+    def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _check_search(queries: np.ndarray, k: int, mask: np.ndarray | None, n: int, d: int) -> None:
+    if queries.ndim != 2 or queries.shape[1] != d:
+        raise RetrievalError(f"queries: expected shape [B, {d}], got {list(queries.shape)}")
+    if k < 1:
+        raise RetrievalError(f"k={k}: must be >= 1")
+    if mask is not None and (mask.dtype != np.bool_ or mask.shape not in ((n,), (len(queries), n))):
+        raise RetrievalError(f"mask: expected bool [{n}] or [{len(queries)}, {n}], got {mask.dtype} {list(mask.shape)}")
+
+
+def _masks(mask: np.ndarray | None, batch: int, n: int) -> np.ndarray:
+    """The mask as [B, N] (a view when it is shared)."""
+    if mask is None:
+        return np.ones((batch, n), dtype=bool)
+    return np.broadcast_to(mask, (batch, n))
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best `k` columns per row of `scores` [B, M], best first; -inf columns become padding.
+
+    argpartition picks the k best in O(M), then only those k are sorted (ties: lower column first).
+    """
+    batch, m = scores.shape
+    rows = np.full((batch, k), PAD_ROW, dtype=np.int64)
+    values = np.full((batch, k), PAD_SCORE, dtype=np.float32)
+    kk = min(k, m)
+    if kk == 0:
+        return rows, values
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < m else np.tile(np.arange(m), (batch, 1))
+    picked = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -picked), axis=1)
+    part = np.take_along_axis(part, order, axis=1)
+    picked = np.take_along_axis(picked, order, axis=1)
+    valid = np.isfinite(picked)
+    rows[:, :kk] = np.where(valid, part, PAD_ROW)
+    values[:, :kk] = np.where(valid, picked, PAD_SCORE)
+    return rows, values
+
+
+def exact_search_rows(
+    embeddings: np.ndarray, queries: np.ndarray, k: int, allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k over the catalog rows listed in `allowed` (int array; None = every row)."""
+    if allowed is None:
+        return top_k(queries @ embeddings.T, k)
+    cols, values = top_k(queries @ embeddings[allowed].T, k)
+    # Padding columns are -1, which picks the PAD_ROW appended last (also when nothing is allowed).
+    return np.append(allowed, PAD_ROW)[cols], values
+
+
+@dataclass
+class ExactIndex:
+    """Exact inner-product search: one [B, D] x [D, N] product, masked, then top-k."""
+
+    embeddings: np.ndarray  # float32 [N, D], the catalog's own matrix (not copied)
+    params: IndexParams = IndexParams(kind=EXACT)
+
+    def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        n, d = self.embeddings.shape
+        queries = np.asarray(queries, dtype=np.float32)
+        _check_search(queries, k, mask, n, d)
+        scores = queries @ self.embeddings.T
+        if mask is not None:
+            scores = np.where(_masks(mask, len(queries), n), scores, -np.inf)
+        return top_k(scores, k)
+
+
+class FaissIndex:
+    """A faiss IVF-Flat or HNSW-Flat index (inner product) over the catalog rows, ids = row numbers.
+
+    Filtering happens inside faiss's search (an IDSelectorBitmap in SearchParameters), so masked
+    rows never take a slot. Two exact fallbacks keep the filtered contract whatever the index's
+    approximation: a mask allowing at most `exact_fallback_rows` rows is searched exactly, and a
+    query for which the index found fewer than min(k, allowed) rows is searched exactly too. A
+    filter widens the search by N / allowed (more IVF probes, a wider HNSW beam).
+    """
+
+    def __init__(self, index: object, embeddings: np.ndarray, params: IndexParams) -> None:
+        if params.kind == EXACT:
+            raise RetrievalError("FaissIndex needs an ANN kind (ivf or hnsw), got 'exact'")
+        n, d = embeddings.shape
+        if index.ntotal != n or index.d != d:  # type: ignore[attr-defined]
+            raise RetrievalError(
+                f"faiss index holds {index.ntotal} vectors of dim {index.d}, "  # type: ignore[attr-defined]
+                f"the catalog {n} of dim {d}: rebuild the index for this catalog"
+            )
+        self.index = index
+        self.embeddings = embeddings
+        self.params = params
+        #: Queries answered exactly because the index found fewer than min(k, allowed) rows: a
+        #: steady rise means nprobe / ef_search are too small for the k asked (a serving metric).
+        self.short_fallbacks = 0
+
+    @classmethod
+    def build(cls, embeddings: np.ndarray, params: IndexParams, *, seed: int = 0) -> FaissIndex:
+        import faiss
+
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        n, d = embeddings.shape
+        if params.kind == IVF:
+            index = faiss.index_factory(d, f"IVF{params.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+            sample = min(n, params.nlist * IVF_TRAIN_POINTS_PER_CELL)
+            train = embeddings[np.random.default_rng(seed).choice(n, size=sample, replace=False)]
+            index.cp.seed = seed
+            index.train(train)
+        else:
+            index = faiss.IndexHNSWFlat(d, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = params.ef_construction
+        index.add(embeddings)
+        return cls(index, embeddings, params)
+
+    def save(self, path: Path) -> None:
+        import faiss
+
+        faiss.write_index(self.index, str(path))
+
+    @classmethod
+    def load(cls, path: Path, embeddings: np.ndarray, params: IndexParams) -> FaissIndex:
+        import faiss
+
+        if not Path(path).is_file():
+            raise RetrievalError(f"{path}: index file not found")
+        return cls(faiss.read_index(str(path)), embeddings, params)
+
+    def _search_params(self, selector: object | None, widen: float) -> object:
+        """faiss search parameters; `widen` (N / allowed rows) scales the probes a filter thins out."""
+        import faiss
+
+        if self.params.kind == IVF:
+            nprobe = min(self.params.nlist, math.ceil(self.params.nprobe * widen))
+            return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
+        return faiss.SearchParametersHNSW(sel=selector, efSearch=math.ceil(self.params.ef_search * widen))
+
+    def _ann(self, queries: np.ndarray, k: int, mask: np.ndarray | None, allowed: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        # A filter allowing a share s of the rows leaves ~s of each probed list: probing 1/s times
+        # as many lists keeps the number of allowed candidates, and so the recall, about constant.
+        selector = None if mask is None else faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+        search_params = self._search_params(selector, len(self.embeddings) / max(allowed, 1))
+        scores, rows = self.index.search(queries, k, params=search_params)  # type: ignore[attr-defined]
+        found = rows >= 0
+        return np.where(found, rows, PAD_ROW).astype(np.int64), np.where(found, scores, PAD_SCORE).astype(np.float32)
+
+    def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        n, d = self.embeddings.shape
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        _check_search(queries, k, mask, n, d)
+        if mask is None:
+            rows, scores = self._ann(queries, k, None, n)
+            return self._complete(queries, k, rows, scores, n)
+        if mask.ndim == 1:
+            return self._search_one_mask(queries, k, mask)
+        # One faiss call per query: a selector applies to a whole call.
+        results = [self._search_one_mask(queries[i : i + 1], k, mask[i]) for i in range(len(queries))]
+        return np.concatenate([r for r, _ in results]), np.concatenate([s for _, s in results])
+
+    def _search_one_mask(self, queries: np.ndarray, k: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        allowed = int(np.count_nonzero(mask))
+        if allowed <= self.params.exact_fallback_rows:
+            return exact_search_rows(self.embeddings, queries, k, np.flatnonzero(mask))
+        rows, scores = self._ann(queries, k, mask, allowed)
+        return self._complete(queries, k, rows, scores, allowed, mask)
+
+    def _complete(
+        self,
+        queries: np.ndarray,
+        k: int,
+        rows: np.ndarray,
+        scores: np.ndarray,
+        allowed: int,
+        mask: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Re-run exactly the queries for which the index found fewer than min(k, allowed) rows."""
+        short = np.flatnonzero((rows >= 0).sum(axis=1) < min(k, allowed))
+        if len(short):
+            self.short_fallbacks += len(short)
+            allowed_rows = None if mask is None else np.flatnonzero(mask)
+            rows[short], scores[short] = exact_search_rows(self.embeddings, queries[short], k, allowed_rows)
+        return rows, scores
+
+
+def build_index(embeddings: np.ndarray, params: IndexParams) -> ExactIndex | FaissIndex:
+    """The index `params` describe, over the catalog's embeddings (exact needs no build)."""
+    if params.kind == EXACT:
+        return ExactIndex(embeddings, params)
+    return FaissIndex.build(embeddings, params)
+
+
+def load_index(path: Path, embeddings: np.ndarray, params: IndexParams) -> ExactIndex | FaissIndex:
+    """The index saved at `path` (FaissIndex.save) over these embeddings; exact reads no file."""
+    if params.kind == EXACT:
+        return ExactIndex(embeddings, params)
+    return FaissIndex.load(path, embeddings, params)
