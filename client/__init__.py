@@ -1,7 +1,8 @@
 """aisle.client: Python gRPC clients for aisle's Triton ensembles (search, recommendation, embeddings).
 
-    from aisle.client import AisleClient
+    from aisle.client import AisleClient, Filters
     with AisleClient("127.0.0.1:8001") as client:
+        found = client.search("running shoes", top_k=5, filters=Filters(max_price=80))
         result = client.rank("running shoes", [12, 7, 301], top_k=2)
 
 Installs with tritonclient[grpc] and numpy only. Names are imported on first access, so that
@@ -14,6 +15,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names below, for type checkers; `as` marks them as re-exported
+    from aisle.retrieval.filters import Filters as Filters
+
     from .async_client import AsyncAisleClient as AsyncAisleClient
     from .config import ClientConfig as ClientConfig
     from .config import KeepAliveConfig as KeepAliveConfig
@@ -31,6 +34,7 @@ if TYPE_CHECKING:  # the names below, for type checkers; `as` marks them as re-e
     from .errors import ServerError as ServerError
     from .errors import UnavailableError as UnavailableError
     from .results import RankResult as RankResult
+    from .results import SearchResult as SearchResult
     from .results import ServerInfo as ServerInfo
     from .sync_client import AisleClient as AisleClient
 
@@ -42,6 +46,9 @@ _EXPORTS = {
     "RetryConfig": "config",
     "TlsConfig": "config",
     "RankResult": "results",
+    "SearchResult": "results",
+    # aisle.retrieval's Filters, through the module that builds search requests from it.
+    "Filters": "requests",
     "ServerInfo": "results",
     **dict.fromkeys(
         (

@@ -21,6 +21,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.grpc import InferResult
 from tritonclient.utils import InferenceServerException
 
+from aisle.retrieval.filters import Filters
 from aisle.schema import EMBED_ITEM, EMBED_QUERY, Schema
 
 from .base import READY_POLL_S, ClientBase, translated
@@ -35,8 +36,9 @@ from .requests import (
     new_request_id,
     rank_cold_request,
     rank_request,
+    search_request,
 )
-from .results import RankResult, ServerInfo
+from .results import RankResult, SearchResult, ServerInfo
 from .retry import acall_with_retry
 
 T = TypeVar("T")
@@ -93,18 +95,37 @@ class AsyncAisleClient(ClientBase):
         request = rank_cold_request(query, candidate_texts, candidate_features, user_history_ids, top_k)
         return await self._execute(request, timeout_s, request_id)
 
+    async def search(
+        self,
+        query: Text,
+        *,
+        user_history_ids: Sequence[int] | np.ndarray = (),
+        top_k: int = 10,
+        filters: Filters | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> SearchResult:
+        """See AisleClient.search."""
+        request = search_request(query, user_history_ids, top_k, filters)
+        return await self._execute(request, timeout_s, request_id)
+
     async def recommend(
         self,
         user_history_ids: Sequence[int] | np.ndarray,
-        candidate_ids: Sequence[int] | np.ndarray,
         *,
-        top_k: int | None = None,
+        top_k: int = 10,
+        filters: Filters | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
-    ) -> RankResult:
+    ) -> SearchResult:
         """See AisleClient.recommend."""
-        return await self.rank(
-            "", candidate_ids, user_history_ids, top_k=top_k, timeout_s=timeout_s, request_id=request_id
+        return await self.search(
+            "",
+            user_history_ids=user_history_ids,
+            top_k=top_k,
+            filters=filters,
+            timeout_s=timeout_s,
+            request_id=request_id,
         )
 
     # --- Health and metadata -------------------------------------------------------------------

@@ -13,7 +13,10 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .results import RankResult
+    from aisle.data.format import Item
+
+    from .requests import Filters
+    from .results import RankResult, SearchResult
     from .sync_client import AisleClient
 
 DEFAULT_URL = "127.0.0.1:8001"
@@ -43,22 +46,40 @@ def _connection_options() -> argparse.ArgumentParser:
     return parent
 
 
+def _catalog_options() -> argparse.ArgumentParser:
+    """Filters and output options shared by `search` and `recommend`."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("whole-catalog filters (not with --ids)")
+    group.add_argument("--category", help='category path prefix, e.g. "Shoes > Running Shoes"')
+    group.add_argument("--brand", action="append", default=[], help="only this brand (repeat for several)")
+    group.add_argument("--exclude-brand", action="append", default=[], help="never this brand (repeatable)")
+    group.add_argument("--min-price", type=float, help="lowest price")
+    group.add_argument("--max-price", type=float, help="highest price")
+    group.add_argument("--exclude-ids", type=id_list, default=[], help="item ids never to return, comma-separated")
+    parent.add_argument("--top-k", type=int, default=10, help="results to return (default: %(default)s)")
+    parent.add_argument(
+        "--ids", type=id_list, help="rank only these candidate ids (comma-separated) instead of the whole catalog"
+    )
+    parent.add_argument(
+        "--data", metavar="DIR", help="dataset directory: show each item's title, brand, category, price"
+    )
+    return parent
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `search`, `recommend` and `embed`."""
-    parent = _connection_options()
+    parent, catalog = _connection_options(), _catalog_options()
     search = subparsers.add_parser(
-        "search", parents=[parent], help="rank catalog items for a query (and a user history)"
+        "search", parents=[parent, catalog], help="search the whole catalog for a query (and a user history)"
     )
     search.add_argument("query", help="the search query")
-    search.add_argument("--ids", type=id_list, required=True, help="candidate item ids, comma-separated")
     search.add_argument("--history", type=id_list, default=[], help="user history item ids, oldest first")
-    search.add_argument("--top-k", type=int, help="show only the best K")
     search.set_defaults(func=search_command)
 
-    recommend = subparsers.add_parser("recommend", parents=[parent], help="rank catalog items for a user history")
+    recommend = subparsers.add_parser(
+        "recommend", parents=[parent, catalog], help="recommend from the whole catalog for a user history"
+    )
     recommend.add_argument("--history", type=id_list, required=True, help="user history item ids, oldest first")
-    recommend.add_argument("--ids", type=id_list, required=True, help="candidate item ids, comma-separated")
-    recommend.add_argument("--top-k", type=int, help="show only the best K")
     recommend.set_defaults(func=recommend_command)
 
     embed = subparsers.add_parser("embed", parents=[parent], help="embed texts with the query (or item) tower")
@@ -77,27 +98,69 @@ def _client(args: argparse.Namespace) -> AisleClient:
     return AisleClient(config=ClientConfig(url=args.url, timeout_s=args.timeout_s, tls=tls))
 
 
-def _print_ranking(result: RankResult, as_json: bool) -> None:
+def _filters(args: argparse.Namespace) -> Filters:
+    from .requests import Filters
+
+    return Filters(
+        category=args.category,
+        brands=tuple(args.brand),
+        exclude_brands=tuple(args.exclude_brand),
+        min_price=args.min_price,
+        max_price=args.max_price,
+        exclude_ids=tuple(args.exclude_ids),
+    )
+
+
+def _item_table(data: str | None) -> dict[int, Item]:
+    if data is None:
+        return {}
+    from pathlib import Path
+
+    from aisle.data.format import ITEMS, read_items
+
+    return {item.item_id: item for item in read_items(Path(data) / ITEMS)}
+
+
+def _print_results(result: RankResult | SearchResult, items: dict[int, Item], as_json: bool) -> None:
     if as_json:
         print(json.dumps(result.to_dict()))
         return
-    print(f"{'rank':>4}  {'id':>10}  {'score':>10}")
-    for position, (item, score) in enumerate(zip(result.ids, result.scores), start=1):
-        print(f"{position:>4}  {int(item):>10}  {float(score):>10.4f}")
+    header = f"{'rank':>4}  {'id':>8}  {'score':>8}"
+    print(header + ("  title | brand | category | price" if items else ""))
+    for position, (item_id, score) in enumerate(zip(result.ids, result.scores), start=1):
+        line = f"{position:>4}  {int(item_id):>8}  {float(score):>8.4f}"
+        item = items.get(int(item_id))
+        if item is not None:
+            line += f"  {item.title} | {item.brand} | {' > '.join(item.category)} | {item.price:.2f}"
+        print(line)
+
+
+def _run(args: argparse.Namespace, query: str) -> int:
+    items = _item_table(args.data)
+    filters = _filters(args)
+    if args.ids is not None and not filters.is_empty:
+        from .errors import InvalidInputError
+
+        raise InvalidInputError("--ids ranks the given candidates; filters apply to whole-catalog search only")
+    with _client(args) as client:
+        if args.ids is not None:
+            result: RankResult | SearchResult = client.rank(
+                query, args.ids, args.history, top_k=args.top_k, timeout_s=args.timeout_s
+            )
+        else:
+            result = client.search(
+                query, user_history_ids=args.history, top_k=args.top_k, filters=filters, timeout_s=args.timeout_s
+            )
+    _print_results(result, items, args.json)
+    return 0
 
 
 def search_command(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        result = client.rank(args.query, args.ids, args.history, top_k=args.top_k, timeout_s=args.timeout_s)
-    _print_ranking(result, args.json)
-    return 0
+    return _run(args, args.query)
 
 
 def recommend_command(args: argparse.Namespace) -> int:
-    with _client(args) as client:
-        result = client.recommend(args.history, args.ids, top_k=args.top_k, timeout_s=args.timeout_s)
-    _print_ranking(result, args.json)
-    return 0
+    return _run(args, "")
 
 
 def embed_command(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ unknown item ids are its to report).
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,14 +22,22 @@ from typing import Protocol, TypeVar
 import numpy as np
 from tritonclient.grpc import InferInput, InferRequestedOutput, InferResult
 
+from aisle.retrieval.filters import Filters
 from aisle.schema import (
+    BRANDS,
     CANDIDATE_FEATURES,
     CANDIDATE_IDS,
     CANDIDATE_TEXTS,
+    CATEGORY,
+    EXCLUDE_BRANDS,
+    EXCLUDE_IDS,
     ITEM_FEATURES,
+    PRICE_RANGE,
     QUERY,
     RANK,
     RANK_COLD,
+    SEARCH,
+    TOP_K,
     USER_HISTORY_IDS,
     EnsembleDecl,
     Schema,
@@ -37,7 +46,7 @@ from aisle.schema import (
 )
 
 from .errors import InvalidInputError, ServerError
-from .results import RankResult
+from .results import RankResult, SearchResult
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -329,5 +338,80 @@ def rank_cold_request(
         counted=(
             Counted("candidate_texts", len(texts), "max_candidates"),
             Counted("user_history_ids", len(history), "max_history"),
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One whole-catalog search (an empty query: a recommendation) with its filters."""
+
+    query: Text
+    history: np.ndarray
+    top_k: int
+    filters: Filters
+    counted: tuple[Counted, ...]
+    ensemble: str = SEARCH
+
+    def calls(self, schema: Schema, request_id: str) -> list[InferCall]:
+        for counted in self.counted:
+            counted.check(schema.limits)
+        decl = schema.ensemble(self.ensemble)
+        f = self.filters
+        arrays = {
+            QUERY: np.array([[self.query]], dtype=object),
+            USER_HISTORY_IDS: self.history[None, :],
+            TOP_K: np.array([[self.top_k]], dtype=np.int64),
+            CATEGORY: np.array([[f.category or ""]], dtype=object),
+            BRANDS: _object_row(f.brands),
+            EXCLUDE_BRANDS: _object_row(f.exclude_brands),
+            PRICE_RANGE: np.array([[_or_nan(f.min_price), _or_nan(f.max_price)]], dtype=np.float32),
+            EXCLUDE_IDS: np.array([f.exclude_ids], dtype=np.int64).reshape(1, -1),
+        }
+        return [InferCall(decl.name, build_inputs(decl, arrays), _outputs(decl), request_id)]
+
+    def finish(self, schema: Schema, results: Sequence[InferResult], request_id: str) -> SearchResult:
+        (result,) = results
+        ids_decl, scores_decl = schema.ensemble(self.ensemble).outputs
+        ids = output_array(result, ids_decl, rows=1, what=self.ensemble)[0]
+        scores = output_array(result, scores_decl, rows=1, what=self.ensemble)[0]
+        if ids.shape != scores.shape or len(ids) > self.top_k:
+            raise ServerError(
+                f"{self.ensemble}: {len(ids)} ids and {len(scores)} scores for top_k={self.top_k}",
+                request_id=request_id,
+            )
+        return SearchResult(ids=ids, scores=scores, request_id=request_id)
+
+
+def _object_row(texts: Sequence[str]) -> np.ndarray:
+    row = np.empty((1, len(texts)), dtype=object)
+    row[0, :] = list(texts)
+    return row
+
+
+def _or_nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def search_request(
+    query: Text, user_history_ids: Sequence[int] | np.ndarray, top_k: int, filters: Filters | None
+) -> SearchRequest:
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InvalidInputError(f"top_k = {top_k!r}: must be a positive integer")
+    if filters is not None and not isinstance(filters, Filters):
+        raise InvalidInputError(f"filters: expected aisle.client.Filters, got {type(filters).__name__}")
+    filters = filters or Filters()
+    history = id_array("user_history_ids", user_history_ids)
+    return SearchRequest(
+        query=check_query(query),
+        history=history,
+        top_k=top_k,
+        filters=filters,
+        counted=(
+            Counted("user_history_ids", len(history), "max_history"),
+            Counted("top_k", top_k, "max_results"),
+            Counted("filters.exclude_ids", len(filters.exclude_ids), "max_excluded_ids"),
+            Counted("filters.brands", len(filters.brands), "max_filter_brands"),
+            Counted("filters.exclude_brands", len(filters.exclude_brands), "max_filter_brands"),
         ),
     )

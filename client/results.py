@@ -57,6 +57,31 @@ class RankResult:
 
 
 @dataclass(frozen=True)
+class SearchResult:
+    """Items found in the whole catalog, best first.
+
+    ids: catalog item ids, best first; fewer than top_k when the filters allow fewer items, empty
+        when they allow none.
+    scores: their fusion-head scores, descending (float32).
+    request_id: the id the server saw, for matching logs.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    request_id: str
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-Python form for JSON output (the CLI's --json)."""
+        return {
+            "request_id": self.request_id,
+            "results": [{"id": int(i), "score": float(s)} for i, s in zip(self.ids, self.scores)],
+        }
+
+
+@dataclass(frozen=True)
 class ServerInfo:
     """What `server_info()` reports: who answers at `url` and whether each aisle ensemble is ready.
 

@@ -19,6 +19,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from aisle.retrieval.filters import Filters
 from aisle.schema import EMBED_ITEM, EMBED_QUERY, Schema
 
 from .base import READY_POLL_S, ClientBase, translated
@@ -33,8 +34,9 @@ from .requests import (
     new_request_id,
     rank_cold_request,
     rank_request,
+    search_request,
 )
-from .results import RankResult, ServerInfo
+from .results import RankResult, SearchResult, ServerInfo
 from .retry import call_with_retry
 
 T = TypeVar("T")
@@ -102,17 +104,46 @@ class AisleClient(ClientBase):
         request = rank_cold_request(query, candidate_texts, candidate_features, user_history_ids, top_k)
         return self._execute(request, timeout_s, request_id)
 
+    def search(
+        self,
+        query: Text,
+        *,
+        user_history_ids: Sequence[int] | np.ndarray = (),
+        top_k: int = 10,
+        filters: Filters | None = None,
+        timeout_s: float | None = None,
+        request_id: str | None = None,
+    ) -> SearchResult:
+        """The top_k items of the whole catalog for a query (and the user's history, oldest first).
+
+        Candidates are retrieved from the whole catalog by the query and the user vector under
+        `filters` (a filtered-out item never takes a slot), then ranked by the fusion head. Fewer
+        than top_k come back only when the filters allow fewer items.
+        """
+        request = search_request(query, user_history_ids, top_k, filters)
+        return self._execute(request, timeout_s, request_id)
+
     def recommend(
         self,
         user_history_ids: Sequence[int] | np.ndarray,
-        candidate_ids: Sequence[int] | np.ndarray,
         *,
-        top_k: int | None = None,
+        top_k: int = 10,
+        filters: Filters | None = None,
         timeout_s: float | None = None,
         request_id: str | None = None,
-    ) -> RankResult:
-        """Rank candidates for a user's history alone (`rank` with an empty query)."""
-        return self.rank("", candidate_ids, user_history_ids, top_k=top_k, timeout_s=timeout_s, request_id=request_id)
+    ) -> SearchResult:
+        """The top_k items of the whole catalog for a user's history alone (`search` with no query).
+
+        With an empty history too, the most popular items (under `filters`) ranked by the head.
+        """
+        return self.search(
+            "",
+            user_history_ids=user_history_ids,
+            top_k=top_k,
+            filters=filters,
+            timeout_s=timeout_s,
+            request_id=request_id,
+        )
 
     # --- Health and metadata -------------------------------------------------------------------
 

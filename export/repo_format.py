@@ -50,12 +50,14 @@ class RepoManifest:
 
     limits: what the served models enforce; the checkpoint's, with any buckets `aisle export repo`
         was told to override (the same values every ensemble's config carries as parameters).
+    index: the retrieval index's parameters (aisle.retrieval.IndexParams as a dict; {} = exact).
     """
 
     target: str
     embedding_dim: int
     limits: ServingLimits = field(default_factory=ServingLimits)
     catalog_items: int = 0
+    index: dict[str, Any] = field(default_factory=dict)
     data_fingerprint: str = ""
     checkpoint: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION

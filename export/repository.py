@@ -34,7 +34,9 @@ from aisle.export.repo_format import (
     TOKENIZER_FILE,
     Catalog,
     RepoManifest,
+    catalog_dir,
 )
+from aisle.export.search_index import write_search_files
 from aisle.export.triton_config import (
     GRAPH_ROLES,
     PYTHON_SOURCES,
@@ -241,6 +243,7 @@ def render_repository(spec: RepoSpec) -> RepoManifest:
         graphs = _graphs(spec, staging / "onnx_export.partial")
         catalog = compute_catalog(spec.checkpoint, dataset.items, batch_size=spec.catalog_batch, progress=spec.progress)
         write_models(schema, spec.options, staging, spec.checkpoint, graphs, catalog)
+        index = write_search_files(catalog_dir(staging), catalog, dataset.items, progress=spec.progress)
         if spec.options.target is Target.TENSORRT:
             write_start_script(schema, staging)
         shutil.rmtree(staging / "onnx_export.partial", ignore_errors=True)
@@ -249,6 +252,7 @@ def render_repository(spec: RepoSpec) -> RepoManifest:
             embedding_dim=schema.embedding_dim,
             limits=schema.limits,
             catalog_items=len(catalog.item_ids),
+            index=index.to_dict(),
             data_fingerprint=dataset.manifest.fingerprint,
             checkpoint=asdict(checkpoint_manifest),
         )

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 
 from aisle.export.repo_format import Catalog
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
+from aisle.model_repository.catalog_store import CatalogStore
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.user_profile import user_embeddings
-from aisle.model_repository.validation import CatalogIndex, candidate_rows, catalog_path, decode_texts, history_rows
+from aisle.model_repository.validation import CatalogIndex, candidate_rows, decode_texts, history_rows
 from aisle.schema import ITEM_EMBEDDINGS, ITEM_FEATURES_TENSOR, QUERY, USER_EMBEDDING, Schema, validated
 
 
@@ -35,7 +36,7 @@ class ItemStore:
 
     @classmethod
     def from_context(cls, context: ModelContext) -> ItemStore:
-        return cls(Catalog.load(catalog_path(context)), context.schema)
+        return cls(CatalogStore.from_context(context).catalog, context.schema)
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         outcomes, valid, checked = validate_each(requests, self._check)

@@ -14,8 +14,9 @@ import numpy as np
 
 from aisle.export.repo_format import Catalog
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
+from aisle.model_repository.catalog_store import CatalogStore
 from aisle.model_repository.context import ModelContext
-from aisle.model_repository.validation import CatalogIndex, catalog_path, history_rows
+from aisle.model_repository.validation import CatalogIndex, history_rows
 from aisle.modeling.user import user_vector
 from aisle.schema import USER_EMBEDDING
 
@@ -32,7 +33,8 @@ class UserProfile:
     @classmethod
     def from_context(cls, context: ModelContext) -> UserProfile:
         schema = context.schema
-        return cls(Catalog.load(catalog_path(context)), schema.limits.max_history, schema.limits.history_decay)
+        catalog = CatalogStore.from_context(context).catalog
+        return cls(catalog, schema.limits.max_history, schema.limits.history_decay)
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         outcomes, valid, rows = validate_each(requests, self._rows)

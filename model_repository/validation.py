@@ -11,7 +11,6 @@ the same checks only for clients that call them directly (no siblings there).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 
@@ -29,11 +28,6 @@ from aisle.schema import (
     Schema,
     validated,
 )
-
-
-def catalog_path(context: ModelContext) -> Path:
-    """The catalog every model reading it uses: the item store's version of this model's version."""
-    return catalog_dir(context.repo, context.version_dir.name)
 
 
 def _at(position: tuple[int, ...]) -> str:
@@ -139,7 +133,7 @@ class RequestValidator:
 
     @classmethod
     def from_context(cls, context: ModelContext) -> RequestValidator:
-        index = CatalogIndex(read_item_ids(catalog_path(context)))
+        index = CatalogIndex(read_item_ids(catalog_dir(context.repo, context.version_dir.name)))
         return cls([t.name for t in context.decl.inputs], index, context.schema)
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
