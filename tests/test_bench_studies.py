@@ -3,6 +3,7 @@ reports is checked, never how fast it was."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -98,6 +99,17 @@ def test_response_cache_study_answers_every_repeat_from_the_cache_and_none_witho
     # One caller: every repeat of a query reaches the cache after its first answer was stored.
     repeats = report[16]["requests"] - report[16]["distinct_queries"]
     assert repeats > 0 and report[16]["encoder_cache_hits"] >= repeats
+
+
+def test_the_command_line_prints_one_json_report_and_an_unknown_target_for_a_url(
+    triton_server, tiny_data: Path, capsys
+) -> None:
+    from aisle.benchmarks.studies import main
+
+    assert main(["latency", "--url", triton_server.grpc_url, "--data", str(tiny_data), "--duration", "0.6"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["study"] == "latency" and report["target"] == "unknown"
+    assert {name: point["errors"] for name, point in report["latency"].items()} == {"embed_query": 0, "rank": 0}
 
 
 def test_the_command_line_names_the_server_or_repository_it_needs(tiny_data: Path, capsys) -> None:
