@@ -20,6 +20,12 @@ from aisle.schema import FUSION_HEAD, ITEM_STORE, QUERY_ENCODER, QUERY_TOKENIZER
 CONTENTION_CORES = 0.25
 #: Share of the usable cores in use above which a point counts as CPU-bound.
 SATURATED_SHARE = 0.8
+#: A mean encoder batch below this share of what could have merged (concurrency, ORT's batch) is small.
+SMALL_BATCH_SHARE = 0.5
+#: Tokenizer time above this share of the encoder's makes tokenizing elsewhere worth proposing.
+TOKENIZER_SHARE = 0.25
+#: Share of executed encoder work spent on padding above which ragged batching is worth proposing.
+PADDING_SHARE = 0.2
 #: The target or backend of a run that could not tell (a remote server known by its url alone).
 UNKNOWN = "unknown"
 
@@ -196,7 +202,9 @@ def evaluate(results: dict, levels) -> list[Goal]:
             Goal(
                 f"embed_query throughput, Triton (perf_analyzer) / raw ORT (batch {c}), concurrency {c}",
                 _ratio(_thr(pa_query), _seqs(ort_buckets)),
-                *(0.80, "ratio", ">="),
+                0.80,
+                "ratio",
+                ">=",
             ),
             lambda: _ort_gap_note(pa_query, ort_buckets, facts),
             {"Triton": pa_query, "ORT": ort_buckets},
@@ -205,7 +213,9 @@ def evaluate(results: dict, levels) -> list[Goal]:
             Goal(
                 f"embed_query throughput, Triton / eager HF HTTP server (same Python load generator), concurrency {c}",
                 _ratio(_thr(sdk_query), _thr(eager_query)),
-                *(4.0, "x", ">="),
+                4.0,
+                "x",
+                ">=",
             ),
             eager_note,
             versus_eager,
@@ -214,7 +224,9 @@ def evaluate(results: dict, levels) -> list[Goal]:
             Goal(
                 f"embed_query p99, Triton / eager HF HTTP server, concurrency {c} (below 1 = Triton lower)",
                 _ratio(_p(sdk_query, "p99_ms"), _p(eager_query, "p99_ms")),
-                *(1.0, "ratio", "<="),
+                1.0,
+                "ratio",
+                "<=",
             ),
             eager_note,
             versus_eager,
@@ -223,7 +235,9 @@ def evaluate(results: dict, levels) -> list[Goal]:
             Goal(
                 f"length buckets vs pad-to-max, raw ORT throughput at batch {c}",
                 _ratio(_seqs(ort_buckets), _seqs(ort_max)),
-                *(10.0, "x", ">="),
+                10.0,
+                "x",
+                ">=",
             ),
             lambda: _bucket_note(ort_buckets, ort_max),
             {"buckets": ort_buckets, "padded": ort_max},
@@ -245,7 +259,9 @@ def evaluate(results: dict, levels) -> list[Goal]:
             Goal(
                 f"query encoder GFLOP/s inside Triton (real tokens) / fp32 GEMM rate, concurrency {c}",
                 _ratio(gflops, machine["gemm_gflops"]),
-                *(0.60, "fraction", ">="),
+                0.60,
+                "fraction",
+                ">=",
             ),
             lambda: _gflops_note(pa_query, machine["gemm_gflops"], facts),
             {"Triton": pa_query, "GEMM": machine},
@@ -325,8 +341,8 @@ def _ort_gap_note(point: dict | None, ort: dict | None, facts: RunFacts) -> str:
     cpu = CpuUse.of(point, facts.cores) if point else None
     if cpu:
         parts.append(cpu.describe("Triton"))
-    small_batches = bool(encoder and ort and encoder["mean_batch"] < ort["batch_size"] / 2)
-    slow_tokenizer = bool(tokenizer and encoder and _busy_ms(tokenizer) >= 0.25 * _busy_ms(encoder))
+    small_batches = bool(encoder and ort and encoder["mean_batch"] < SMALL_BATCH_SHARE * ort["batch_size"])
+    slow_tokenizer = bool(tokenizer and encoder and _busy_ms(tokenizer) >= TOKENIZER_SHARE * _busy_ms(encoder))
     parts.append(
         _fixes(
             (facts.python_encoder, NATIVE_ENCODER),
@@ -341,7 +357,7 @@ def _ort_gap_note(point: dict | None, ort: dict | None, facts: RunFacts) -> str:
 def _eager_note(triton: dict | None, eager: dict | None, bucket_share: dict[str, float], facts: RunFacts) -> str:
     encoder = _step(triton, QUERY_ENCODER)
     parts = [f"Triton on {facts.served()}: {profile(triton)}. Eager: {profile(eager)}."]
-    small_batches = bool(encoder and triton and encoder["mean_batch"] < triton["level"] / 2)
+    small_batches = bool(encoder and triton and encoder["mean_batch"] < SMALL_BATCH_SHARE * triton["level"])
     if encoder and triton:
         shares = ", ".join(f"{share:.0%} in bucket {bucket}" for bucket, share in bucket_share.items())
         parts.append(
@@ -425,6 +441,7 @@ def _gflops_note(point: dict | None, gemm: float, facts: RunFacts) -> str:
     executed = point["extra"].get("encoder_executed_gflops", float("nan"))
     padding = 1 - useful / executed if executed else 0.0
     cpu = CpuUse.of(point, facts.cores)
+    small_batches = encoder["mean_batch"] < SMALL_BATCH_SHARE * point["level"]
     return " ".join(
         p
         for p in (
@@ -433,8 +450,8 @@ def _gflops_note(point: dict | None, gemm: float, facts: RunFacts) -> str:
             f"{encoder['mean_batch']:.1f} at concurrency {point['level']:g}.",
             cpu.describe("Triton"),
             _fixes(
-                (encoder["mean_batch"] < point["level"] / 2, "larger batches (more concurrency or queue delay)"),
-                (padding > 0.2, "ragged batching (no padding)"),
+                (small_batches, "larger batches (more concurrency or queue delay)"),
+                (padding > PADDING_SHARE, "ragged batching (no padding)"),
                 (cpu.saturated, "keep the encoder's cores free of the load generator and the tokenizer"),
             ),
         )
