@@ -346,7 +346,7 @@ ENCODER_MAX_BATCH = 64
 #: Largest batch of rank requests merged into one head execution.
 RANK_MAX_BATCH = 8
 
-# Queue delays, from the queue-delay sweep on the small shop (2 CPU cores, embedded target): the
+# Queue delays, from `python -m aisle.benchmarks.studies queue-delay` on the small shop (2 CPU cores, embedded target): the
 # python steps (tokenizers, item store, validator, profile, head) gain nothing from waiting for
 # company: rank at delay 0 vs 500 us, alone p50 9.6 vs 13.7 ms, at concurrency 8 179 vs 156 req/s.
 # Under load they still batch what queued while they ran. The encoders do gain: embed_query at

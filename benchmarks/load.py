@@ -52,6 +52,11 @@ class LoadConfig:
         if not 1 <= self.min_windows <= self.max_windows:
             raise BenchmarkError(f"need 1 <= min_windows={self.min_windows} <= max_windows={self.max_windows}")
 
+    @classmethod
+    def for_duration(cls, duration_s: float) -> LoadConfig:
+        """About `duration_s` measured per point: three windows, and a warm-up of up to 2 s."""
+        return cls(window_s=duration_s / 3, warmup_s=min(2.0, duration_s / 4))
+
 
 @dataclass(frozen=True)
 class Latency:
@@ -208,6 +213,28 @@ async def closed_loop(
     start = edges[-1 - config.min_windows]
     measured = recorder.between(start, edges[-1])
     return _point(workload, "concurrency", concurrency, measured, edges[-1] - start, stable, recorder)
+
+
+async def single_pass(call: Call, requests: Sequence[dict], concurrency: int, *, workload: str = "") -> LoadPoint:
+    """Each request exactly once, from `concurrency` workers, with no warm-up.
+
+    For what changes as it is measured (a response cache filling from empty), where a windowed
+    loop would report only the warmed state. Nothing repeats, so nothing is checked for
+    stability: the point is reported with stable=False.
+    """
+    if concurrency < 1 or not requests:
+        raise BenchmarkError(f"single pass needs concurrency >= 1 (got {concurrency}) and requests ({len(requests)})")
+    recorder = _Recorder()
+    pending = iter(requests)
+
+    async def worker() -> None:
+        for request in pending:  # the workers share one iterator: each request is taken once
+            await recorder.timed(call, request, time.perf_counter())
+            await asyncio.sleep(0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return _point(workload, "concurrency", concurrency, recorder.records, time.perf_counter() - start, False, recorder)
 
 
 async def open_loop(

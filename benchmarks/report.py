@@ -181,6 +181,22 @@ def plot_breakdown(points: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _cpu_sharing(results: dict) -> str:
+    """Whether the load generator shared the server's cores, as the points' CPU readings show."""
+    env = results["environment"]
+    triton = [p for p in results["points"] if p["system"] == "triton"]
+    if any(p.get("server_cpu_cores") is not None for p in triton):
+        return (
+            "- **The load generator and the server share the same cores.** Every point records the CPU cores used\n"
+            "  by the generator (Python or perf_analyzer), by the server process tree, and by the rest of the\n"
+            f"  machine: throughput on these {env['cpus_usable']} usable cores is bounded by all three together."
+        )
+    return (
+        f"- **The server ({env['target']} target) ran outside this machine's view:** its CPU use is not in the\n"
+        "  points; the load generator's and the rest of this machine's are."
+    )
+
+
 def markdown(results: dict) -> str:
     env = results["environment"]
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
@@ -201,9 +217,7 @@ def markdown(results: dict) -> str:
 - target: {env["target"]} (query encoder backend `{env["encoder_backend"]}`), tritonserver {env["server_version"]}
 - perf_analyzer: {env["perf_analyzer"]}
 - versions: {versions}
-- **The load generator and the server share the same cores.** Every point records the CPU cores used
-  by the generator (Python or perf_analyzer), by the server process tree, and by the rest of the
-  machine: throughput on a 2-core box is bounded by all three together.
+{_cpu_sharing(results)}
 
 ## Raw ONNX Runtime and the machine
 

@@ -29,6 +29,7 @@ class ModelCounters:
     phase_ns: dict[str, int]
     execution_infer_ns: int
     failures: int
+    cache_hits: int
 
     @classmethod
     def from_json(cls, stats: dict) -> ModelCounters:
@@ -42,6 +43,7 @@ class ModelCounters:
             phase_ns={phase: int(inference.get(phase, {}).get("ns", 0)) for phase in PHASES},
             execution_infer_ns=execution_infer,
             failures=int(inference.get("fail", {}).get("count", 0)),
+            cache_hits=int(inference.get("cache_hit", {}).get("count", 0)),
         )
 
     def minus(self, before: ModelCounters) -> ModelCounters:
@@ -53,6 +55,7 @@ class ModelCounters:
             phase_ns={p: self.phase_ns[p] - before.phase_ns[p] for p in PHASES},
             execution_infer_ns=self.execution_infer_ns - before.execution_infer_ns,
             failures=self.failures - before.failures,
+            cache_hits=self.cache_hits - before.cache_hits,
         )
 
 
@@ -63,6 +66,12 @@ def snapshot(client) -> Snapshot:
     """Counters of every model, from a tritonclient.grpc InferenceServerClient."""
     stats = client.get_inference_statistics(as_json=True)
     return {entry["name"]: ModelCounters.from_json(entry) for entry in stats.get("model_stats", [])}
+
+
+def cache_hits(client, model: str) -> int:
+    """How many requests to `model` Triton's response cache has answered since the server started."""
+    stats = client.get_inference_statistics(model_name=model, as_json=True)
+    return sum(ModelCounters.from_json(entry).cache_hits for entry in stats.get("model_stats", []))
 
 
 def delta(before: Snapshot, after: Snapshot) -> Snapshot:

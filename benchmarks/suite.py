@@ -97,7 +97,7 @@ class SuiteConfig:
         return cls(**{**defaults, **kwargs})
 
     def load_config(self) -> LoadConfig:
-        return LoadConfig(window_s=self.duration_s / 3, warmup_s=min(2.0, self.duration_s / 4))
+        return LoadConfig.for_duration(self.duration_s)
 
 
 # --- environment ----------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
-"""aisle's performance targets, evaluated from a suite's results, each with a measured diagnosis.
+"""aisle's performance goals, evaluated from a suite's results, each with a measured diagnosis.
 
-A target is reported, never asserted: {name, measured, goal, unit, pass} plus a note. The note of
-a failed target is built from the same run's measurements (per-step server time, mean batch
-sizes, token counts, CPU use of client and server) and says what would fix it.
+A goal is reported, never asserted: {name, measured, goal, unit, pass} plus a note. The note of a
+failed goal is built from the same run only: the target and query-encoder backend the server
+reported ("unknown" where the run could not tell), per-step server time, mean batch sizes, token
+counts, and the CPU use of load generator and server against the machine's usable cores. What the
+run did not measure is left out of the note rather than assumed, and each fix it proposes follows
+from a measured cause.
 """
 
 from __future__ import annotations
@@ -15,13 +18,25 @@ from aisle.schema import FUSION_HEAD, ITEM_STORE, QUERY_ENCODER, QUERY_TOKENIZER
 
 #: Cores used by other processes above which a measurement is flagged as distorted.
 CONTENTION_CORES = 0.25
+#: Share of the usable cores in use above which a point counts as CPU-bound.
+SATURATED_SHARE = 0.8
+#: A mean encoder batch below this share of what could have merged (concurrency, ORT's batch) is small.
+SMALL_BATCH_SHARE = 0.5
+#: Tokenizer time above this share of the encoder's makes tokenizing elsewhere worth proposing.
+TOKENIZER_SHARE = 0.25
+#: Share of executed encoder work spent on padding above which ragged batching is worth proposing.
+PADDING_SHARE = 0.2
+#: The target or backend of a run that could not tell (a remote server known by its url alone).
+UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
-class Target:
+class Goal:
+    """One performance goal: `measured` against `threshold` with `comparator`, and why it missed."""
+
     name: str
     measured: float | None
-    goal: float
+    threshold: float
     unit: str
     comparator: str  # ">=" or "<="
     note: str = ""
@@ -30,18 +45,75 @@ class Target:
     def passed(self) -> bool | None:
         if self.measured is None or not math.isfinite(self.measured):
             return None
-        return self.measured >= self.goal if self.comparator == ">=" else self.measured <= self.goal
+        return self.measured >= self.threshold if self.comparator == ">=" else self.measured <= self.threshold
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
             "measured": self.measured,
-            "goal": self.goal,
+            "goal": self.threshold,
             "unit": self.unit,
             "comparator": self.comparator,
             "pass": self.passed,
             "note": self.note,
         }
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """How the run was served and on what machine, as its environment recorded them."""
+
+    target: str
+    encoder_backend: str
+    cores: int | None
+
+    @classmethod
+    def of(cls, results: dict) -> RunFacts:
+        env = results.get("environment", {})
+        return cls(env.get("target") or UNKNOWN, env.get("encoder_backend") or UNKNOWN, env.get("cpus_usable"))
+
+    @property
+    def python_encoder(self) -> bool:
+        """The query encoder ran in a Python-backend stub: a process hop with shared-memory copies."""
+        return self.encoder_backend == "python"
+
+    def served(self) -> str:
+        return f"the {self.target} target (query encoder on the {self.encoder_backend} backend)"
+
+
+@dataclass(frozen=True)
+class CpuUse:
+    """Cores used during one point by the load generator, the server's process tree and the rest."""
+
+    generator: float
+    server: float | None  # None: the server's process was not found here (a remote server)
+    other: float
+    cores: int | None
+
+    @classmethod
+    def of(cls, point: dict, cores: int | None) -> CpuUse:
+        other = point.get("other_cpu_cores") or 0.0
+        return cls(point.get("client_cpu_cores") or 0.0, point.get("server_cpu_cores"), other, cores)
+
+    @property
+    def saturated(self) -> bool:
+        if self.server is None or not self.cores:
+            return False
+        return self.generator + self.server + self.other >= SATURATED_SHARE * self.cores
+
+    def describe(self, system: str) -> str:
+        if self.server is None:
+            return f"{system}: the server's CPU use was not measured (not a local process): contention unknown."
+        total = self.generator + self.server + self.other
+        state = (
+            "CPU-bound, so the load generator's cycles came out of the server's"
+            if self.saturated
+            else "not CPU-bound, so the limit lies elsewhere (queues, batching)"
+        )
+        return (
+            f"{system}: load generator {self.generator:.2f} + server {self.server:.2f} + rest {self.other:.2f} = "
+            f"{total:.2f} of {self.cores or UNKNOWN} usable cores: {state}."
+        )
 
 
 def find_point(results: dict, workload: str, *, generator: str, level: float, system: str = "triton") -> dict | None:
@@ -98,9 +170,14 @@ def _p(point: dict | None, key: str) -> float | None:
     return point["latency"][key] if point else None
 
 
-def evaluate(results: dict, levels) -> list[Target]:
-    """Every target of the suite (levels: aisle.benchmarks.suite.TargetLevels)."""
+def _seqs(ort: dict | None) -> float | None:
+    return ort["throughput_seqs"] if ort else None
+
+
+def evaluate(results: dict, levels) -> list[Goal]:
+    """Every goal of the suite (levels: aisle.benchmarks.suite.TargetLevels)."""
     c, lat = levels.throughput_concurrency, levels.latency_concurrency
+    facts = RunFacts.of(results)
     pa_query = find_point(results, "embed_query", generator="perf_analyzer", level=c)
     sdk_query = find_point(results, "embed_query", generator="python", level=c)
     eager_query = find_point(results, "embed_query", generator="python", level=c, system="eager-http")
@@ -108,76 +185,102 @@ def evaluate(results: dict, levels) -> list[Target]:
     ort_max = find_ort(results, "max", c)
     rank_lat = find_point(results, "rank", generator="perf_analyzer", level=lat)
     rank_thr = find_point(results, "rank", generator="perf_analyzer", level=c)
-    gemm = results["machine"]["gemm_gflops"]
+    machine = results["machine"]
     gflops = pa_query["extra"].get("encoder_useful_gflops") if pa_query else None
     shares = results.get("query_tokens", {}).get("bucket_share", {})
+    versus_eager = {"Triton": sdk_query, "eager": eager_query}
 
-    def explain_eager() -> str:
-        return _eager_note(sdk_query, eager_query, shares)
+    def eager_note() -> str:
+        return _eager_note(sdk_query, eager_query, shares, facts)
 
-    targets = []
-    t = Target(
-        f"embed_query throughput, Triton (perf_analyzer) / raw ORT (batch {c}), concurrency {c}",
-        _ratio(_thr(pa_query), ort_buckets["throughput_seqs"] if ort_buckets else None),
-        0.80,
-        "ratio",
-        ">=",
-    )
-    targets.append(_with_note(t, lambda: _ort_gap_note(pa_query, ort_buckets), Triton=pa_query, ORT=ort_buckets))
-    t = Target(
-        f"embed_query throughput, Triton / eager HF HTTP server (same Python load generator), concurrency {c}",
-        _ratio(_thr(sdk_query), _thr(eager_query)),
-        4.0,
-        "x",
-        ">=",
-    )
-    targets.append(_with_note(t, explain_eager, Triton=sdk_query, eager=eager_query))
-    t = Target(
-        f"embed_query p99, Triton / eager HF HTTP server, concurrency {c} (below 1 = Triton lower)",
-        _ratio(_p(sdk_query, "p99_ms"), _p(eager_query, "p99_ms")),
-        1.0,
-        "ratio",
-        "<=",
-    )
-    targets.append(_with_note(t, explain_eager, Triton=sdk_query, eager=eager_query))
-    t = Target(
-        f"length buckets vs pad-to-max, raw ORT throughput at batch {c}",
-        _ratio(
-            ort_buckets["throughput_seqs"] if ort_buckets else None, ort_max["throughput_seqs"] if ort_max else None
+    def rank_note(point: dict | None) -> Callable[[], str]:
+        return lambda: _rank_note(point, facts)
+
+    # (goal, its diagnosis, the measurements it rests on), in report order.
+    checks: list[tuple[Goal, Callable[[], str], dict[str, dict | None]]] = [
+        (
+            Goal(
+                f"embed_query throughput, Triton (perf_analyzer) / raw ORT (batch {c}), concurrency {c}",
+                _ratio(_thr(pa_query), _seqs(ort_buckets)),
+                0.80,
+                "ratio",
+                ">=",
+            ),
+            lambda: _ort_gap_note(pa_query, ort_buckets, facts),
+            {"Triton": pa_query, "ORT": ort_buckets},
         ),
-        10.0,
-        "x",
-        ">=",
-    )
-    targets.append(_with_note(t, lambda: _bucket_note(ort_buckets, ort_max), buckets=ort_buckets, padded=ort_max))
-    for key, goal in (("p50_ms", 5.0), ("p99_ms", 15.0)):
-        t = Target(f"rank (100 candidates) {key[:3]}, concurrency {lat}", _p(rank_lat, key), goal, "ms", "<=")
-        targets.append(_with_note(t, lambda: _rank_note(rank_lat), rank=rank_lat))
-    t = Target(f"rank (100 candidates) throughput, concurrency {c}", _thr(rank_thr), 250.0, "req/s", ">=")
-    targets.append(_with_note(t, lambda: _rank_note(rank_thr), rank=rank_thr))
-    t = Target(
-        f"query encoder GFLOP/s inside Triton (real tokens) / fp32 GEMM rate, concurrency {c}",
-        _ratio(gflops, gemm),
-        0.60,
-        "fraction",
-        ">=",
-    )
-    machine = results["machine"]
-    targets.append(_with_note(t, lambda: _gflops_note(pa_query, gemm), Triton=pa_query, GEMM=machine))
-    return targets
+        (
+            Goal(
+                f"embed_query throughput, Triton / eager HF HTTP server (same Python load generator), concurrency {c}",
+                _ratio(_thr(sdk_query), _thr(eager_query)),
+                4.0,
+                "x",
+                ">=",
+            ),
+            eager_note,
+            versus_eager,
+        ),
+        (
+            Goal(
+                f"embed_query p99, Triton / eager HF HTTP server, concurrency {c} (below 1 = Triton lower)",
+                _ratio(_p(sdk_query, "p99_ms"), _p(eager_query, "p99_ms")),
+                1.0,
+                "ratio",
+                "<=",
+            ),
+            eager_note,
+            versus_eager,
+        ),
+        (
+            Goal(
+                f"length buckets vs pad-to-max, raw ORT throughput at batch {c}",
+                _ratio(_seqs(ort_buckets), _seqs(ort_max)),
+                10.0,
+                "x",
+                ">=",
+            ),
+            lambda: _bucket_note(ort_buckets, ort_max),
+            {"buckets": ort_buckets, "padded": ort_max},
+        ),
+        *(
+            (
+                Goal(f"rank (100 candidates) {key[:3]}, concurrency {lat}", _p(rank_lat, key), goal, "ms", "<="),
+                rank_note(rank_lat),
+                {"rank": rank_lat},
+            )
+            for key, goal in (("p50_ms", 5.0), ("p99_ms", 15.0))
+        ),
+        (
+            Goal(f"rank (100 candidates) throughput, concurrency {c}", _thr(rank_thr), 250.0, "req/s", ">="),
+            rank_note(rank_thr),
+            {"rank": rank_thr},
+        ),
+        (
+            Goal(
+                f"query encoder GFLOP/s inside Triton (real tokens) / fp32 GEMM rate, concurrency {c}",
+                _ratio(gflops, machine["gemm_gflops"]),
+                0.60,
+                "fraction",
+                ">=",
+            ),
+            lambda: _gflops_note(pa_query, machine["gemm_gflops"], facts),
+            {"Triton": pa_query, "GEMM": machine},
+        ),
+    ]
+    return [_with_note(goal, explain, measurements) for goal, explain, measurements in checks]
 
 
-def _with_note(target: Target, explain: Callable[[], str], **measurements: dict | None) -> Target:
-    """Attach the diagnosis (failed targets) and a contention warning (any target measured under load)."""
-    if target.passed is None:
-        return replace(target, note="not measured (see failures in results.json)")
-    parts = [explain()] if target.passed is False else []
+def _with_note(goal: Goal, explain: Callable[[], str], measurements: dict[str, dict | None]) -> Goal:
+    """Attach the diagnosis (failed goals) and a contention warning (any goal measured under load)."""
+    if goal.passed is None:
+        return replace(goal, note="not measured (see failures in results.json)")
+    parts = [explain()] if goal.passed is False else []
     parts.append(_contention(measurements))
-    return replace(target, note=" ".join(p for p in parts if p))
+    return replace(goal, note=" ".join(p for p in parts if p))
 
 
 def _contention(measurements: dict[str, dict | None]) -> str:
-    """A warning when other processes took CPU while the target's inputs were measured."""
+    """A warning when other processes took CPU while the goal's inputs were measured."""
     others = {name: m.get("other_cpu_cores") for name, m in measurements.items() if m}
     loaded = {name: cores for name, cores in others.items() if cores is not None and cores > CONTENTION_CORES}
     if not loaded:
@@ -205,86 +308,152 @@ def _step(point: dict | None, model: str) -> dict | None:
     return next((s for s in (point or {}).get("steps", []) if s["model"] == model), None)
 
 
-def _ort_gap_note(point: dict | None, ort: dict | None) -> str:
+def _busy_ms(step: dict) -> float:
+    return step["queue_ms"] + step["compute_ms"]
+
+
+def _fixes(*candidates: tuple[bool, str]) -> str:
+    """The fixes whose measured cause is present, as one sentence."""
+    chosen = [fix for applies, fix in candidates if applies]
+    return f"Fix: {'; '.join(chosen)}." if chosen else ""
+
+
+#: The fix for a query encoder measured in a Python-backend stub.
+NATIVE_ENCODER = "serve the encoder on a native backend (a target rendering it for onnxruntime or TensorRT)"
+#: The fix for a point measured CPU-bound with the load generator on the server's machine.
+MOVE_GENERATOR = "run the load generator on another machine"
+
+
+def _ort_gap_note(point: dict | None, ort: dict | None, facts: RunFacts) -> str:
     tokenizer, encoder = _step(point, QUERY_TOKENIZER), _step(point, QUERY_ENCODER)
-    detail = profile(point)
-    hops = ""
+    parts = [f"Profile: {profile(point)}."]
     if tokenizer and encoder and ort:
-        hops = (
-            f" Raw ORT needs {ort['latency']['p50_ms']:.2f} ms per batch of {ort['batch_size']}; Triton's encoder ran "
-            f"batches of {encoder['mean_batch']:.1f} and the tokenizer step adds "
-            f"{tokenizer['queue_ms'] + tokenizer['compute_ms']:.2f} ms per request."
+        parts.append(
+            f"Raw ORT needs {ort['latency']['p50_ms']:.2f} ms per batch of {ort['batch_size']}; Triton's encoder ran "
+            f"batches of {encoder['mean_batch']:.1f} and the tokenizer step adds {_busy_ms(tokenizer):.2f} ms per "
+            "request."
         )
-    return (
-        f"Profile: {detail}.{hops} The embedded target pays a Python-backend hop per step (tokenizer, encoder: "
-        "shared-memory copies and a Python execute() each), the dynamic batcher's queue delay, and the load "
-        "generator and tokenizer compete with the encoder for the same 2 cores. Fix: serve the encoder with "
-        "the onnxruntime or tensorrt target (no stub hop), run the load generator on another machine, and "
-        "give the tokenizer its own core (or tokenize in the client)."
+    if facts.python_encoder:
+        parts.append(
+            f"On {facts.served()} each encoder batch also crosses to a stub process (shared-memory copies and a "
+            "Python execute()), which raw ORT does not."
+        )
+    cpu = CpuUse.of(point, facts.cores) if point else None
+    if cpu:
+        parts.append(cpu.describe("Triton"))
+    small_batches = bool(encoder and ort and encoder["mean_batch"] < SMALL_BATCH_SHARE * ort["batch_size"])
+    slow_tokenizer = bool(tokenizer and encoder and _busy_ms(tokenizer) >= TOKENIZER_SHARE * _busy_ms(encoder))
+    parts.append(
+        _fixes(
+            (facts.python_encoder, NATIVE_ENCODER),
+            (small_batches, "let the encoder fill larger batches (a longer max_queue_delay_us under load)"),
+            (bool(cpu and cpu.saturated), MOVE_GENERATOR),
+            (slow_tokenizer, "tokenize in the client or give the tokenizer its own instances"),
+        )
     )
+    return " ".join(p for p in parts if p)
 
 
-def _eager_note(triton: dict | None, eager: dict | None, bucket_share: dict[str, float]) -> str:
+def _eager_note(triton: dict | None, eager: dict | None, bucket_share: dict[str, float], facts: RunFacts) -> str:
     encoder = _step(triton, QUERY_ENCODER)
-    batching = ""
-    if encoder:
+    parts = [f"Triton on {facts.served()}: {profile(triton)}. Eager: {profile(eager)}."]
+    small_batches = bool(encoder and triton and encoder["mean_batch"] < SMALL_BATCH_SHARE * triton["level"])
+    if encoder and triton:
         shares = ", ".join(f"{share:.0%} in bucket {bucket}" for bucket, share in bucket_share.items())
-        batching = (
-            f" Triton's encoder ran batches of only {encoder['mean_batch']:.1f}: the dynamic batcher merges "
-            f"same-bucket requests only ({shares}) and the encoder stub competes with the tokenizer stub and the "
-            "generator for the cores."
+        parts.append(
+            f"Triton's encoder ran batches of {encoder['mean_batch']:.1f} at concurrency {triton['level']:g}; the "
+            "dynamic batcher merges same-bucket requests only" + (f" ({shares})." if shares else ".")
         )
-    return (
-        f"Triton: {profile(triton)}. Eager: {profile(eager)}.{batching} Both servers, and the Python load "
-        "generator, share the 2 cores; Triton's gain comes from batching, which needs idle cores for the "
-        "batched encoder. Fix: run the generator on another machine; use the onnxruntime/tensorrt target to "
-        "drop the Python stubs; let the encoder wait longer for same-bucket batches under load."
+    cpus = [CpuUse.of(point, facts.cores) for point in (triton, eager) if point]
+    parts += [cpu.describe(system) for cpu, system in zip(cpus, ("Triton", "eager"))]
+    parts.append(
+        _fixes(
+            (any(cpu.saturated for cpu in cpus), MOVE_GENERATOR),
+            (facts.python_encoder, NATIVE_ENCODER),
+            (small_batches, "let the encoder wait longer for same-bucket batches under load"),
+        )
     )
+    return " ".join(p for p in parts if p)
 
 
 def _bucket_note(buckets: dict | None, padded: dict | None) -> str:
     if not buckets or not padded:
         return "not measured"
     token_ratio = padded["mean_padded_tokens"] / buckets["mean_padded_tokens"]
+    slower = buckets["executed_gflops"] < padded["executed_gflops"]
     return (
         f"Queries average {buckets['mean_tokens']:.1f} real tokens; buckets pad them to "
         f"{buckets['mean_padded_tokens']:.1f}, pad-to-max to {padded['mean_padded_tokens']:.0f} "
         f"({token_ratio:.1f}x the tokens). Executed GFLOP/s: buckets {buckets['executed_gflops']:.0f}, padded "
-        f"{padded['executed_gflops']:.0f}: the short bucketed batches are small matrix products that run further "
-        "below the machine's GEMM rate than the long padded ones, which eats part of the token saving. Fix: "
-        "larger same-bucket batches (more concurrency or a longer queue delay for short buckets) or ragged "
+        f"{padded['executed_gflops']:.0f}"
+        + (
+            ": the short bucketed batches run further below the machine's GEMM rate than the long padded ones, "
+            "which eats part of the token saving."
+            if slower
+            else "."
+        )
+        + " Fix: larger same-bucket batches (more concurrency or a longer queue delay for short buckets) or ragged "
         "batching (no padding at all)."
     )
 
 
-def _rank_note(point: dict | None) -> str:
+def _rank_note(point: dict | None, facts: RunFacts) -> str:
+    steps = (point or {}).get("steps", [])
     store, head = _step(point, ITEM_STORE), _step(point, FUSION_HEAD)
-    models = [s["model"] for s in (point or {}).get("steps", [])]
-    unbatched = ""
+    parts = [f"Profile: {profile(point)}."]
     if store and head and store["mean_batch"] < head["mean_batch"]:
-        unbatched = (
-            f" item_store ran batches of {store['mean_batch']:.1f} vs {head['mean_batch']:.1f} for the head: "
+        parts.append(
+            f"item_store ran batches of {store['mean_batch']:.1f} vs {head['mean_batch']:.1f} for the head: "
             "histories of different lengths (dims [-1]) never share a batch, so its requests queue "
             f"({store['queue_ms']:.2f} ms); padding histories to a few length buckets would let them merge."
         )
-    return (
-        f"Profile: {profile(point)}.{unbatched} rank is {len(models)} steps ({', '.join(models)}), "
-        "each a Python-backend hop with its own batcher queue delay; on 2 shared cores the "
-        "query encoder dominates. Fix: serve the encoder and head with onnxruntime/tensorrt (no stub hops), "
-        "shorten max_queue_delay_us at low load, and run the load generator elsewhere."
+    slowest = max(steps, key=_busy_ms, default=None)
+    queued = sum(s["queue_ms"] for s in steps)
+    computing = sum(s["compute_ms"] for s in steps)
+    if slowest:
+        parts.append(
+            f"rank is {len(steps)} steps ({', '.join(s['model'] for s in steps)}); the slowest is {slowest['model']} "
+            f"({_busy_ms(slowest):.2f} of {queued + computing:.2f} ms), and requests spent {queued:.2f} ms queued "
+            f"vs {computing:.2f} ms computing."
+        )
+    cpu = CpuUse.of(point, facts.cores) if point else None
+    if cpu:
+        parts.append(cpu.describe("rank"))
+    encoder_first = bool(slowest and slowest["model"] == QUERY_ENCODER and facts.python_encoder)
+    parts.append(
+        _fixes(
+            (encoder_first, NATIVE_ENCODER),
+            (
+                queued > computing,
+                "shorter max_queue_delay_us where load is low, or more instances of the most queued step",
+            ),
+            (bool(cpu and cpu.saturated), MOVE_GENERATOR),
+        )
     )
+    return " ".join(p for p in parts if p)
 
 
-def _gflops_note(point: dict | None, gemm: float) -> str:
+def _gflops_note(point: dict | None, gemm: float, facts: RunFacts) -> str:
     encoder = _step(point, QUERY_ENCODER)
     if not point or not encoder:
         return "not measured"
     useful = point["extra"].get("encoder_useful_gflops", float("nan"))
     executed = point["extra"].get("encoder_executed_gflops", float("nan"))
-    return (
-        f"The encoder achieved {useful:.0f} GFLOP/s on real tokens, {executed:.0f} counting bucket padding, vs "
-        f"{gemm:.0f} GFLOP/s fp32 GEMM; mean batch {encoder['mean_batch']:.1f}. Small batches of short sequences "
-        "are matrix-vector-like (memory bound), the tokenizer stub and the load generator take cores while the "
-        "encoder runs, and bucket padding is wasted work. Fix: larger batches (more concurrency or queue "
-        "delay), ragged batching, a dedicated core budget for the encoder."
+    padding = 1 - useful / executed if executed else 0.0
+    cpu = CpuUse.of(point, facts.cores)
+    small_batches = encoder["mean_batch"] < SMALL_BATCH_SHARE * point["level"]
+    return " ".join(
+        p
+        for p in (
+            f"The encoder achieved {useful:.0f} GFLOP/s on real tokens, {executed:.0f} counting bucket padding "
+            f"({padding:.0%} of the executed work is padding), vs {gemm:.0f} GFLOP/s fp32 GEMM; mean batch "
+            f"{encoder['mean_batch']:.1f} at concurrency {point['level']:g}.",
+            cpu.describe("Triton"),
+            _fixes(
+                (small_batches, "larger batches (more concurrency or queue delay)"),
+                (padding > PADDING_SHARE, "ragged batching (no padding)"),
+                (cpu.saturated, "keep the encoder's cores free of the load generator and the tokenizer"),
+            ),
+        )
+        if p
     )

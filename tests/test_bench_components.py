@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from aisle.benchmarks.errors import BenchmarkError, PerfAnalyzerError
-from aisle.benchmarks.load import LoadConfig, closed_loop, open_loop
+from aisle.benchmarks.load import LoadConfig, closed_loop, open_loop, single_pass
 from aisle.benchmarks.workloads import WorkloadConfig, build_workloads
 from aisle.schema import CANDIDATE_IDS, MAX_HISTORY, QUERY, USER_HISTORY_IDS, build_schema
 
@@ -102,6 +102,18 @@ def test_open_loop_measures_poisson_arrivals_without_errors() -> None:
     assert point.mode == "rate" and point.level == 200.0
     assert point.errors == 0 and point.requests > 0
     assert math.isfinite(point.latency.p99_ms)
+
+
+def test_single_pass_sends_each_request_exactly_once() -> None:
+    sent: list[int] = []
+
+    async def record(request: dict) -> None:
+        await asyncio.sleep(0.001)
+        sent.append(request["n"])
+
+    point = asyncio.run(single_pass(record, [{"n": n} for n in range(25)], 4, workload="w"))
+    assert sorted(sent) == list(range(25)) and point.requests == 25 and point.errors == 0
+    assert point.mode == "concurrency" and point.level == 4 and not point.stable
 
 
 def test_load_config_rejects_more_min_windows_than_max() -> None:
@@ -371,6 +383,33 @@ def test_targets_report_measured_ratios_and_explain_each_failure() -> None:
     assert gflops.measured == pytest.approx(0.5) and gflops.passed is False and "50 GFLOP/s" in gflops.note
 
 
+def _failed_notes(results: dict) -> str:
+    from aisle.benchmarks.suite import TargetLevels
+    from aisle.benchmarks.targets import evaluate
+
+    return " ".join(goal.note for goal in evaluate(results, TargetLevels(16, 4)) if goal.passed is False)
+
+
+def test_notes_blame_the_python_encoder_and_shared_cores_only_where_measured() -> None:
+    from aisle.benchmarks.targets import MOVE_GENERATOR, NATIVE_ENCODER
+
+    local = _failed_notes(_results())  # embedded target, 1.8 of 2 cores busy
+    assert "the embedded target (query encoder on the python backend)" in local
+    assert "1.80 of 2 usable cores: CPU-bound" in local and NATIVE_ENCODER in local and MOVE_GENERATOR in local
+
+    results = _results()
+    results["environment"].update(target="tensorrt", encoder_backend="tensorrt_plan", cpus_usable=16)
+    for point in results["points"]:
+        point["server_cpu_cores"] = None  # a remote server: its process is not on this machine
+    remote = _failed_notes(results)
+    assert "the tensorrt target (query encoder on the tensorrt_plan backend)" in remote
+    assert "contention unknown" in remote and "CPU-bound" not in remote
+    assert NATIVE_ENCODER not in remote and MOVE_GENERATOR not in remote and "stub" not in remote
+
+    del results["environment"]["target"]
+    assert "the unknown target" in _failed_notes(results)
+
+
 def test_a_target_without_its_measurement_is_reported_not_measured() -> None:
     from aisle.benchmarks.suite import TargetLevels
     from aisle.benchmarks.targets import evaluate
@@ -398,3 +437,14 @@ def test_report_writes_summary_json_csv_markdown_and_plots(tmp_path: Path) -> No
     assert paths["points_csv"].read_text().count("\n") == 1 + len(results["points"])
     text = paths["markdown"].read_text()
     assert "| FAIL |" in text and "| PASS |" in text and "share the same cores" in text
+
+
+def test_report_says_the_cores_were_shared_only_when_the_server_ran_here() -> None:
+    from aisle.benchmarks.report import markdown
+
+    results = _results()
+    results["targets"] = []
+    for point in results["points"]:
+        point["server_cpu_cores"] = None
+    text = markdown(results)
+    assert "share the same cores" not in text and "server (embedded target) ran outside this machine's view" in text

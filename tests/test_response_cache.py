@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from aisle.model_repository.measure import cache_hits
+from aisle.benchmarks.server_stats import cache_hits
 from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
 from aisle.schema import EMBED_QUERY, EMBEDDING, QUERY, QUERY_ENCODER, build_schema
 

@@ -146,30 +146,6 @@ def test_aisle_serve_drains_in_flight_requests_and_exits_zero_on_sigterm(embedde
     assert not re.search(r"has \d+ in-flight inferences", log)
 
 
-def test_measurement_helpers_report_every_call_against_the_server(triton_server, tiny_data: Path) -> None:
-    from aisle.data.format import load_dataset
-    from aisle.export.repo_format import MODEL_VERSION, RepoManifest
-    from aisle.model_repository.measure import bucket_vs_padding, latencies
-    from aisle.schema import ITEM_TOKENIZER
-
-    dataset = load_dataset(tiny_data)
-    stats = latencies(
-        triton_server.grpc_url, [q.text for q in dataset.queries], [i.item_id for i in dataset.items], iterations=3
-    )
-    assert {s.count for s in stats.values()} == {3}
-    repo = Path(triton_server.config.repo)
-    report = bucket_vs_padding(
-        triton_server.grpc_url,
-        [item.text() for item in dataset.items[:8]],
-        repo / ITEM_TOKENIZER / MODEL_VERSION,
-        RepoManifest.load(repo).limits.item_buckets,
-        concurrency=2,
-    )
-    assert sum(report["bucket_share"].values()) == pytest.approx(1.0)
-    assert report["single_text_requests/buckets"]["requests"] == 8
-    assert report["batch64_requests/pad_to_max"]["requests"] == 1
-
-
 def test_aisle_serve_refuses_a_repository_rendered_for_the_ngc_image(tmp_path: Path, capsys) -> None:
     from aisle.cli import main
     from aisle.export.repo_format import RepoManifest
