@@ -347,11 +347,11 @@ ENCODER_MAX_BATCH = 64
 RANK_MAX_BATCH = 8
 
 # Queue delays, from the queue-delay sweep (`python -m aisle.benchmarks.studies queue-delay`) on the
-# small shop (2 CPU cores, embedded target; measured with the sweep's earlier loop): the python steps (tokenizers, item store, validator, profile, head) gain nothing from waiting for
-# company: rank at delay 0 vs 500 us, alone p50 9.6 vs 13.7 ms, at concurrency 8 179 vs 156 req/s.
-# Under load they still batch what queued while they ran. The encoders do gain: embed_query at
-# concurrency 8 took 186 req/s at delay 0 and 204-218 at 500-2000 us (alone p50 8.3 -> 9.0 ms at
-# 1000 us).
+# small shop (2 CPU cores, embedded target; measured with the sweep's earlier loop): the python steps
+# (tokenizers, item store, validator, profile, head) gain nothing from waiting for company: rank at
+# delay 0 vs 500 us, alone p50 9.6 vs 13.7 ms, at concurrency 8 179 vs 156 req/s. Under load they
+# still batch what queued while they ran. The encoders do gain: embed_query at concurrency 8 took
+# 186 req/s at delay 0 and 204-218 at 500-2000 us (alone p50 8.3 -> 9.0 ms at 1000 us).
 TEXT_BATCHING = Batching(ENCODER_MAX_BATCH, max_queue_delay_us=0)
 ENCODER_BATCHING = Batching(ENCODER_MAX_BATCH, max_queue_delay_us=1000)
 RANK_BATCHING = Batching(RANK_MAX_BATCH, max_queue_delay_us=0)
