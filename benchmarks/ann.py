@@ -43,6 +43,9 @@ ITEMS_PER_LINE = 50
 LINE_NOISE = 1.0
 ITEM_NOISE = 0.75
 RECALL_AT = 100
+#: How much faster IVF must answer to count as beating exact search: a margin over the noise of a
+#: shared machine, and a price for what exact search gives for free (exact results, no build, no file).
+CROSSOVER_SPEEDUP = 2.0
 RESULT_JSON = "ann.json"
 RESULT_PLOT = "ann.png"
 #: Selectivities (share of rows a filter allows) tried on the largest catalog.
@@ -178,9 +181,10 @@ def _filtered(
 
 
 def crossover(results: list[dict], target_recall: float) -> int | None:
-    """Smallest measured size from which IVF, meeting the recall target, answers faster than exact."""
+    """Smallest measured size from which IVF, meeting the recall target, is CROSSOVER_SPEEDUP x faster."""
     for r in results:
-        if r["ivf"]["qps_batch1"] > r["exact"]["qps_batch1"] and r["ivf"]["recall_at_100"] >= target_recall:
+        faster = r["ivf"]["qps_batch1"] >= CROSSOVER_SPEEDUP * r["exact"]["qps_batch1"]
+        if faster and r["ivf"]["recall_at_100"] >= target_recall:
             return int(r["items"])
     return None
 
@@ -294,7 +298,7 @@ def main(argv: list[str] | None = None) -> None:
             f"recall@100 {ivf['recall_at_100']:.3f} nprobe {ivf['params']['nprobe']}/{ivf['params']['nlist']} "
             f"build {ivf['build_s']:.1f} s +{ivf['rss_delta_mb']:.0f} MiB"
         )
-    print(f"crossover (ivf faster than exact from): {document['crossover_items']}")
+    print(f"crossover (ivf {CROSSOVER_SPEEDUP:g}x faster than exact from): {document['crossover_items']}")
 
 
 if __name__ == "__main__":
