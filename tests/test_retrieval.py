@@ -158,6 +158,8 @@ def test_a_valid_filter_that_matches_nothing_is_an_empty_mask(attributes: ItemAt
         ({"min_price": "5"}, "min_price", "'5'"),
         ({"exclude_ids": (3, -4)}, "exclude_ids", "-4"),
         ({"exclude_ids": (1.5,)}, "exclude_ids", "1.5"),
+        ({"brands": "Nike"}, "brands", "'Nike'"),
+        ({"exclude_brands": (3,)}, "exclude_brands", "3"),
     ],
 )
 def test_invalid_filters_name_the_field_and_value(kwargs: dict, field: str, value: str) -> None:

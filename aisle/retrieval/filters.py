@@ -51,7 +51,14 @@ class Filters:
             # "" is how a wire format says "no category": the same as None.
             object.__setattr__(self, "category", parse_category(self.category) or None)
         for name in ("brands", "exclude_brands", "exclude_ids"):
-            object.__setattr__(self, name, tuple(getattr(self, name)))
+            value = getattr(self, name)
+            if isinstance(value, (str, bytes)):
+                raise FilterError(name, value, "must be a sequence of values, not one string")
+            object.__setattr__(self, name, tuple(value))
+        for name in ("brands", "exclude_brands"):
+            for brand in getattr(self, name):
+                if not isinstance(brand, str):
+                    raise FilterError(name, brand, "brand names are strings")
         for name in ("min_price", "max_price"):
             value = getattr(self, name)
             if value is None:

@@ -10,12 +10,15 @@ Neither index copies the catalog's embeddings: ExactIndex reads the served catal
 the ANN index keeps a reference to it for its exact fallback (faiss holds its own copy of the
 vectors inside the index, the price of its memory layout).
 
-Why IVF-Flat rather than HNSW (measured by `python -m aisle.benchmarks.ann`, see ANN_MIN_ITEMS):
+Why IVF-Flat rather than HNSW (measured by `python -m aisle.benchmarks.ann`, see ANN_MIN_ITEMS;
+at 50k items HNSW M=32 built in 30.0 s vs IVF 7.8 s, answered 314 vs 721 q/s at k=300, recall@100
+0.997 vs 1.000, RSS +73 vs +38 MiB; at 10k 5.6 vs 1.9 s, 516 vs 544 q/s):
 - build: IVF trains k-means on a sample and appends vectors to lists; HNSW inserts every vector
-  into a graph, several times slower on 2 cores and the difference grows with the catalog;
-- filtering: IVF with an IDSelector scans the probed lists and skips masked rows, so a filter
-  costs nothing extra and recall holds; HNSW with a selector still walks masked nodes and, with a
-  selective filter, its bounded beam ends with fewer than k allowed results;
+  into a graph, several times slower on 2 cores, and 1M items took IVF 141 s already;
+- filtering: IVF with an IDSelector scans the probed lists and skips masked rows, and widening
+  nprobe by N / allowed keeps recall@100 at 0.94-1.00 from 3k to 500k allowed rows of 1M (lowest,
+  0.936, near 30k: hence the exact path up to EXACT_FALLBACK_ROWS); HNSW with a selector still walks
+  masked nodes, a known cause of lost recall under selective filters (not measured here);
 - memory: IVF-Flat adds 8 bytes per vector (ids) to the vectors; HNSW adds 2*M links per vector.
 Both return exact inner products of the stored (flat) vectors, so their scores equal the exact
 index's for the rows they find. HNSW stays available (`kind="hnsw"`) for comparison.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -45,22 +48,31 @@ HNSW = "hnsw"
 KINDS = (EXACT, IVF, HNSW)
 
 #: Catalogs of at least this many items get the ANN index by default; below it exact search wins.
-#: From `python -m aisle.benchmarks.ann --out artifacts/ann` (2 shared CPU cores, see its JSON):
-#: MEASURED_CROSSOVER_PLACEHOLDER
-ANN_MIN_ITEMS = 100_000
+#: `python -m aisle.benchmarks.ann --out artifacts/ann --sizes 2000 5000 10000 50000 200000 1000000`
+#: (2 CPU cores shared with 4 busy processes, so disturbed; k=300, batch 1, IVF at its defaults,
+#: recall@100 1.000 at every size): exact vs IVF queries/s 1305 vs 1895 at 2k, 269 vs 404 at 5k,
+#: 114 vs 544 at 10k, 45 vs 721 at 50k, 14 vs 904 at 200k, 2.5 vs 398 at 1M. IVF's C++ scan beats
+#: numpy's product even on tiny catalogs, but by 1.5x (noise here) until 10k, where it is 4.8x:
+#: the threshold asks for 2x (benchmarks/ann.py CROSSOVER_SPEEDUP), since exact search has exact
+#: results, no build and no index file for free.
+ANN_MIN_ITEMS = 10_000
 
-#: A filtered query whose mask allows at most this many rows searches those rows exactly: a
-#: gather plus a [B, rows] product costs less than probing an index that skips almost everything,
-#: and it is exact. MEASURED_FALLBACK_PLACEHOLDER
-EXACT_FALLBACK_ROWS = 20_000
+#: A filtered query whose mask allows at most this many rows searches those rows exactly. Same run,
+#: 1M catalog, random masks, IVF widened by N / allowed: at 10k allowed rows exact 98 q/s vs IVF 92
+#: (recall@100 0.969), at 30k exact 32 q/s vs IVF 143 but IVF recall only 0.936, at 100k IVF 189 q/s
+#: at recall 1.000 vs exact 5.7. Recall decides: up to 30k rows, exact.
+EXACT_FALLBACK_ROWS = 30_000
 
 #: IVF cells per catalog: nlist ~ 2 * sqrt(N) as a power of two (2048 at 1M; faiss suggests 4-16
 #: sqrt(N) for billion-scale sets, where scanning a list costs more than choosing it), with enough
 #: training points per cell (faiss wants >= 39). Fewer cells keep k-means affordable on 2 cores.
 IVF_CELLS_PER_SQRT_N = 2
 IVF_TRAIN_POINTS_PER_CELL = 64
-#: Share of the cells probed per query; set so recall@100 >= 0.95 on the benchmark's 1M catalog.
-IVF_PROBE_SHARE = 1 / 64
+#: Catalog rows an IVF query scans (nprobe = this / rows per cell, at most nlist). Measured need
+#: for recall@100 >= 0.95 (same run, its nprobe sweeps): 16 probes at 10k and 50k items (~1.0k and
+#: 1.6k rows), 8 at 200k (1.6k rows: 0.980), 4 at 1M (2.0k rows: 0.985). 4096 rows keeps a 2x
+#: margin for real embeddings, less clustered than generated ones (1M: 9 probes, recall 1.000).
+IVF_SCAN_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -105,11 +117,12 @@ class IndexParams:
 
 
 def ivf_params(catalog_size: int) -> IndexParams:
-    """IVF-Flat parameters for a catalog: cells from its size, probes from IVF_PROBE_SHARE."""
+    """IVF-Flat parameters for a catalog: cells from its size, probes to scan IVF_SCAN_ROWS rows."""
     target = IVF_CELLS_PER_SQRT_N * math.sqrt(max(catalog_size, 1))
     nlist = 2 ** round(math.log2(target))
     nlist = max(1, min(nlist, catalog_size // IVF_TRAIN_POINTS_PER_CELL))
-    return IndexParams(kind=IVF, nlist=nlist, nprobe=max(1, math.ceil(nlist * IVF_PROBE_SHARE)))
+    nprobe = min(nlist, math.ceil(IVF_SCAN_ROWS * nlist / max(catalog_size, 1)))
+    return IndexParams(kind=IVF, nlist=nlist, nprobe=max(1, nprobe))
 
 
 def choose_index(catalog_size: int, override: str | None = None) -> IndexParams:
@@ -124,7 +137,17 @@ def choose_index(catalog_size: int, override: str | None = None) -> IndexParams:
     raise RetrievalError(f"index kind={kind!r} is not one of {KINDS}")
 
 
+def _faiss() -> Any:
+    """faiss, imported on first use (exact-only callers never load it), typed loosely: its bundled
+    stubs lack the SWIG conveniences used here (SearchParameters keywords, IDSelectorBitmap(array))."""
+    import faiss
+
+    return faiss
+
+
 class RetrievalIndex(Protocol):
+    """What every index answers (see the module docstring); callers hold this, not a class."""
+
     params: IndexParams
 
     def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]: ...
@@ -206,13 +229,13 @@ class FaissIndex:
     filter widens the search by N / allowed (more IVF probes, a wider HNSW beam).
     """
 
-    def __init__(self, index: object, embeddings: np.ndarray, params: IndexParams) -> None:
+    def __init__(self, index: Any, embeddings: np.ndarray, params: IndexParams) -> None:
         if params.kind == EXACT:
             raise RetrievalError("FaissIndex needs an ANN kind (ivf or hnsw), got 'exact'")
         n, d = embeddings.shape
-        if index.ntotal != n or index.d != d:  # type: ignore[attr-defined]
+        if index.ntotal != n or index.d != d:
             raise RetrievalError(
-                f"faiss index holds {index.ntotal} vectors of dim {index.d}, "  # type: ignore[attr-defined]
+                f"faiss index holds {index.ntotal} vectors of dim {index.d}, "
                 f"the catalog {n} of dim {d}: rebuild the index for this catalog"
             )
         self.index = index
@@ -224,8 +247,7 @@ class FaissIndex:
 
     @classmethod
     def build(cls, embeddings: np.ndarray, params: IndexParams, *, seed: int = 0) -> FaissIndex:
-        import faiss
-
+        faiss = _faiss()
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         n, d = embeddings.shape
         if params.kind == IVF:
@@ -241,35 +263,32 @@ class FaissIndex:
         return cls(index, embeddings, params)
 
     def save(self, path: Path) -> None:
-        import faiss
-
+        faiss = _faiss()
         faiss.write_index(self.index, str(path))
 
     @classmethod
     def load(cls, path: Path, embeddings: np.ndarray, params: IndexParams) -> FaissIndex:
-        import faiss
-
+        faiss = _faiss()
         if not Path(path).is_file():
             raise RetrievalError(f"{path}: index file not found")
         return cls(faiss.read_index(str(path)), embeddings, params)
 
     def _search_params(self, selector: object | None, widen: float) -> object:
         """faiss search parameters; `widen` (N / allowed rows) scales the probes a filter thins out."""
-        import faiss
-
+        faiss = _faiss()
         if self.params.kind == IVF:
             nprobe = min(self.params.nlist, math.ceil(self.params.nprobe * widen))
             return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
         return faiss.SearchParametersHNSW(sel=selector, efSearch=math.ceil(self.params.ef_search * widen))
 
     def _ann(self, queries: np.ndarray, k: int, mask: np.ndarray | None, allowed: int) -> tuple[np.ndarray, np.ndarray]:
-        import faiss
-
+        faiss = _faiss()
         # A filter allowing a share s of the rows leaves ~s of each probed list: probing 1/s times
-        # as many lists keeps the number of allowed candidates, and so the recall, about constant.
+        # as many lists keeps the number of allowed candidates scanned about constant. Recall still
+        # dips for mid-selective filters (their top-k reaches further out): see EXACT_FALLBACK_ROWS.
         selector = None if mask is None else faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
         search_params = self._search_params(selector, len(self.embeddings) / max(allowed, 1))
-        scores, rows = self.index.search(queries, k, params=search_params)  # type: ignore[attr-defined]
+        scores, rows = self.index.search(queries, k, params=search_params)
         found = rows >= 0
         return np.where(found, rows, PAD_ROW).astype(np.int64), np.where(found, scores, PAD_SCORE).astype(np.float32)
 
@@ -311,14 +330,14 @@ class FaissIndex:
         return rows, scores
 
 
-def build_index(embeddings: np.ndarray, params: IndexParams) -> ExactIndex | FaissIndex:
+def build_index(embeddings: np.ndarray, params: IndexParams) -> RetrievalIndex:
     """The index `params` describe, over the catalog's embeddings (exact needs no build)."""
     if params.kind == EXACT:
         return ExactIndex(embeddings, params)
     return FaissIndex.build(embeddings, params)
 
 
-def load_index(path: Path, embeddings: np.ndarray, params: IndexParams) -> ExactIndex | FaissIndex:
+def load_index(path: Path, embeddings: np.ndarray, params: IndexParams) -> RetrievalIndex:
     """The index saved at `path` (FaissIndex.save) over these embeddings; exact reads no file."""
     if params.kind == EXACT:
         return ExactIndex(embeddings, params)
