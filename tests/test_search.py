@@ -1,0 +1,214 @@
+"""Whole-catalog search and recommendation, served: a real tritonserver on the tiny shop.
+
+The tiny catalog (300 items) is smaller than retrieval_depth, so every allowed item is a
+candidate and a filtered search must return exactly min(top_k, allowed) items.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from aisle.cli import main as aisle_main
+from aisle.client import AisleClient, Filters, InvalidInputError
+from aisle.data.format import ITEMS, Item, read_items
+from aisle.export.repo_format import RepoManifest
+from aisle.model_repository.server import TritonServer
+from aisle.retrieval.attributes import category_path
+from aisle.schema import (
+    BRANDS,
+    CATEGORY,
+    EXCLUDE_BRANDS,
+    EXCLUDE_IDS,
+    ITEM_IDS,
+    PRICE_RANGE,
+    QUERY,
+    SEARCH,
+    TOP_K,
+    USER_HISTORY_IDS,
+)
+
+pytestmark = pytest.mark.server
+
+QUERIES = ["running shoes", "", "waterproof hiking jacket", "coffee grinder"]
+
+
+@pytest.fixture(scope="module")
+def items(tiny_data: Path) -> dict[int, Item]:
+    return {item.item_id: item for item in read_items(tiny_data / ITEMS)}
+
+
+@pytest.fixture(scope="module")
+def client(triton_server: TritonServer) -> Iterator[AisleClient]:
+    with AisleClient(triton_server.grpc_url) as client:
+        yield client
+
+
+def allows(filters: Filters, item: Item) -> bool:
+    """The filter policy, item by item (what the vectorised mask must agree with)."""
+    path = category_path(item.category)
+    return (
+        (filters.category is None or path == filters.category or path.startswith(filters.category + " > "))
+        and (not filters.brands or item.brand in filters.brands)
+        and item.brand not in filters.exclude_brands
+        and (filters.min_price is None or item.price >= filters.min_price)
+        and (filters.max_price is None or item.price <= filters.max_price)
+        and item.item_id not in filters.exclude_ids
+    )
+
+
+def test_search_returns_top_k_catalog_items_best_first(client: AisleClient, items: dict[int, Item]) -> None:
+    result = client.search("running shoes", top_k=7)
+    assert len(result) == 7 and len(set(result.ids.tolist())) == 7
+    assert set(result.ids.tolist()) <= set(items)
+    assert np.all(np.diff(result.scores) <= 0)
+
+
+@st.composite
+def filters_strategy(draw: st.DrawFn, items: dict[int, Item]) -> Filters:
+    catalog = list(items.values())
+    prefixes = sorted({" > ".join(i.category[:d]) for i in catalog for d in range(1, len(i.category) + 1)})
+    brands = sorted({i.brand for i in catalog})
+    prices = sorted(i.price for i in catalog)
+    low = draw(st.none() | st.sampled_from(prices))
+    high = draw(st.none() | st.sampled_from([p for p in prices if low is None or p >= low]))
+    return Filters(
+        category=draw(st.none() | st.sampled_from(prefixes)),
+        brands=tuple(draw(st.lists(st.sampled_from(brands), max_size=3, unique=True))),
+        exclude_brands=tuple(draw(st.lists(st.sampled_from(brands), max_size=3, unique=True))),
+        min_price=low,
+        max_price=high,
+        exclude_ids=tuple(draw(st.lists(st.sampled_from(sorted(items)), max_size=20, unique=True))),
+    )
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_every_result_honours_every_filter_and_narrow_filters_still_fill_top_k(
+    client: AisleClient, items: dict[int, Item], data: st.DataObject
+) -> None:
+    filters = data.draw(filters_strategy(items))
+    query = data.draw(st.sampled_from(QUERIES))
+    history = data.draw(st.lists(st.sampled_from(sorted(items)), max_size=3))
+    top_k = data.draw(st.integers(1, 40))
+    result = client.search(query, user_history_ids=history, top_k=top_k, filters=filters)
+    allowed = [item for item in items.values() if allows(filters, item)]
+    assert len(result) == min(top_k, len(allowed))
+    assert all(allows(filters, items[int(i)]) for i in result.ids)
+    assert not set(result.ids.tolist()) & set(filters.exclude_ids)
+    assert np.all(np.diff(result.scores) <= 0)
+
+
+def test_a_filter_that_matches_nothing_is_an_empty_result(client: AisleClient, items: dict[int, Item]) -> None:
+    cheapest = min(item.price for item in items.values())
+    result = client.search("shoes", filters=Filters(max_price=cheapest / 2))
+    assert len(result) == 0 and result.scores.dtype == np.float32
+
+
+def test_recommend_without_history_returns_popular_items_ranked(client: AisleClient) -> None:
+    first, second = client.recommend([], top_k=10), client.recommend([], top_k=10)
+    assert len(first) == 10
+    np.testing.assert_array_equal(first.ids, second.ids)
+
+
+def test_an_unknown_brand_names_the_tensor_and_suggests_close_names(
+    client: AisleClient, items: dict[int, Item]
+) -> None:
+    brand = next(iter(items.values())).brand
+    with pytest.raises(InvalidInputError, match=rf"{BRANDS}: .*{brand[:-1]}.*{brand}"):
+        client.search("shoes", filters=Filters(brands=(brand[:-1],)))
+
+
+def search_inputs(**overrides: np.ndarray) -> dict[str, np.ndarray]:
+    arrays = {
+        QUERY: np.array([[b"running shoes"]], object),
+        USER_HISTORY_IDS: np.zeros((1, 0), np.int64),
+        TOP_K: np.array([[5]], np.int64),
+        CATEGORY: np.array([[b""]], object),
+        BRANDS: np.zeros((1, 0), object),
+        EXCLUDE_BRANDS: np.zeros((1, 0), object),
+        PRICE_RANGE: np.full((1, 2), np.nan, np.float32),
+        EXCLUDE_IDS: np.zeros((1, 0), np.int64),
+    }
+    return {**arrays, **overrides}
+
+
+def raw_search(server: TritonServer, arrays: dict[str, np.ndarray]) -> np.ndarray:
+    inputs = []
+    for name, array in arrays.items():
+        infer_input = grpcclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        infer_input.set_data_from_numpy(array)
+        inputs.append(infer_input)
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw:
+        return raw.infer(SEARCH, inputs).as_numpy(ITEM_IDS)
+
+
+BAD_SEARCHES = {
+    "top-k-zero": ({TOP_K: np.array([[0]], np.int64)}, TOP_K, "0"),
+    "top-k-above-max": ({TOP_K: np.array([[101]], np.int64)}, TOP_K, "max_results=100"),
+    "unknown-history": ({USER_HISTORY_IDS: np.array([[987654]], np.int64)}, USER_HISTORY_IDS, "987654"),
+    "negative-history": ({USER_HISTORY_IDS: np.array([[-3]], np.int64)}, USER_HISTORY_IDS, "-3"),
+    "min-above-max": ({PRICE_RANGE: np.array([[50, 10]], np.float32)}, PRICE_RANGE, "50"),
+    "infinite-price": ({PRICE_RANGE: np.array([[np.inf, np.nan]], np.float32)}, PRICE_RANGE, "inf"),
+    "negative-price": ({PRICE_RANGE: np.array([[-1, np.nan]], np.float32)}, PRICE_RANGE, "-1"),
+    "unknown-category": ({CATEGORY: np.array([[b"Shoez"]], object)}, CATEGORY, "Shoez"),
+    "negative-excluded-id": ({EXCLUDE_IDS: np.array([[4, -7]], np.int64)}, EXCLUDE_IDS, "-7"),
+    "too-many-excluded-ids": ({EXCLUDE_IDS: np.arange(1001, dtype=np.int64)[None]}, EXCLUDE_IDS, "1001"),
+    "brand-not-utf8": ({EXCLUDE_BRANDS: np.array([[b"\xc3("]], object)}, EXCLUDE_BRANDS, "UTF-8"),
+    "too-many-brands": ({BRANDS: np.array([[b"x"] * 101], object)}, BRANDS, "max_filter_brands=100"),
+}
+
+
+@pytest.mark.parametrize(("overrides", "tensor", "value"), BAD_SEARCHES.values(), ids=BAD_SEARCHES.keys())
+def test_bad_search_is_invalid_argument_naming_the_tensor(
+    triton_server: TritonServer, overrides: dict, tensor: str, value: str
+) -> None:
+    with pytest.raises(InferenceServerException) as caught:
+        raw_search(triton_server, search_inputs(**overrides))
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert tensor in caught.value.message() and value in caught.value.message(), caught.value.message()
+
+
+def test_a_burst_of_bad_searches_leaves_the_server_ready_with_nothing_in_flight(triton_server: TritonServer) -> None:
+    for overrides, _, _ in list(BAD_SEARCHES.values()) * 3:
+        with pytest.raises(InferenceServerException):
+            raw_search(triton_server, search_inputs(**overrides))
+    assert len(raw_search(triton_server, search_inputs())[0]) == 5
+    with grpcclient.InferenceServerClient(triton_server.grpc_url) as raw:
+        assert raw.is_server_ready() and raw.is_model_ready(SEARCH)
+        stats = raw.get_inference_statistics(SEARCH, as_json=True)["model_stats"][0]
+    # Every request that entered the ensemble has left it, successful or failed.
+    counts = stats["inference_stats"]
+    assert int(counts["success"]["count"]) + int(counts["fail"]["count"]) == int(stats.get("inference_count", 0)) + int(
+        counts["fail"]["count"]
+    )
+
+
+def test_the_client_refuses_what_the_server_limits_before_sending(client: AisleClient) -> None:
+    with pytest.raises(InvalidInputError, match="top_k: 101 entries, more than the server's max_results=100"):
+        client.search("shoes", top_k=101)
+    with pytest.raises(InvalidInputError, match="filters.exclude_ids: 1001 entries"):
+        client.search("shoes", filters=Filters(exclude_ids=tuple(range(1001))))
+
+
+def test_search_and_recommend_cli_print_titles_brands_and_prices(
+    triton_server: TritonServer, tiny_data: Path, items: dict[int, Item], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = ["--url", triton_server.grpc_url, "--data", str(tiny_data)]
+    assert aisle_main(["search", "running shoes", "--top-k", "3", "--max-price", "1000000", *url]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and "title | brand | category | price" in lines[0]
+    item = items[int(lines[1].split()[1])]
+    assert item.title in lines[1] and item.brand in lines[1] and f"{item.price:.2f}" in lines[1]
+    history = ",".join(str(i) for i in sorted(items)[:3])
+    assert aisle_main(["recommend", "--history", history, "--top-k", "2", "--json", *url]) == 0
+    assert len(__import__("json").loads(capsys.readouterr().out)["results"]) == 2
+    assert math.isfinite(RepoManifest.load(triton_server.config.repo).catalog_items)
