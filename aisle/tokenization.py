@@ -40,15 +40,6 @@ class Bucketing:
                 return bucket
         return self.max_length
 
-    def row_buckets(self, mask: np.ndarray) -> np.ndarray:
-        """Each row's bucket: the smallest that holds its masked tokens (what serving pads it to).
-
-        Blank texts have an all-zero mask but still two special tokens; the smallest bucket (>= 2 by
-        construction) always holds them, so the mask alone decides the width.
-        """
-        lengths = np.minimum(mask.sum(axis=1), self.max_length)
-        return np.asarray(self.buckets)[np.searchsorted(self.buckets, lengths)]
-
 
 def load_tokenizer(model_dir: str | Path, max_length: int) -> Tokenizer:
     """Load the fast tokenizer of a Hugging Face model directory, truncating, never padding.

@@ -63,7 +63,9 @@ class BatchTokenizer:
         for request_texts in texts:
             rows = slice(start, start + len(request_texts))
             start = rows.stop
-            width = int(self.bucketing.row_buckets(mask[rows]).max(initial=self.bucketing.buckets[0]))
+            # Blank texts have an all-zero mask but still two special tokens; the smallest bucket
+            # (>= 2 by construction) always holds them, so the mask alone decides the width.
+            width = self.bucketing.bucket_for(int(mask[rows].sum(axis=1).max(initial=0)))
             results.append({INPUT_IDS: ids[rows, :width], ATTENTION_MASK: mask[rows, :width]})
         return merge(outcomes, valid, results)
 

@@ -27,18 +27,37 @@ def test_onnx_catalog_equals_the_pytorch_item_tower_within_1e_5(
     schema = Manifest.load(serving_checkpoint).schema()
     items = load_dataset(tiny_data).items
     graph = onnx_dir / graph_file(ITEM_ENCODER)
-    # A batch of 5 splits every bucket into several runs; the texts must span several buckets.
+    # A batch of 5 splits the commoner lengths into several runs; the texts must span several lengths.
     catalog = compute_catalog(schema, serving_checkpoint, graph, items, batch_size=5, progress=False)
     checkpoint = load_checkpoint(serving_checkpoint)
     tokenizer = load_tokenizer(checkpoint.item_dir, schema.item_buckets[-1])
     bucketing = Bucketing(schema.item_buckets)
     texts = [item.text() for item in items]
-    assert len(np.unique(bucketing.row_buckets(encode_batch(tokenizer, texts, bucketing)[1]))) > 1
+    assert len(np.unique(encode_batch(tokenizer, texts, bucketing)[1].sum(axis=1))) > 5
+    # The PyTorch reference pads each batch of 64 to a bucket: padding must not matter.
     torch_embeddings = embed_texts(checkpoint.item_tower, tokenizer, texts, bucketing).numpy()
     order = np.argsort([item.item_id for item in items])
     assert catalog.item_ids.tolist() == sorted(item.item_id for item in items)
     assert np.abs(catalog.embeddings - torch_embeddings[order]).max() <= 1e-5
     np.testing.assert_array_equal(catalog.features, np.array([item.features() for item in items], np.float32)[order])
+
+
+def test_blank_short_and_truncated_texts_embed_as_the_pytorch_tower_does(
+    serving_checkpoint: Path, onnx_dir: Path
+) -> None:
+    from aisle.export.catalog import embed_item_texts
+    from aisle.modeling.loading import embed_texts, load_checkpoint
+    from aisle.tokenization import Bucketing, load_tokenizer
+
+    schema = Manifest.load(serving_checkpoint).schema()
+    texts = ["", "   ", "x", "trail shoe", "waterproof hiking boot " * 80]  # blank, short, cut at max length
+    graph = onnx_dir / graph_file(ITEM_ENCODER)
+    onnx = embed_item_texts(schema, serving_checkpoint, graph, texts, batch_size=2, progress=False)
+    checkpoint = load_checkpoint(serving_checkpoint)
+    tokenizer = load_tokenizer(checkpoint.item_dir, schema.item_buckets[-1])
+    reference = embed_texts(checkpoint.item_tower, tokenizer, texts, Bucketing(schema.item_buckets)).numpy()
+    assert not onnx[:2].any(), "blank texts embed to the zero vector"
+    assert np.abs(onnx - reference).max() <= 1e-5
 
 
 def _catalog_argv(checkpoint: Path, data: Path, onnx_dir: Path, out: Path) -> list[str]:
