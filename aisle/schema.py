@@ -184,14 +184,6 @@ class Role(str, Enum):
     ENSEMBLE = "ensemble"
 
 
-class Target(str, Enum):
-    """Where a rendered repository runs."""
-
-    TENSORRT = "tensorrt"  # NGC image: TensorRT FP16 plans on GPU
-    ONNXRUNTIME = "onnxruntime"  # NGC image: onnxruntime backend, CPU or GPU
-    EMBEDDED = "embedded"  # nvidia-pytriton's tritonserver: python backend only
-
-
 @dataclass(frozen=True)
 class TensorDecl:
     """One tensor. `dims` excludes the batch dimension when the model batches; -1 is variable."""
@@ -212,7 +204,6 @@ class Batching:
 
     max_batch_size: int
     max_queue_delay_us: int | None = None
-    preferred_batch_sizes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -224,7 +215,6 @@ class ModelDecl:
     inputs: tuple[TensorDecl, ...]
     outputs: tuple[TensorDecl, ...]
     batching: Batching
-    instance_count: int = 1
     #: Free-form parameters rendered into config.pbtxt `parameters` (e.g. which tokenizer to load).
     parameters: tuple[tuple[str, str], ...] = ()
     #: Let Triton's response cache answer a repeated request (same input tensors) without running

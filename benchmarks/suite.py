@@ -35,15 +35,6 @@ from aisle.schema import EMBED_QUERY, QUERY, QUERY_ENCODER, Schema
 #: Versions recorded with every result.
 PACKAGES = ("aisle", "numpy", "onnxruntime", "torch", "transformers", "tokenizers", "tritonclient", "nvidia-pytriton")
 
-#: The query encoder's backend (or platform) in the served config -> the aisle target it implies.
-ENCODER_TARGETS = {
-    "python": "embedded",
-    "onnxruntime": "onnxruntime",
-    "onnxruntime_onnx": "onnxruntime",
-    "tensorrt": "tensorrt",
-    "tensorrt_plan": "tensorrt",
-}
-
 
 @dataclass(frozen=True)
 class TargetLevels:
@@ -124,10 +115,13 @@ def _versions() -> dict[str, str]:
 
 
 def _served_target(triton) -> dict[str, str]:
-    """Server version and how the query encoder is served (backend/platform), asked from the server."""
+    """Server version and how the query encoder is served (backend/platform), asked from the server;
+    the target is the one whose encoders run on that backend (aisle.export.targets)."""
+    from aisle.export.targets import served_by
+
     config = triton.get_model_config(QUERY_ENCODER, as_json=True)["config"]
     backend = config.get("backend") or config.get("platform", "")
-    target = ENCODER_TARGETS.get(backend, backend)
+    target = served_by(backend) or backend
     return {"server_version": triton.get_server_metadata().version, "encoder_backend": backend, "target": target}
 
 

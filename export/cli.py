@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from aisle.export import repo_cli
+from aisle.export import catalog_cli, repo_cli
 from aisle.export.graphs import GRAPH_MODELS, Variant
 from aisle.export.tensorrt_build import DEFAULT_WORKSPACE_MIB
 from aisle.export.tolerances import TOP_K, TOWER_GATES
@@ -21,12 +21,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="export a checkpoint: ONNX graphs (parity-gated), TensorRT engines, Triton repositories",
         description="Export a trained checkpoint for serving. `onnx` writes the graphs and proves them equal to "
         "PyTorch on the dataset's real texts; `check` re-runs that proof on existing graphs; `trt` builds "
-        "TensorRT FP16 engines (or prints the trtexec commands); `repo` renders a Triton model repository.",
+        "TensorRT FP16 engines (or prints the trtexec commands); `catalog` embeds the items with the item graph; "
+        "`repo` renders a Triton model repository.",
     )
     group = parser.add_subparsers(dest="export_command", required=True, metavar="EXPORT_COMMAND")
     _register_onnx(group)
     _register_check(group)
     _register_trt(group)
+    catalog_cli.register(group)
     repo_cli.register(group)
 
 

@@ -12,12 +12,19 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from aisle.export.targets import servable_by_aisle_serve
+
     parser = subparsers.add_parser(
         "serve",
         help="serve a rendered embedded repository with the tritonserver of nvidia-pytriton",
         description="Start tritonserver on 127.0.0.1, wait until ready, serve until SIGINT/SIGTERM.",
     )
-    parser.add_argument("--repo", type=Path, required=True, help="repository rendered with --target embedded")
+    parser.add_argument(
+        "--repo",
+        type=Path,
+        required=True,
+        help=f"repository rendered with --target {'|'.join(servable_by_aisle_serve())}",
+    )
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--metrics-port", type=int, default=8002)
@@ -36,15 +43,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from aisle.export.repo_format import RepoManifest
+    from aisle.export.targets import servable_by_aisle_serve, target_class
     from aisle.model_repository.errors import ServingError
     from aisle.model_repository.server import ServerConfig, serve_until_signalled
-    from aisle.schema import Target
 
-    target = RepoManifest.load(args.repo).target
-    if target != Target.EMBEDDED.value:
+    target = target_class(RepoManifest.load(args.repo).target)
+    if not target.SERVES_EMBEDDED:
         raise ServingError(
-            f"{args.repo}: rendered for target={target}, which needs the NGC tritonserver image "
-            f"(its onnxruntime/tensorrt backends); render with --target embedded for `aisle serve`"
+            f"{args.repo}: rendered for target={target.NAME}, which needs a tritonserver with the "
+            f"{target.GRAPH_RUNTIME.backend} backend (e.g. the NGC image), not the python-only one of `aisle serve`; "
+            f"render with --target {'|'.join(servable_by_aisle_serve())} for `aisle serve`"
         )
 
     config = ServerConfig(

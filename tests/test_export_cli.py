@@ -94,7 +94,7 @@ def test_export_refuses_a_missing_dataset(serving_checkpoint: Path, tmp_path: Pa
     assert "nowhere: dataset directory not found" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["onnx", "check", "trt"])
+@pytest.mark.parametrize("command", ["onnx", "check", "trt", "catalog", "repo"])
 def test_every_export_option_is_explained_in_help(command: str) -> None:
     export = next(a for a in build_parser()._subparsers._actions if a.choices and "export" in a.choices)
     group = next(a for a in export.choices["export"]._subparsers._actions if a.choices)

@@ -9,10 +9,11 @@ from tritonclient.grpc import model_config_pb2 as pb
 from aisle.errors import ExportError
 from aisle.export.repo_format import GRAPH_FILE, MODEL_VERSION, TOKENIZER_FILE, Catalog, RepoManifest
 from aisle.export.repository import write_models
+from aisle.export.targets import RenderTarget, target_named
+from aisle.export.targets.tensorrt import START_SCRIPT, write_start_script
 from aisle.export.triton_config import (
     CONFIG_FILE,
     GRAPH_ROLES,
-    RenderOptions,
     read_config,
     render_configs,
     write_config,
@@ -24,25 +25,24 @@ from aisle.schema import (
     Role,
     Schema,
     ServingLimits,
-    Target,
     TensorDecl,
     build_schema,
 )
 
 SCHEMA = build_schema(384)
-ALL_OPTIONS = [
-    RenderOptions(Target.TENSORRT),
-    RenderOptions(Target.ONNXRUNTIME),
-    RenderOptions(Target.ONNXRUNTIME, gpu=True, trt_accelerator=True),
-    RenderOptions(Target.EMBEDDED),
+ALL_TARGETS = [
+    target_named("tensorrt"),
+    target_named("onnxruntime"),
+    target_named("onnxruntime", gpu=True, trt_accelerator=True),
+    target_named("embedded"),
 ]
-OPTION_IDS = ["tensorrt", "onnxruntime-cpu", "onnxruntime-gpu-trt", "embedded"]
+TARGET_IDS = ["tensorrt", "onnxruntime-cpu", "onnxruntime-gpu-trt", "embedded"]
 
 
-def written_and_parsed(options: RenderOptions, tmp_path: Path) -> dict[str, pb.ModelConfig]:
+def written_and_parsed(target: RenderTarget, tmp_path: Path) -> dict[str, pb.ModelConfig]:
     """Every config written as config.pbtxt and parsed back by protobuf's text_format."""
     parsed = {}
-    for name, config in render_configs(SCHEMA, options).items():
+    for name, config in render_configs(SCHEMA, target).items():
         (tmp_path / name).mkdir()
         write_config(config, tmp_path / name)
         parsed[name] = read_config(tmp_path / name)
@@ -55,9 +55,9 @@ def assert_tensors(actual, declared: tuple[TensorDecl, ...]) -> None:
     ]
 
 
-@pytest.mark.parametrize("options", ALL_OPTIONS, ids=OPTION_IDS)
-def test_every_model_config_parses_and_matches_its_declaration(options: RenderOptions, tmp_path: Path) -> None:
-    configs = written_and_parsed(options, tmp_path)
+@pytest.mark.parametrize("target", ALL_TARGETS, ids=TARGET_IDS)
+def test_every_model_config_parses_and_matches_its_declaration(target: RenderTarget, tmp_path: Path) -> None:
+    configs = written_and_parsed(target, tmp_path)
     assert set(configs) == {m.name for m in SCHEMA.models} | {e.name for e in SCHEMA.ensembles}
     for decl in SCHEMA.models:
         config = configs[decl.name]
@@ -74,9 +74,9 @@ def test_every_model_config_parses_and_matches_its_declaration(options: RenderOp
         assert config.response_cache.enable == decl.response_cache, decl.name
 
 
-@pytest.mark.parametrize("options", ALL_OPTIONS, ids=OPTION_IDS)
-def test_every_ensemble_config_wires_the_declared_steps(options: RenderOptions, tmp_path: Path) -> None:
-    configs = written_and_parsed(options, tmp_path)
+@pytest.mark.parametrize("target", ALL_TARGETS, ids=TARGET_IDS)
+def test_every_ensemble_config_wires_the_declared_steps(target: RenderTarget, tmp_path: Path) -> None:
+    configs = written_and_parsed(target, tmp_path)
     for decl in SCHEMA.ensembles:
         config = configs[decl.name]
         assert config.platform == "ensemble"
@@ -123,19 +123,19 @@ def test_multi_step_ensembles_take_their_inputs_only_in_a_python_first_step() ->
 
 
 @pytest.mark.parametrize(
-    ("options", "graph_platform", "graph_kind"),
+    ("target", "graph_platform", "graph_kind"),
     [
-        (RenderOptions(Target.TENSORRT), "tensorrt_plan", pb.ModelInstanceGroup.KIND_GPU),
-        (RenderOptions(Target.ONNXRUNTIME), "onnxruntime_onnx", pb.ModelInstanceGroup.KIND_CPU),
-        (RenderOptions(Target.ONNXRUNTIME, gpu=True), "onnxruntime_onnx", pb.ModelInstanceGroup.KIND_GPU),
-        (RenderOptions(Target.EMBEDDED), "", pb.ModelInstanceGroup.KIND_CPU),
+        (target_named("tensorrt"), "tensorrt_plan", pb.ModelInstanceGroup.KIND_GPU),
+        (target_named("onnxruntime"), "onnxruntime_onnx", pb.ModelInstanceGroup.KIND_CPU),
+        (target_named("onnxruntime", gpu=True), "onnxruntime_onnx", pb.ModelInstanceGroup.KIND_GPU),
+        (target_named("embedded"), "", pb.ModelInstanceGroup.KIND_CPU),
     ],
     ids=["tensorrt", "onnxruntime-cpu", "onnxruntime-gpu", "embedded"],
 )
 def test_graph_models_run_on_the_target_backend_and_the_rest_in_python(
-    options: RenderOptions, graph_platform: str, graph_kind: int
+    target: RenderTarget, graph_platform: str, graph_kind: int
 ) -> None:
-    configs = render_configs(SCHEMA, options)
+    configs = render_configs(SCHEMA, target)
     for decl in SCHEMA.models:
         config = configs[decl.name]
         if decl.role in GRAPH_ROLES and graph_platform:
@@ -147,24 +147,24 @@ def test_graph_models_run_on_the_target_backend_and_the_rest_in_python(
 
 
 def test_only_the_onnxruntime_gpu_target_asks_for_the_tensorrt_execution_accelerator() -> None:
-    for options in ALL_OPTIONS:
-        for config in render_configs(SCHEMA, options).values():
+    for target in ALL_TARGETS:
+        for config in render_configs(SCHEMA, target).values():
             accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
-            if options.trt_accelerator and config.platform == "onnxruntime_onnx":
+            if getattr(target, "trt_accelerator", False) and config.platform == "onnxruntime_onnx":
                 assert [(a.name, a.parameters["precision_mode"]) for a in accelerators] == [("tensorrt", "FP16")]
             else:
                 assert not accelerators
 
 
-@pytest.mark.parametrize("options", ALL_OPTIONS, ids=OPTION_IDS)
-def test_warmup_covers_every_bucket_and_a_rank_sized_head_request_at_max_batch_on_gpu(options: RenderOptions) -> None:
-    configs = render_configs(SCHEMA, options)
-    batches = (1, 64) if options.graphs_on_gpu else (1,)
+@pytest.mark.parametrize("target", ALL_TARGETS, ids=TARGET_IDS)
+def test_warmup_covers_every_bucket_and_a_rank_sized_head_request_at_max_batch_on_gpu(target: RenderTarget) -> None:
+    configs = render_configs(SCHEMA, target)
+    batches = (1, 64) if target.graphs_on_gpu else (1,)
     for name, buckets in ((QUERY_ENCODER, SCHEMA.limits.query_buckets), (ITEM_ENCODER, SCHEMA.limits.item_buckets)):
         warmed = {(w.batch_size, tuple(w.inputs["INPUT_IDS"].dims)) for w in configs[name].model_warmup}
         assert warmed == {(batch, (bucket,)) for bucket in buckets for batch in batches}
     head = configs["fusion_head"].model_warmup
-    assert {w.batch_size for w in head} == ({1, 8} if options.graphs_on_gpu else {1})
+    assert {w.batch_size for w in head} == ({1, 8} if target.graphs_on_gpu else {1})
     assert all(list(w.inputs["ITEM_FEATURES"].dims) == [100, 4] for w in head)
     for decl in SCHEMA.models:
         assert bool(configs[decl.name].model_warmup) == (decl.role in GRAPH_ROLES)
@@ -174,16 +174,6 @@ def test_encoder_buckets_follow_the_tokenizer_feeding_the_encoder() -> None:
     schema = build_schema(384, ServingLimits(query_buckets=(4, 12), item_buckets=(24, 48)))
     assert schema.encoder_buckets(QUERY_ENCODER) == (4, 12)
     assert schema.encoder_buckets(ITEM_ENCODER) == (24, 48)
-
-
-@pytest.mark.parametrize(
-    "kwargs",
-    [{"target": Target.TENSORRT, "gpu": True}, {"target": Target.ONNXRUNTIME, "trt_accelerator": True}],
-    ids=["gpu-on-tensorrt", "trt-accelerator-without-gpu"],
-)
-def test_render_options_reject_combinations_that_mean_nothing(kwargs: dict) -> None:
-    with pytest.raises(ExportError):
-        RenderOptions(**kwargs)
 
 
 def test_read_config_names_the_file_of_an_invalid_config(tmp_path: Path) -> None:
@@ -201,17 +191,17 @@ def synthetic_catalog(schema: Schema) -> Catalog:
     )
 
 
-@pytest.mark.parametrize("options", ALL_OPTIONS, ids=OPTION_IDS)
+@pytest.mark.parametrize("target", ALL_TARGETS, ids=TARGET_IDS)
 def test_written_repository_holds_each_models_files_for_its_target(
-    options: RenderOptions, serving_checkpoint: Path, onnx_dir: Path, tmp_path: Path
+    target: RenderTarget, serving_checkpoint: Path, onnx_dir: Path, tmp_path: Path
 ) -> None:
     from aisle.export.graphs import graph_file
 
     graphs = {m.name: onnx_dir / graph_file(m.name) for m in SCHEMA.models if m.role in GRAPH_ROLES}
-    write_models(SCHEMA, options, tmp_path, serving_checkpoint, graphs, synthetic_catalog(SCHEMA))
+    write_models(SCHEMA, target, tmp_path, serving_checkpoint, graphs, synthetic_catalog(SCHEMA))
     for decl in SCHEMA.models:
         version = tmp_path / decl.name / MODEL_VERSION
-        python = decl.role not in GRAPH_ROLES or options.target is Target.EMBEDDED
+        python = decl.role not in GRAPH_ROLES or target.name == "embedded"
         assert (version / "model.py").is_file() == python, decl.name
         assert (version / GRAPH_FILE).is_file() == (decl.role in GRAPH_ROLES), decl.name
         assert (version / TOKENIZER_FILE).is_file() == (decl.role is Role.TOKENIZER), decl.name
@@ -264,13 +254,12 @@ def test_tensorrt_start_script_builds_each_engine_once_per_gpu_then_starts_trito
     import subprocess
 
     from aisle.export.graphs import graph_file
-    from aisle.export.repository import START_SCRIPT, write_start_script
     from aisle.export.tensorrt_build import derive_profiles
 
     repo, bin_dir, calls = tmp_path / "repo", tmp_path / "bin", tmp_path / "calls"
     graphs = {m.name: onnx_dir / graph_file(m.name) for m in SCHEMA.models if m.role in GRAPH_ROLES}
     repo.mkdir()
-    write_models(SCHEMA, RenderOptions(Target.TENSORRT), repo, serving_checkpoint, graphs, synthetic_catalog(SCHEMA))
+    write_models(SCHEMA, target_named("tensorrt"), repo, serving_checkpoint, graphs, synthetic_catalog(SCHEMA))
     script = write_start_script(SCHEMA, repo)
     bin_dir.mkdir()
     for name, body in FAKE_TOOLS.items():
