@@ -193,8 +193,12 @@ def test_a_peer_pooling_differently_is_caught_before_it_is_measured() -> None:
         check_agreement("short", aisle[:, :4], aisle)
 
 
+def _latency(p99: float) -> dict:
+    return {"p50_ms": p99 / 2, "p90_ms": p99, "p95_ms": p99, "p99_ms": p99, "mean_ms": p99 / 2, "count": 100}
+
+
 def _point(system: str, level: int, rps: float, p99: float) -> dict:
-    latency = {"p50_ms": p99 / 2, "p90_ms": p99, "p95_ms": p99, "p99_ms": p99, "mean_ms": p99 / 2, "count": 100}
+    latency = _latency(p99)
     return {"workload": "embed_query", "generator": "python", "mode": "concurrency", "system": system, "level": level,
             "throughput_rps": rps, "latency": latency, "errors": 0, "stable": True, "other_cpu_cores": 0.0,
             "client_cpu_cores": 0.5, "steps": []}  # fmt: skip
@@ -205,11 +209,9 @@ def _peer_results() -> dict:
     points += [_point("infinity-optimum", 1, 55, 25), _point("infinity-optimum", 4, 95, 50)]
     points += [_point("infinity-optimum", 16, 100, 200), _point("infinity-torch", 16, 60, 150)]
     library = [
-        {"system": "sentence-transformers-onnx", "batch_size": b, "throughput_seqs": s, "latency": _point("", b, s, 9)}
+        {"system": "sentence-transformers-onnx", "batch_size": b, "throughput_seqs": s, "latency": _latency(9.0)}
         for b, s in ((1, 140), (4, 200), (16, 250))
     ]
-    for run in library:
-        run["latency"] = run["latency"]["latency"]
     peers = {
         "infinity-optimum": {"version": "0.0.78", "flags": {"--pooling-method": "mean"}, "min_cosine": 1.0,
                              "status": "measured"},
