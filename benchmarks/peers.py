@@ -203,14 +203,19 @@ def infinity_server(env: PeerEnv, engine: str, folder: Path, port: int, log_path
     )
 
 
+def openai_request(texts: Sequence[str]) -> dict:
+    """An OpenAI-style /embeddings request for the served model."""
+    return {"model": SERVED_MODEL, "input": list(texts)}
+
+
 def openai_body(text: str) -> dict:
-    """One query as an OpenAI-style /embeddings request for the served model."""
-    return {"model": SERVED_MODEL, "input": [text]}
+    """One query per request: how the load generator drives every system."""
+    return openai_request([text])
 
 
 def fetch_embeddings(url: str, texts: Sequence[str], timeout_s: float = 60.0) -> np.ndarray:
     """The embeddings an OpenAI-style server returns for `texts` (one request), in input order."""
-    body = json.dumps({"model": SERVED_MODEL, "input": list(texts)}).encode()
+    body = json.dumps(openai_request(texts)).encode()
     request = urllib.request.Request(
         f"http://{url}/embeddings", data=body, headers={"Content-Type": "application/json"}
     )
