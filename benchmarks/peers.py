@@ -43,8 +43,9 @@ from aisle.schema import QUERY
 
 #: The name infinity serves the model under (requests must name it).
 SERVED_MODEL = "aisle-query-encoder"
-#: Flags every infinity engine gets: the tower pools by mean (infinity's default is CLS), on CPU.
-INFINITY_FLAGS = {"--device": "cpu", "--pooling-method": "mean"}
+#: Flags every infinity engine gets: the tower pools by mean (infinity's default is CLS), on CPU, and
+#: no per-request access log (uvicorn's default at info level; aisle's server logs none either).
+INFINITY_FLAGS = {"--device": "cpu", "--pooling-method": "mean", "--log-level": "warning"}
 #: Per-engine extras: optimum's graph optimisation call fails on optimum 2.x and falls back to the
 #: plain graph anyway, so it is switched off explicitly to make the flags say what runs.
 INFINITY_ENGINES: dict[str, dict[str, str | None]] = {"optimum": {"--onnx-disable-optimize": None}, "torch": {}}
