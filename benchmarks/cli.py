@@ -4,6 +4,8 @@ Local, CPU (starts the embedded server on REPO):
     aisle bench --repo REPO --checkpoint CKPT --data DATA --duration 10 --out DIR
 Remote, e.g. a GPU box serving the tensorrt target (baselines then run on this machine):
     aisle bench --url HOST:8001 --checkpoint CKPT --data DATA --duration 10 --out DIR
+Full runs also measure the real peers (infinity-emb's ONNX and torch engines, sentence-transformers'
+ONNX backend) on the checkpoint's query tower; their venv (--peers-venv, ~1.6 GB) is built on first use.
 """
 
 from __future__ import annotations
