@@ -51,11 +51,12 @@ class PeerEnv:
 
     @property
     def python(self) -> Path:
-        return self.path / "bin" / "python"
+        return self.bin("python")
 
     def bin(self, name: str) -> Path:
-        """An entry point installed into the venv (e.g. infinity_emb, optimum-cli)."""
-        return self.path / "bin" / name
+        """An entry point installed into the venv (e.g. infinity_emb, optimum-cli); absolute, because the
+        peers run from inside their model folder."""
+        return (self.path / "bin" / name).absolute()
 
     def wanted(self) -> dict:
         """What the stamp must say for the venv to be reused."""

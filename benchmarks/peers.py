@@ -117,14 +117,17 @@ class ServerProcess:
             raise BenchmarkError(f"{self.name}: port {self.url} is already in use; refusing to start over it")
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=self.cwd,
-                env={**os.environ, **self.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            try:
+                self.process = subprocess.Popen(
+                    self.command,
+                    cwd=self.cwd,
+                    env={**os.environ, **self.env},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                raise BenchmarkError(f"{self.name}: cannot start {self.command[0]} (cwd {self.cwd}): {e}") from e
         try:
             self._wait_ready()
         except BaseException:

@@ -119,6 +119,17 @@ def test_server_process_waits_for_readiness_and_stops_by_pid(tmp_path: Path) -> 
     assert server.process is not None and server.process.returncode is not None and not _pid_alive(pid)
 
 
+def test_a_missing_server_executable_is_a_benchmark_error_naming_it(tmp_path: Path) -> None:
+    command = [str(tmp_path / "no-venv" / "bin" / "infinity_emb"), "v2"]
+    with pytest.raises(BenchmarkError, match="cannot start .*no-venv/bin/infinity_emb"):
+        with ServerProcess("missing", command, free_port(), tmp_path / "missing.log", cwd=tmp_path):
+            pass
+
+
+def test_peer_venv_entry_points_are_absolute_so_they_run_from_the_model_folder() -> None:
+    assert PeerEnv(Path("artifacts/peers-venv")).bin("infinity_emb").is_absolute()
+
+
 def test_server_process_that_exits_early_is_reported_with_its_log(tmp_path: Path) -> None:
     command = [sys.executable, "-c", "import sys; print('cannot load model'); sys.exit(3)"]
     with pytest.raises(BenchmarkError, match="(?s)exited with 3.*cannot load model"):
