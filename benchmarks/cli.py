@@ -4,6 +4,8 @@ Local, CPU (starts the embedded server on REPO):
     aisle bench --repo REPO --checkpoint CKPT --data DATA --duration 10 --out DIR
 Remote, e.g. a GPU box serving the tensorrt target (baselines then run on this machine):
     aisle bench --url HOST:8001 --checkpoint CKPT --data DATA --duration 10 --out DIR
+Full runs also measure the real peers (infinity-emb's ONNX and torch engines, sentence-transformers'
+ONNX backend) on the checkpoint's query tower; their venv (--peers-venv, ~1.6 GB) is built on first use.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from aisle.benchmarks.peer_env import DEFAULT_VENV
+
     parser = subparsers.add_parser(
         "bench",
         help="benchmark every ensemble (perf_analyzer, SDK, baselines) and write a report",
@@ -27,6 +31,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint the server was rendered from")
     parser.add_argument("--data", type=Path, required=True, help="dataset directory the workloads are drawn from")
     parser.add_argument("--quick", action="store_true", help="concurrency 1-2 only, targets evaluated at those levels")
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        help="also measure infinity-emb and sentence-transformers (default: on, off with --quick)",
+    )
+    parser.add_argument(
+        "--peers-venv", type=Path, default=DEFAULT_VENV, help="peers venv, built on first use (default %(default)s)"
+    )
     parser.set_defaults(func=handle)
 
 
@@ -37,6 +49,7 @@ def handle(args: argparse.Namespace) -> int:
     options = dict(
         out=args.out, checkpoint=args.checkpoint, data=args.data, duration_s=args.duration, repo=args.repo, url=args.url
     )
+    options |= dict(peers_venv=args.peers_venv) | ({} if args.peers is None else dict(peers=args.peers))
     config = SuiteConfig.quick(**options) if args.quick else SuiteConfig(**options)
     results = run_suite(config)
     print(targets_table(results["targets"]))

@@ -25,6 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -143,21 +144,29 @@ class EagerServer:
                 self.process.wait()
 
 
+def eager_body(text: str) -> dict:
+    """The eager server's request body for one query."""
+    return {"text": text}
+
+
 class HttpEmbedCaller:
-    """Async HTTP/1.1 keep-alive client for the eager server: `await caller(text)` -> JSON reply.
+    """Async HTTP/1.1 keep-alive client: `await caller(text)` POSTs `body(text)` to `path` -> JSON reply.
 
     Connections are pooled so each concurrent worker reuses one, as a real client library would.
+    The same client drives the eager server and the HTTP peers (aisle.benchmarks.peers), so every
+    HTTP system pays the same client cost.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, path: str = EMBED_PATH, body: Callable[[str], dict] = eager_body) -> None:
         self.host, port = url.rsplit(":", 1)
         self.port = int(port)
+        self.path, self.body = path, body
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def __call__(self, text: str) -> dict:
         reader, writer = self._idle.pop() if self._idle else await asyncio.open_connection(self.host, self.port)
-        body = json.dumps({"text": text}).encode()
-        head = f"POST {EMBED_PATH} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+        body = json.dumps(self.body(text)).encode()
+        head = f"POST {self.path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
         writer.write(head.encode() + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         await writer.drain()
         status = (await reader.readline()).split(b" ", 2)
@@ -169,7 +178,8 @@ class HttpEmbedCaller:
         payload = await reader.readexactly(length)
         self._idle.append((reader, writer))
         if len(status) < 2 or status[1] != b"200":
-            raise BenchmarkError(f"eager server {self.host}:{self.port} answered {status!r}: {payload[:200]!r}")
+            where = f"{self.host}:{self.port}{self.path}"
+            raise BenchmarkError(f"HTTP server {where} answered {status!r}: {payload[:200]!r}")
         return json.loads(payload)
 
     async def close(self) -> None:

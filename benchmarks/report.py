@@ -108,6 +108,45 @@ def ort_table(ort: list[dict], machine: dict) -> str:
     return "\n".join(lines)
 
 
+def _flags(flags: dict) -> str:
+    return " ".join(f"`{k}`" if v is None else f"`{k} {v}`" for k, v in flags.items())
+
+
+def peers_table(results: dict) -> str:
+    """Who the peers are (version, flags, agreement with aisle) and embed_query side by side with aisle.
+
+    aisle's rows are its SDK points (the Python generator the servers get too); the library rows are
+    sentence-transformers in-process at batch = concurrency, where latency is per batch.
+    """
+    peers = results.get("peers", {})
+    lines = ["| peer | version | flags | min cosine vs aisle | status |", "| --- | --- | --- | --- | --- |"]
+    for system, info in peers.items():
+        cosine = info.get("min_cosine")
+        lines.append(
+            f"| {system} | {info.get('version', 'n/a')} | {_flags(info.get('flags', {}))} "
+            f"| {_fmt(cosine, 6)} | {info['status']} |"
+        )
+    rows = [
+        ("aisle (SDK)" if p["system"] == "triton" else p["system"], p["level"], p["throughput_rps"], p["latency"],
+         p.get("server_cpu_cores"))
+        for p in results["points"]
+        if p["workload"] == "embed_query" and p["generator"] == "python" and p["mode"] == "concurrency"
+        and (p["system"] == "triton" or p["system"] in peers)
+    ]  # fmt: skip
+    rows += [(f"{r['system']} (batch)", r["batch_size"], r["throughput_seqs"], r["latency"], None)
+             for r in results.get("peer_library", [])]  # fmt: skip
+    lines += [
+        "",
+        "| system | concurrency / batch | req/s (seq/s) | p50 ms | p99 ms | server CPU cores |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for system, level, rate, lat, cores in sorted(rows, key=lambda r: (r[1], r[0])):
+        lines.append(
+            f"| {system} | {level:g} | {rate:.1f} | {lat['p50_ms']:.2f} | {lat['p99_ms']:.2f} | {_fmt(cores)} |"
+        )
+    return "\n".join(lines)
+
+
 def _grid(plt, panels: int, columns: int = 3):
     """A figure with `panels` axes in rows of `columns`; unused axes are hidden."""
     rows = max(1, -(-panels // columns))
@@ -202,6 +241,7 @@ def markdown(results: dict) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
     notes = "\n".join(f"- **{t['name']}**: {t['note']}" for t in results["targets"] if t["note"])
     failures = "\n".join(f"- {f}" for f in results["failures"]) or "none"
+    peers = f"## Peers (same queries, same load generator)\n\n{peers_table(results)}\n" if "peers" in results else ""
     return f"""# aisle benchmark
 
 ## Targets
@@ -223,6 +263,7 @@ def markdown(results: dict) -> str:
 
 {ort_table(results["ort"], results["machine"])}
 
+{peers}
 ## Load points
 
 {points_table(results["points"])}
@@ -248,6 +289,7 @@ def write_report(results: dict, out: Path) -> dict[str, Path]:
         "breakdown_plot": out / BREAKDOWN_PLOT,
     }
     summary = {"targets": results["targets"], "environment": results["environment"], "failures": results["failures"]}
+    summary |= {key: results[key] for key in ("peers", "peer_library") if key in results}
     paths["summary"].write_text(json.dumps(summary, indent=2) + "\n")
     paths["results"].write_text(json.dumps(results, indent=2) + "\n")
     with paths["points_csv"].open("w", newline="") as handle:

@@ -29,6 +29,7 @@ from aisle.benchmarks.baselines import (
 from aisle.benchmarks.cpu import CpuMeter, find_server_pid
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import LoadConfig, LoadPoint, closed_loop, open_loop
+from aisle.benchmarks.peer_env import DEFAULT_VENV
 from aisle.benchmarks.workloads import Workload, WorkloadConfig, build_workloads
 from aisle.schema import EMBED_QUERY, QUERY, QUERY_ENCODER, Schema
 
@@ -42,6 +43,11 @@ class TargetLevels:
 
     throughput_concurrency: int = 16
     latency_concurrency: int = 4
+
+    @property
+    def query_levels(self) -> tuple[int, ...]:
+        """Closed-loop levels of aisle's SDK embed_query points, and of the peers compared with them."""
+        return tuple(sorted({1, self.latency_concurrency, self.throughput_concurrency}))
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class SuiteConfig:
     eager_torch_threads: torch intra-op threads of each eager-baseline request (see eager_server).
     graph: the query encoder ONNX graph of the raw ORT baseline; default: the one in `repo`, else
         exported from `checkpoint` into the results directory.
+    peers: also measure infinity-emb and sentence-transformers (aisle.benchmarks.peers) from the
+        venv at `peers_venv`, built on first use (~1 GB download); off in quick runs.
     """
 
     out: Path
@@ -74,6 +82,8 @@ class SuiteConfig:
     eager_torch_threads: int | None = 1
     graph: Path | None = None
     server_start_timeout_s: float = 300.0
+    peers: bool = True
+    peers_venv: Path = DEFAULT_VENV
 
     def __post_init__(self) -> None:
         if (self.url is None) == (self.repo is None):
@@ -84,7 +94,7 @@ class SuiteConfig:
     @classmethod
     def quick(cls, **kwargs) -> SuiteConfig:
         """A short run: concurrency 1-2, targets evaluated at those levels, one Poisson rate."""
-        defaults = dict(concurrencies=(1, 2), levels=TargetLevels(2, 1), rate_fractions=(0.5,))
+        defaults = dict(concurrencies=(1, 2), levels=TargetLevels(2, 1), rate_fractions=(0.5,), peers=False)
         return cls(**{**defaults, **kwargs})
 
     def load_config(self) -> LoadConfig:
@@ -334,7 +344,7 @@ async def _sdk_points(
 
     load = config.load_config()
     lv = config.levels
-    plan = [("embed_query", c) for c in sorted({1, lv.throughput_concurrency})]
+    plan = [("embed_query", c) for c in lv.query_levels]
     plan += [("rank", c) for c in sorted({lv.latency_concurrency, lv.throughput_concurrency})]
     plan += [("embed_item", 1), ("rank_cold", 1)]
     points = []
@@ -404,7 +414,7 @@ def planned_points(config: SuiteConfig) -> int:
     pa = len(config.concurrencies) + 1 + len({1, lv.throughput_concurrency})
     pa += len({1, lv.latency_concurrency, lv.throughput_concurrency}) + len({1, lv.latency_concurrency})
     pa += len(config.rate_fractions)
-    sdk = len({1, lv.throughput_concurrency}) + len({lv.latency_concurrency, lv.throughput_concurrency}) + 2 + 1
+    sdk = len(lv.query_levels) + len({lv.latency_concurrency, lv.throughput_concurrency}) + 2 + 1
     return pa + sdk + len({1, lv.throughput_concurrency})
 
 
@@ -413,6 +423,7 @@ def run_suite(config: SuiteConfig) -> dict:
     import tritonclient.grpc as grpcclient
     from tqdm import tqdm
 
+    from aisle.benchmarks.peers import aisle_reference, peer_targets, planned_steps, run_peers, suite_peer_config
     from aisle.benchmarks.perf_analyzer import locate
     from aisle.benchmarks.report import write_report
     from aisle.benchmarks.targets import evaluate
@@ -423,7 +434,9 @@ def run_suite(config: SuiteConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     schema = Manifest.load(config.checkpoint).schema()
     workloads = build_workloads(load_dataset(config.data), config.workload)
-    progress = tqdm(total=planned_points(config) + 2, desc="aisle bench", unit="step")
+    peers = suite_peer_config(config, out) if config.peers else None  # installs before anything is measured
+    peer_steps = planned_steps(peers) if peers else 0
+    progress = tqdm(total=planned_points(config) + 2 + peer_steps, desc="aisle bench", unit="step")
     analyzer = locate(config.perf_analyzer_cache)
     progress.set_postfix_str("GEMM rate")
     with CpuMeter(None) as meter:
@@ -432,7 +445,7 @@ def run_suite(config: SuiteConfig) -> dict:
     machine = {"gemm_gflops": gemm, "threads": config.threads, "other_cpu_cores": other}
     progress.update(1)
     progress.set_postfix_str("raw ORT baselines")
-    ort = ort_baselines(config, schema, workloads["embed_query"], query_graph(config, out))
+    ort = ort_baselines(config, schema, workloads["embed_query"], graph := query_graph(config, out))
     progress.update(1)
     tokens = query_tokens(config, schema, workloads["embed_query"])
     with serving(config) as url:
@@ -450,6 +463,9 @@ def run_suite(config: SuiteConfig) -> dict:
         triton.close()
     progress.set_postfix_str("eager HTTP baseline")
     eager = _eager_points(config, workloads["embed_query"], progress)
+    if peers:
+        reference = aisle_reference(graph, peers.model_dir, schema.query_buckets, config.threads)
+        peer_results = run_peers(peers, workloads["embed_query"], reference, progress)
     progress.close()
     results = {
         "environment": env,
@@ -464,6 +480,8 @@ def run_suite(config: SuiteConfig) -> dict:
         "points": [p.to_dict() for p in pa_points + sdk_points + eager],
         "failures": measurer.failures,
     }
-    results["targets"] = [t.to_dict() for t in evaluate(results, config.levels)]
+    if peers:
+        peer_results.merge_into(results)
+    results["targets"] = [t.to_dict() for t in evaluate(results, config.levels) + peer_targets(results, config.levels)]
     write_report(results, out)
     return results
