@@ -176,7 +176,8 @@ def query_graph(config: SuiteConfig, out: Path) -> Path:
 
 
 def ort_baselines(config: SuiteConfig, schema: Schema, workload: Workload, graph: Path) -> list[OrtResult]:
-    """Raw ORT on the embed_query texts: buckets at batch 1 and C, pad-to-max at batch C."""
+    """Raw ORT on the embed_query texts: buckets at each embed_query concurrency as the batch size
+    (1, 4, 16: the in-process reference of the same-concurrency goals), pad-to-max at batch C."""
     from aisle.modeling.checkpoint import QUERY_ENCODER_DIR
     from aisle.tokenization import Bucketing, load_tokenizer
 
@@ -187,11 +188,8 @@ def ort_baselines(config: SuiteConfig, schema: Schema, workload: Workload, graph
     session = ort_session(graph, config.threads)
     texts = workload.texts(QUERY)
     batch = config.levels.throughput_concurrency
-    runs = [
-        ("buckets", Bucketing(schema.limits.query_buckets), 1),
-        ("buckets", Bucketing(schema.limits.query_buckets), batch),
-        ("max", Bucketing((pad_to,)), batch),
-    ]
+    buckets = Bucketing(schema.limits.query_buckets)
+    runs = [("buckets", buckets, size) for size in config.levels.query_levels] + [("max", Bucketing((pad_to,)), batch)]
     results = []
     for padding, bucketing, size in runs:
         batches = pretokenize(texts, tokenizer, bucketing, size)

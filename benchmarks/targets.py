@@ -267,10 +267,10 @@ def evaluate(results: dict, levels) -> list[Goal]:
             {"Triton": pa_query, "GEMM": machine},
         ),
     ]
-    return [_with_note(goal, explain, measurements) for goal, explain, measurements in checks]
+    return [with_note(goal, explain, measurements) for goal, explain, measurements in checks]
 
 
-def _with_note(goal: Goal, explain: Callable[[], str], measurements: dict[str, dict | None]) -> Goal:
+def with_note(goal: Goal, explain: Callable[[], str], measurements: dict[str, dict | None]) -> Goal:
     """Attach the diagnosis (failed goals) and a contention warning (any goal measured under load)."""
     if goal.passed is None:
         return replace(goal, note="not measured (see failures in results.json)")

@@ -231,7 +231,8 @@ def _peer_results() -> dict:
         "sentence-transformers-onnx": {"version": "5.7.0", "flags": {"backend": "onnx"}, "min_cosine": 1.0,
                                        "status": "measured"},
     }  # fmt: skip
-    return {"points": points, "peer_library": library, "peers": peers}
+    ort = [{"padding": "buckets", "batch_size": b, "throughput_seqs": s} for b, s in ((1, 140), (4, 200), (16, 250))]
+    return {"points": points, "peer_library": library, "peers": peers, "ort": ort}
 
 
 def test_peer_goals_are_ratios_of_the_same_runs_points() -> None:
