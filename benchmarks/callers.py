@@ -35,7 +35,32 @@ def sdk_call(client, ensemble: str) -> Call:
             _first_text(request, s.QUERY), texts, request[s.CANDIDATE_FEATURES], request[s.USER_HISTORY_IDS]
         )
 
-    calls = {s.EMBED_QUERY: embed_query, s.EMBED_ITEM: embed_item, s.RANK: rank, s.RANK_COLD: rank_cold}
+    async def search(request: dict) -> object:
+        from aisle.client import Filters
+
+        low, high = (None if v != v else float(v) for v in request[s.PRICE_RANGE])  # NaN: open end
+        filters = Filters(
+            category=_first_text(request, s.CATEGORY),
+            brands=tuple(str(b) for b in request[s.BRANDS]),
+            exclude_brands=tuple(str(b) for b in request[s.EXCLUDE_BRANDS]),
+            min_price=low,
+            max_price=high,
+            exclude_ids=tuple(int(i) for i in request[s.EXCLUDE_IDS]),
+        )
+        return await client.search(
+            _first_text(request, s.QUERY),
+            user_history_ids=request[s.USER_HISTORY_IDS],
+            top_k=int(request[s.TOP_K][0]),
+            filters=filters,
+        )
+
+    calls = {
+        s.EMBED_QUERY: embed_query,
+        s.EMBED_ITEM: embed_item,
+        s.RANK: rank,
+        s.RANK_COLD: rank_cold,
+        s.SEARCH: search,
+    }
     if ensemble not in calls:
         raise BenchmarkError(f"no SDK call for ensemble {ensemble!r} (known: {sorted(calls)})")
     return calls[ensemble]

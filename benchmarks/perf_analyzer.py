@@ -16,6 +16,7 @@ Wheels are fetched with `pip download --no-deps` into the cache directory and un
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -163,8 +164,14 @@ def locate(cache_dir: Path | None = None, *, install: bool = True) -> PerfAnalyz
 
 
 def _tensor_json(value: np.ndarray, dtype: DType) -> dict:
-    content = [str(v) for v in value.ravel()] if dtype is DType.BYTES else value.ravel().tolist()
-    return {"content": content, "shape": list(value.shape)}
+    """One tensor of an --input-data entry. Numbers that JSON cannot spell (NaN: an open price
+    bound) travel as perf_analyzer's base64 form of the raw little-endian bytes."""
+    if dtype is DType.BYTES:
+        return {"content": [str(v) for v in value.ravel()], "shape": list(value.shape)}
+    if not np.isfinite(value).all():
+        raw = np.ascontiguousarray(value, dtype=np.dtype(dtype.numpy_name).newbyteorder("<")).tobytes()
+        return {"b64": base64.b64encode(raw).decode("ascii"), "shape": list(value.shape)}
+    return {"content": value.ravel().tolist(), "shape": list(value.shape)}
 
 
 def input_data(ensemble: EnsembleDecl, workload: Workload) -> dict:

@@ -309,6 +309,7 @@ def _perf_analyzer_points(
     plan += [("embed_item", {"concurrency": c}) for c in sorted({1, lv.throughput_concurrency})]
     plan += [("rank", {"concurrency": c}) for c in sorted({1, lv.latency_concurrency, lv.throughput_concurrency})]
     plan += [("rank_cold", {"concurrency": c}) for c in sorted({1, lv.latency_concurrency})]
+    plan += [(name, {"concurrency": c}) for name in ("search", "recommend") for c in lv.query_levels]
     points: list[LoadPoint] = []
 
     def run(name: str, level: dict) -> None:
@@ -345,6 +346,7 @@ async def _sdk_points(
     plan = [("embed_query", c) for c in lv.query_levels]
     plan += [("rank", c) for c in sorted({lv.latency_concurrency, lv.throughput_concurrency})]
     plan += [("embed_item", 1), ("rank_cold", 1)]
+    plan += [(name, c) for name in ("search", "recommend") for c in lv.query_levels]
     points = []
     async with AsyncAisleClient(url) as client:
         await client.wait_until_ready(60.0)

@@ -21,16 +21,23 @@ import numpy as np
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.data.format import Dataset, Item
 from aisle.schema import (
+    BRANDS,
     CANDIDATE_FEATURES,
     CANDIDATE_IDS,
     CANDIDATE_TEXTS,
+    CATEGORY,
     EMBED_ITEM,
     EMBED_QUERY,
+    EXCLUDE_BRANDS,
+    EXCLUDE_IDS,
     ITEM_TEXT,
     MAX_HISTORY,
+    PRICE_RANGE,
     QUERY,
     RANK,
     RANK_COLD,
+    SEARCH,
+    TOP_K,
     USER_HISTORY_IDS,
 )
 
@@ -49,12 +56,14 @@ class WorkloadConfig:
     rank_candidates: catalog candidates per rank request (the target is stated for 100).
     cold_candidates: item texts per rank_cold request; each is encoded by the item tower on the
         fly, so this dominates that path's cost.
+    top_k: results per search / recommend request (a results page).
     """
 
     requests: int = 256
     rank_candidates: int = 100
     cold_candidates: int = 20
     max_history: int = MAX_HISTORY
+    top_k: int = 10
     seed: int = 0
 
 
@@ -189,8 +198,59 @@ def cold_rank_workload(dataset: Dataset, config: WorkloadConfig) -> Workload:
     )
 
 
+def search_request(query: str, history: np.ndarray, top_k: int) -> Request:
+    """A whole-catalog search request without filters (an empty query: a recommendation)."""
+    return {
+        QUERY: _text(query),
+        USER_HISTORY_IDS: history,
+        TOP_K: np.array([top_k], dtype=np.int64),
+        CATEGORY: _text(""),
+        BRANDS: np.zeros(0, dtype=object),
+        EXCLUDE_BRANDS: np.zeros(0, dtype=object),
+        PRICE_RANGE: np.full(2, np.nan, dtype=np.float32),
+        EXCLUDE_IDS: np.zeros(0, dtype=np.int64),
+    }
+
+
+def _sessions(dataset: Dataset, *, searches: bool) -> list:
+    sessions = [s for s in dataset.sessions if bool(s.query) == searches and (searches or s.history)]
+    if not sessions:
+        raise BenchmarkError(f"dataset has no {'search' if searches else 'feed'} sessions with what they need")
+    return sessions
+
+
+def search_workload(dataset: Dataset, config: WorkloadConfig) -> Workload:
+    """search: each search session's query and history, the top results of the whole catalog."""
+    rng = np.random.default_rng(config.seed + 5)
+    sessions = _sessions(dataset, searches=True)
+    requests = [
+        search_request(s.query, _history(s.history, config.max_history), config.top_k)
+        for s in (sessions[i] for i in rng.choice(len(sessions), size=config.requests))
+    ]
+    return Workload("search", SEARCH, tuple(requests), f"session query + history, top {config.top_k} of the catalog")
+
+
+def recommend_workload(dataset: Dataset, config: WorkloadConfig) -> Workload:
+    """recommend: each feed session's history (no query), the top results of the whole catalog."""
+    rng = np.random.default_rng(config.seed + 6)
+    sessions = _sessions(dataset, searches=False)
+    requests = [
+        search_request("", _history(s.history, config.max_history), config.top_k)
+        for s in (sessions[i] for i in rng.choice(len(sessions), size=config.requests))
+    ]
+    return Workload("recommend", SEARCH, tuple(requests), f"feed history, top {config.top_k} of the catalog")
+
+
 def build_workloads(dataset: Dataset, config: WorkloadConfig) -> dict[str, Workload]:
     """All workloads of the suite, by name."""
-    builders = (query_workload, zipf_query_workload, item_workload, rank_workload, cold_rank_workload)
+    builders = (
+        query_workload,
+        zipf_query_workload,
+        item_workload,
+        rank_workload,
+        cold_rank_workload,
+        search_workload,
+        recommend_workload,
+    )
     workloads = [build(dataset, config) for build in builders]
     return {w.name: w for w in workloads}
