@@ -1,0 +1,103 @@
+"""The retriever's logic on a rendered catalog, and an ANN index through export and serving."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aisle.client import AisleClient, Filters
+from aisle.export.repo_format import RepoManifest, catalog_dir
+from aisle.export.repository import RepoSpec, render_repository
+from aisle.export.targets import target_named
+from aisle.model_repository.catalog_store import CatalogStore
+from aisle.model_repository.retriever import Retriever
+from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
+from aisle.retrieval import ATTRIBUTES_FILE, INDEX_FILE, ExactIndex, ItemAttributes, Popularity
+from aisle.schema import (
+    BRANDS,
+    CANDIDATE_IDS,
+    CATEGORY,
+    EXCLUDE_BRANDS,
+    EXCLUDE_IDS,
+    PRICE_RANGE,
+    QUERY_EMBEDDING,
+    TOP_K,
+    USER_HISTORY_IDS,
+    ServingLimits,
+)
+
+DEPTH = 5
+
+
+@pytest.fixture(scope="module")
+def retriever(embedded_repo: Path) -> Retriever:
+    store = CatalogStore.open(catalog_dir(embedded_repo))
+    attributes = ItemAttributes.load(store.directory / ATTRIBUTES_FILE)
+    limits = ServingLimits(retrieval_depth=DEPTH, max_results=DEPTH)
+    return Retriever(store, attributes, ExactIndex(store.catalog.embeddings), limits)
+
+
+def request(dim: int, *, query: np.ndarray | None = None, max_price: float = np.nan) -> dict[str, np.ndarray]:
+    return {
+        QUERY_EMBEDDING: np.zeros((1, dim), np.float32) if query is None else query[None],
+        USER_HISTORY_IDS: np.zeros((1, 0), np.int64),
+        TOP_K: np.array([[3]], np.int64),
+        CATEGORY: np.array([[b""]], object),
+        BRANDS: np.zeros((1, 0), object),
+        EXCLUDE_BRANDS: np.zeros((1, 0), object),
+        PRICE_RANGE: np.array([[np.nan, max_price]], np.float32),
+        EXCLUDE_IDS: np.zeros((1, 0), np.int64),
+    }
+
+
+def test_no_query_and_no_history_retrieves_the_most_popular_allowed_items(retriever: Retriever) -> None:
+    catalog = retriever.store.catalog
+    (outcome,) = retriever([request(catalog.dim)])
+    rows, _ = Popularity(np.asarray(catalog.features)).top(DEPTH)
+    np.testing.assert_array_equal(outcome[CANDIDATE_IDS][0], catalog.item_ids[rows])
+    cap = float(np.median(catalog.features[:, 0]))
+    (filtered,) = retriever([request(catalog.dim, max_price=cap)])
+    ids = filtered[CANDIDATE_IDS][0]
+    allowed = catalog.features[:, 0] <= cap
+    rows, _ = Popularity(np.asarray(catalog.features)).top(DEPTH, allowed)
+    np.testing.assert_array_equal(ids, catalog.item_ids[rows])
+
+
+def test_a_query_retrieves_its_nearest_items_and_pads_what_a_filter_leaves_out(retriever: Retriever) -> None:
+    catalog = retriever.store.catalog
+    query = np.asarray(catalog.embeddings[7])
+    (outcome,) = retriever([request(catalog.dim, query=query)])
+    nearest = np.argsort(-(np.asarray(catalog.embeddings) @ query), kind="stable")[:DEPTH]
+    assert set(outcome[CANDIDATE_IDS][0].tolist()) == set(catalog.item_ids[nearest].tolist())
+    cheapest = float(np.nanmin(catalog.features[:, 0]))
+    (narrow,) = retriever([request(catalog.dim, query=query, max_price=cheapest)])
+    ids = narrow[CANDIDATE_IDS][0]
+    assert ids.shape == (DEPTH,) and (ids[1:] == -1).all() and ids[0] >= 0
+
+
+@pytest.mark.server
+def test_an_ivf_index_round_trips_through_export_and_serves_the_exact_results(
+    serving_checkpoint: Path, tiny_data: Path, onnx_dir: Path, tmp_path: Path, triton_server: TritonServer
+) -> None:
+    out = tmp_path / "ivf"
+    manifest = render_repository(
+        RepoSpec(
+            serving_checkpoint,
+            tiny_data,
+            out,
+            target_named("embedded"),
+            onnx_dir=onnx_dir,
+            progress=False,
+            index_kind="ivf",
+        )
+    )
+    assert manifest.index["kind"] == "ivf" and RepoManifest.load(out).index == manifest.index
+    assert (catalog_dir(out) / INDEX_FILE).is_file()
+    server = TritonServer(ServerConfig(out, *free_ports(3)))
+    with server, AisleClient(server.grpc_url) as ivf, AisleClient(triton_server.grpc_url) as exact:
+        for query, filters in (("running shoes", None), ("tent", Filters(max_price=200.0)), ("", None)):
+            got, want = ivf.search(query, top_k=10, filters=filters), exact.search(query, top_k=10, filters=filters)
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-5)
