@@ -160,7 +160,9 @@ def reference_ranking(
 # --- embeddings ----------------------------------------------------------------------------------
 
 
-def embed_all(tower: TextTower, tokenizer_dir: Path, texts: list[str], buckets: tuple[int, ...], desc: str) -> np.ndarray:
+def embed_all(
+    tower: TextTower, tokenizer_dir: Path, texts: list[str], buckets: tuple[int, ...], desc: str
+) -> np.ndarray:
     """[len(texts), D] float32 embeddings with the serving tokenization, shortest texts batched together."""
     bucketing = Bucketing(buckets)
     tokenizer = load_tokenizer(tokenizer_dir, bucketing.max_length)
@@ -316,7 +318,9 @@ def prepare(data_dir: Path, ckpt_dir: Path, config: CatalogEvalConfig) -> Prepar
     query_texts = [s.query if s.query.strip() else "" for s in sessions]
     base_tower = TextTower.from_pretrained(base_dir).eval()
     base = embed_tower(base_tower, base_dir, base_tower, base_dir, corpus, query_texts, ckpt, "zero-shot")
-    tuned = embed_tower(ckpt.query_tower, ckpt.query_dir, ckpt.item_tower, ckpt.item_dir, corpus, query_texts, ckpt, "towers")
+    tuned = embed_tower(
+        ckpt.query_tower, ckpt.query_dir, ckpt.item_tower, ckpt.item_dir, corpus, query_texts, ckpt, "towers"
+    )
     decay = ckpt.manifest.history_decay
     users = np.stack([user_vector(tuned.items[h], decay) for h in lists.histories]).astype(np.float32)
     return Prepared(corpus, Sessions(lists, query_texts, users), base, tuned, BM25(corpus.item_texts), ckpt.head)
@@ -368,7 +372,11 @@ def evaluate_catalog(prepared: Prepared, config: CatalogEvalConfig) -> dict:
             for name, values in per_system.items()
         }
     results["goals"] = check_goals(results, ndcg)
-    results["settings"] = {"retrieval_n": config.retrieval_n, "top_k": config.top_k, "max_sessions": config.max_sessions}
+    results["settings"] = {
+        "retrieval_n": config.retrieval_n,
+        "top_k": config.top_k,
+        "max_sessions": config.max_sessions,
+    }
     return results
 
 
@@ -402,7 +410,10 @@ def format_report(results: dict, config: CatalogEvalConfig) -> str:
             cells = ["-" if block[m] is None else f"{block[m]:.4f}" for m in (ndcg, recall)]
             rows.append([kind, name, *cells, str(block["n_sessions"])])
     widths = [max(len(row[n]) for row in rows) for n in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) if n < 2 else cell.rjust(w) for n, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines = [
+        "  ".join(cell.ljust(w) if n < 2 else cell.rjust(w) for n, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
     lines.append(f"aisle = towers/user-vector retrieval of the top {config.retrieval_n}, re-ranked by the fusion head")
     for goal in results["goals"]:
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[goal["passed"]]
