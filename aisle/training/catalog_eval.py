@@ -41,8 +41,9 @@ from tqdm.auto import tqdm
 
 from aisle.data.format import load_dataset
 from aisle.errors import AisleError
+from aisle.modeling.checkpoint import Manifest
 from aisle.modeling.fusion import FusionHead
-from aisle.modeling.loading import Checkpoint, embed_texts, load_checkpoint
+from aisle.modeling.loading import embed_texts, load_checkpoint
 from aisle.modeling.towers import TextTower
 from aisle.modeling.user import user_vector
 from aisle.schema import ITEM_FEATURES
@@ -183,17 +184,18 @@ class Tower:
 
 
 def embed_tower(
-    query_tower: TextTower,
-    query_dir: Path,
-    item_tower: TextTower,
-    item_dir: Path,
+    query: tuple[TextTower, Path],
+    item: tuple[TextTower, Path],
     corpus: Corpus,
     query_texts: list[str],
-    ckpt: Checkpoint,
+    manifest: Manifest,
     name: str,
 ) -> Tower:
-    """Embed the catalog and the distinct session queries once (in memory only), as served."""
-    manifest = ckpt.manifest
+    """Embed the catalog and the distinct session queries once (in memory only), as served.
+
+    query, item: each tower with the directory of its tokenizer.
+    """
+    (query_tower, query_dir), (item_tower, item_dir) = query, item
     items = embed_all(item_tower, item_dir, corpus.item_texts, manifest.item_buckets, f"{name} items")
     distinct = sorted({t for t in query_texts if t})
     embedded = embed_all(query_tower, query_dir, distinct, manifest.query_buckets, f"{name} queries")
@@ -237,7 +239,6 @@ class BM25:
         self._bm25s = bm25s
         self.retriever = bm25s.BM25()
         self.retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
-        self.num_items = len(texts)
 
     def scores(self, queries: list[str]) -> np.ndarray:
         """[len(queries), I] BM25 scores over the whole catalog (0 where no query term occurs)."""
@@ -267,11 +268,10 @@ class CatalogEvalConfig:
     metrics: Evaluation = Evaluation()
 
     def __post_init__(self) -> None:
-        top_k = max(self.metrics.ndcg_k, self.metrics.recall_k)
-        if self.retrieval_n < top_k:
+        if self.retrieval_n < self.top_k:
             raise AisleError(
-                f"--retrieval-n={self.retrieval_n} must be >= {top_k}: aisle's ranking is scored down to "
-                f"rank {top_k} (recall@{self.metrics.recall_k})"
+                f"--retrieval-n={self.retrieval_n} must be >= {self.top_k}: aisle's ranking is scored down to "
+                f"rank {self.top_k} (recall@{self.metrics.recall_k})"
             )
         if self.max_sessions is not None and self.max_sessions < 1:
             raise AisleError(f"--max-sessions={self.max_sessions} must be >= 1 (omit it for every test session)")
@@ -306,6 +306,7 @@ def prepare(data_dir: Path, ckpt_dir: Path, config: CatalogEvalConfig) -> Prepar
     base_dir = Path(config.base_model or ckpt.manifest.base_model)
     corpus = Corpus.from_dataset(dataset)
     sessions = corpus.sessions_with_clicks("test")[: config.max_sessions]
+    # Impressions only (extra=0): the catalog gains come from them; the rng draws nothing.
     lists = RankingLists.build(
         corpus,
         sessions,
@@ -317,11 +318,12 @@ def prepare(data_dir: Path, ckpt_dir: Path, config: CatalogEvalConfig) -> Prepar
     )
     query_texts = [s.query if s.query.strip() else "" for s in sessions]
     base_tower = TextTower.from_pretrained(base_dir).eval()
-    base = embed_tower(base_tower, base_dir, base_tower, base_dir, corpus, query_texts, ckpt, "zero-shot")
+    manifest = ckpt.manifest
+    base = embed_tower((base_tower, base_dir), (base_tower, base_dir), corpus, query_texts, manifest, "zero-shot")
     tuned = embed_tower(
-        ckpt.query_tower, ckpt.query_dir, ckpt.item_tower, ckpt.item_dir, corpus, query_texts, ckpt, "towers"
+        (ckpt.query_tower, ckpt.query_dir), (ckpt.item_tower, ckpt.item_dir), corpus, query_texts, manifest, "towers"
     )
-    decay = ckpt.manifest.history_decay
+    decay = manifest.history_decay
     users = np.stack([user_vector(tuned.items[h], decay) for h in lists.histories]).astype(np.float32)
     return Prepared(corpus, Sessions(lists, query_texts, users), base, tuned, BM25(corpus.item_texts), ckpt.head)
 
