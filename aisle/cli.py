@@ -16,6 +16,7 @@ from aisle.errors import AisleError
 COMMAND_MODULES = (
     "aisle.data.cli",
     "aisle.training.cli",
+    "aisle.training.evaluate_cli",
     "aisle.export.cli",
     "aisle.client.cli",
     "aisle.benchmarks.cli",

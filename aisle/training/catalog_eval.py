@@ -1,0 +1,445 @@
+"""Whole-catalog evaluation: every system ranks the entire catalog for each held-out test session.
+
+`aisle train`'s metrics (aisle.training.evaluate) rank each session's impressions plus sampled
+items; that measures ranking, not finding. Here every system starts from nothing but the query or
+the user, as a shop's search box and "recommended for you" shelf do:
+
+search sessions (query != ""):
+- bm25: lexical BM25 over `Item.text()` (bm25s, English stopwords, default parameters), what many
+  shops run today;
+- zero_shot: cosine of the base model's query and item embeddings over the whole catalog;
+- towers: the same with the fine-tuned towers (stage 1 alone);
+- aisle: `reference_ranking`: towers retrieval of the top `retrieval_n`, re-ranked by the fusion
+  head with the user vector from the session history (stages 1 + 2).
+
+feed sessions (query == ""):
+- popularity: the catalog by the popularity feature, the same for every user;
+- user_cosine: the user vector against the item-tower embeddings (stage 1 alone; popularity for
+  a session without history, as stage 1 does);
+- aisle: `reference_ranking` with an empty query: user-vector retrieval, then the fusion head.
+
+Sessions: every test session with a click or purchase (optionally the first `max_sessions`).
+Gains: purchase 2, click 1 on the session's impressions, 0 for every other catalog item, so the
+ideal ranking and the gains are the same for every system. Metrics are aisle.training.metrics'
+nDCG@k and Recall@k over the catalog. Systems that return only their top K (aisle) rank the rest
+last, which leaves nDCG@10 and Recall@100 exact as long as K >= both cut-offs.
+
+`reference_ranking` is the offline reference the served search and recommendation ensembles must
+reproduce (same ids, scores within 1e-4): keep it the one place that defines stage 1 -> stage 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from aisle.data.format import load_dataset
+from aisle.errors import AisleError
+from aisle.modeling.checkpoint import Manifest
+from aisle.modeling.fusion import FusionHead
+from aisle.modeling.loading import embed_texts, load_checkpoint
+from aisle.modeling.towers import TextTower
+from aisle.modeling.user import user_vector
+from aisle.schema import ITEM_FEATURES
+from aisle.tokenization import Bucketing, load_tokenizer
+from aisle.training.corpus import Corpus, RankingLists
+from aisle.training.metrics import ndcg_at_k, recall_at_k
+from aisle.training.presets import Evaluation
+
+#: Stage-1 candidates the fusion head re-ranks. Measured on the small shop (fast checkpoint, all
+#: test sessions with a click), aisle nDCG@10 search / feed at N = 100, 200, 300, 500, 1000:
+#: 0.2985 / 0.1953, 0.2982 / 0.2185, 0.2980 / 0.2268, 0.2979 / 0.2293, 0.2973 / 0.2279. Search is
+#: flat; feeds gain up to ~300-500. 300 keeps most of that at 60% of 500's head work per request.
+RETRIEVAL_N = 300
+SEARCH_SYSTEMS = ("bm25", "zero_shot", "towers", "aisle")
+FEED_SYSTEMS = ("popularity", "user_cosine", "aisle")
+#: Sessions ranked together: bounds the [B, catalog] score arrays and the head's [B, N, 5D] input.
+SESSION_BATCH = 32
+#: Texts per tower forward pass when embedding the catalog and the queries.
+EMBED_BATCH = 64
+#: Column of the feature the popularity baseline (and the reference's no-signal fallback) ranks by.
+POPULARITY = ITEM_FEATURES.index("popularity")
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A quality target: `system` beats the best of `baselines` by `margin` nDCG@k on `kind` sessions."""
+
+    name: str
+    kind: str
+    system: str
+    baselines: tuple[str, ...]
+    margin: float
+
+
+GOALS = (
+    Goal("search_over_bm25", "search", "aisle", ("bm25",), 0.10),
+    Goal("search_over_towers", "search", "aisle", ("towers",), 0.05),
+    Goal("recommend_over_baselines", "feed", "aisle", ("popularity", "user_cosine"), 0.05),
+)
+
+
+# --- stage 1 -> stage 2: the offline reference ---------------------------------------------------
+
+
+def top_rows(scores: np.ndarray, n: int) -> np.ndarray:
+    """[B, I] scores -> [B, min(n, I)] row indices, best first; equal scores keep catalog order.
+
+    The same rows as a full stable sort's first n, in O(I) per request: items tied with the n-th
+    best score are kept lowest row first, so the result never depends on argpartition's
+    arbitrary choice among ties (the popularity fallback ties often). The one place that picks
+    stage-1 candidates: the retrieval package's exact index replaces it.
+    """
+    n = min(n, scores.shape[1])
+    cut = -np.partition(-scores, n - 1, axis=1)[:, n - 1 : n]  # each row's n-th best score
+    above = scores > cut
+    tied = scores == cut
+    missing = n - above.sum(axis=1, keepdims=True)
+    keep = above | (tied & (np.cumsum(tied, axis=1) <= missing))
+    kept = np.nonzero(keep)[1].reshape(len(scores), n)  # each row keeps exactly n, in row order
+    order = np.argsort(-np.take_along_axis(scores, kept, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(kept, order, axis=1)
+
+
+def retrieval_scores(queries: np.ndarray, users: np.ndarray, items: np.ndarray, features: np.ndarray) -> np.ndarray:
+    """Stage-1 scores [B, I]: the query embedding against the catalog for a search, else the user vector.
+
+    A request with neither (empty query, no history) has nothing to match, so it falls back to the
+    catalog's popularity rather than to arbitrary ties.
+    """
+    has_query = np.any(queries != 0, axis=1)
+    vectors = np.where(has_query[:, None], queries, users)
+    scores = vectors @ items.T
+    no_signal = ~np.any(vectors != 0, axis=1)
+    scores[no_signal] = features[:, POPULARITY]
+    return scores
+
+
+@dataclass
+class Ranked:
+    """The best `k` catalog rows per request, best first, with their fusion-head scores."""
+
+    rows: np.ndarray  # [B, K] int64
+    scores: np.ndarray  # [B, K] float32
+
+
+def reference_ranking(
+    head: FusionHead,
+    queries: np.ndarray,
+    users: np.ndarray,
+    items: np.ndarray,
+    features: np.ndarray,
+    *,
+    n: int,
+    k: int,
+) -> Ranked:
+    """aisle's search (non-zero query) and recommendation (zero query) over a whole catalog.
+
+    queries, users: [B, D] float32 (zero rows for no query / no history); items: [I, D] item-tower
+    embeddings; features: [I, F] raw features. Stage 1 keeps the top `n` rows by
+    `retrieval_scores`; stage 2 scores them with the fusion head and keeps the top `k`.
+    """
+    if not 0 < k <= n:
+        raise ValueError(f"k={k} must lie in [1, n={n}]")
+    candidates = top_rows(retrieval_scores(queries, users, items, features), n)
+    with torch.inference_mode():
+        scores = head(
+            torch.from_numpy(queries),
+            torch.from_numpy(users),
+            torch.from_numpy(items[candidates]),
+            torch.from_numpy(features[candidates]),
+        ).numpy()
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return Ranked(np.take_along_axis(candidates, order, axis=1), np.take_along_axis(scores, order, axis=1))
+
+
+# --- embeddings ----------------------------------------------------------------------------------
+
+
+def embed_all(
+    tower: TextTower, tokenizer_dir: Path, texts: list[str], buckets: tuple[int, ...], desc: str
+) -> np.ndarray:
+    """[len(texts), D] float32 embeddings with the serving tokenization, shortest texts batched together."""
+    bucketing = Bucketing(buckets)
+    tokenizer = load_tokenizer(tokenizer_dir, bucketing.max_length)
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), tower.embedding_dim), dtype=np.float32)
+    for start in tqdm(range(0, len(order), EMBED_BATCH), desc=desc, unit="batch", leave=False):
+        rows = order[start : start + EMBED_BATCH]
+        out[rows] = embed_texts(tower, tokenizer, [texts[r] for r in rows], bucketing, EMBED_BATCH).numpy()
+    return out
+
+
+@dataclass
+class Tower:
+    """One system's catalog and per-session query embeddings (queries are zero for feed sessions)."""
+
+    items: np.ndarray  # [I, D]
+    queries: np.ndarray  # [S, D]
+
+
+def embed_tower(
+    query: tuple[TextTower, Path],
+    item: tuple[TextTower, Path],
+    corpus: Corpus,
+    query_texts: list[str],
+    manifest: Manifest,
+    name: str,
+) -> Tower:
+    """Embed the catalog and the distinct session queries once (in memory only), as served.
+
+    query, item: each tower with the directory of its tokenizer.
+    """
+    (query_tower, query_dir), (item_tower, item_dir) = query, item
+    items = embed_all(item_tower, item_dir, corpus.item_texts, manifest.item_buckets, f"{name} items")
+    distinct = sorted({t for t in query_texts if t})
+    embedded = embed_all(query_tower, query_dir, distinct, manifest.query_buckets, f"{name} queries")
+    row = {text: n for n, text in enumerate(distinct)}
+    queries = np.zeros((len(query_texts), items.shape[1]), dtype=np.float32)
+    for n, text in enumerate(query_texts):
+        if text:
+            queries[n] = embedded[row[text]]
+    return Tower(items, queries)
+
+
+# --- the evaluation ------------------------------------------------------------------------------
+
+
+@dataclass
+class Sessions:
+    """Test sessions with a click: impressions and gains (RankingLists), their query texts, users."""
+
+    lists: RankingLists
+    query_texts: list[str]
+    users: np.ndarray  # [S, D] user vectors from the fine-tuned item embeddings
+
+    def gains(self, index: np.ndarray, num_items: int) -> np.ndarray:
+        """[len(index), I] catalog gains: each impression's gain, the best one where an item repeats."""
+        out = np.zeros((len(index), num_items), dtype=np.float32)
+        for n, s in enumerate(index):
+            valid = self.lists.valid[s]
+            np.maximum.at(out[n], self.lists.candidates[s][valid], self.lists.gains[s][valid])
+        return out
+
+
+class BM25:
+    """bm25s over the item texts with English stopwords and its default parameters."""
+
+    def __init__(self, texts: list[str]) -> None:
+        try:
+            import bm25s
+        except ImportError as e:
+            raise AisleError("the BM25 baseline needs bm25s: pip install 'aisle[evaluate]'") from e
+
+        self._bm25s = bm25s
+        self.retriever = bm25s.BM25()
+        self.retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False), show_progress=False)
+
+    def scores(self, queries: list[str]) -> np.ndarray:
+        """[len(queries), I] BM25 scores over the whole catalog (0 where no query term occurs)."""
+        tokens = self._bm25s.tokenize(queries, stopwords="en", return_ids=False, show_progress=False)
+        return np.stack([self.retriever.get_scores(t) for t in tokens]).astype(np.float32)
+
+
+def full_ranking(ranked: Ranked, num_items: int) -> np.ndarray:
+    """[B, I] scores that order a top-K list first and every other item after it."""
+    out = np.full((ranked.rows.shape[0], num_items), -np.inf, dtype=np.float32)
+    np.put_along_axis(out, ranked.rows, ranked.scores, axis=1)
+    return out
+
+
+@dataclass(frozen=True)
+class CatalogEvalConfig:
+    """Options of one `aisle evaluate` run.
+
+    retrieval_n: stage-1 candidates the head re-ranks (>= the recall cut-off: aisle's list is
+        scored down to rank recall_k). max_sessions: evaluate the first N test sessions with a
+        click (None: all). base_model: the zero-shot towers' directory (None: the manifest's).
+    """
+
+    retrieval_n: int = RETRIEVAL_N
+    max_sessions: int | None = None
+    base_model: Path | None = None
+    metrics: Evaluation = Evaluation()
+
+    def __post_init__(self) -> None:
+        if self.retrieval_n < self.top_k:
+            raise AisleError(
+                f"--retrieval-n={self.retrieval_n} must be >= {self.top_k}: aisle's ranking is scored down to "
+                f"rank {self.top_k} (recall@{self.metrics.recall_k})"
+            )
+        if self.max_sessions is not None and self.max_sessions < 1:
+            raise AisleError(f"--max-sessions={self.max_sessions} must be >= 1 (omit it for every test session)")
+
+    @property
+    def top_k(self) -> int:
+        return max(self.metrics.ndcg_k, self.metrics.recall_k)
+
+
+@dataclass
+class Prepared:
+    """Everything the systems need, computed once per run: sessions, embeddings, BM25, the head."""
+
+    corpus: Corpus
+    sessions: Sessions
+    base: Tower
+    tuned: Tower
+    bm25: BM25
+    head: FusionHead
+
+
+def prepare(data_dir: Path, ckpt_dir: Path, config: CatalogEvalConfig) -> Prepared:
+    """Load data and checkpoint, check they belong together, embed what the systems need."""
+    ckpt = load_checkpoint(ckpt_dir)
+    dataset = load_dataset(data_dir)
+    expected = ckpt.manifest.data_fingerprint
+    if expected and expected != dataset.manifest.fingerprint:
+        raise AisleError(
+            f"--data {data_dir}: fingerprint {dataset.manifest.fingerprint[:12]}… differs from the data "
+            f"{ckpt_dir} was trained on ({expected[:12]}…); its test split would mix in training sessions"
+        )
+    base_dir = Path(config.base_model or ckpt.manifest.base_model)
+    corpus = Corpus.from_dataset(dataset)
+    sessions = corpus.sessions_with_clicks("test")[: config.max_sessions]
+    # Impressions only (extra=0): the catalog gains come from them; the rng draws nothing.
+    lists = RankingLists.build(
+        corpus,
+        sessions,
+        extra=0,
+        pool=np.zeros(0, dtype=np.int64),
+        rng=np.random.default_rng(0),
+        max_history=ckpt.manifest.max_history,
+        shuffle=False,
+    )
+    query_texts = [s.query if s.query.strip() else "" for s in sessions]
+    base_tower = TextTower.from_pretrained(base_dir).eval()
+    manifest = ckpt.manifest
+    base = embed_tower((base_tower, base_dir), (base_tower, base_dir), corpus, query_texts, manifest, "zero-shot")
+    tuned = embed_tower(
+        (ckpt.query_tower, ckpt.query_dir), (ckpt.item_tower, ckpt.item_dir), corpus, query_texts, manifest, "towers"
+    )
+    decay = manifest.history_decay
+    users = np.stack([user_vector(tuned.items[h], decay) for h in lists.histories]).astype(np.float32)
+    return Prepared(corpus, Sessions(lists, query_texts, users), base, tuned, BM25(corpus.item_texts), ckpt.head)
+
+
+def system_scores(prepared: Prepared, index: np.ndarray, kind: str, config: CatalogEvalConfig) -> dict[str, np.ndarray]:
+    """Each system's [len(index), I] catalog scores for the sessions at `index` (all of one kind)."""
+    base, tuned, features = prepared.base, prepared.tuned, prepared.corpus.features
+    users = prepared.sessions.users[index]
+    aisle = reference_ranking(
+        prepared.head, tuned.queries[index], users, tuned.items, features, n=config.retrieval_n, k=config.top_k
+    )
+    # Stage 1 alone is `towers` for searches and `user_cosine` for feeds (popularity where a feed
+    # session has no history, as the reference falls back).
+    stage1 = retrieval_scores(tuned.queries[index], users, tuned.items, features)
+    scores = {"aisle": full_ranking(aisle, len(features))}
+    if kind == "search":
+        scores["bm25"] = prepared.bm25.scores([prepared.sessions.query_texts[s] for s in index])
+        scores["zero_shot"] = base.queries[index] @ base.items.T
+        scores["towers"] = stage1
+    else:
+        scores["popularity"] = np.broadcast_to(features[:, POPULARITY], (len(index), len(features)))
+        scores["user_cosine"] = stage1
+    return scores
+
+
+def evaluate_catalog(prepared: Prepared, config: CatalogEvalConfig) -> dict:
+    """Mean nDCG@k / Recall@k over the whole catalog per session kind and system, and the goals."""
+    ndcg, recall = f"ndcg@{config.metrics.ndcg_k}", f"recall@{config.metrics.recall_k}"
+    is_search = prepared.sessions.lists.is_search
+    results: dict = {}
+    for kind, systems, mask in (("search", SEARCH_SYSTEMS, is_search), ("feed", FEED_SYSTEMS, ~is_search)):
+        per_system: dict[str, list[tuple[float, float]]] = {name: [] for name in systems}
+        rows = np.flatnonzero(mask)
+        for start in tqdm(range(0, len(rows), SESSION_BATCH), desc=f"{kind} sessions", unit="batch", leave=False):
+            index = rows[start : start + SESSION_BATCH]
+            gains = prepared.sessions.gains(index, prepared.corpus.num_items)
+            for name, scores in system_scores(prepared, index, kind, config).items():
+                per_system[name] += [
+                    (ndcg_at_k(s, g, config.metrics.ndcg_k), recall_at_k(s, g > 0, config.metrics.recall_k))
+                    for s, g in zip(scores, gains)
+                ]
+        results[kind] = {
+            name: {
+                ndcg: float(np.mean([v[0] for v in values])) if values else None,
+                recall: float(np.mean([v[1] for v in values])) if values else None,
+                "n_sessions": len(values),
+            }
+            for name, values in per_system.items()
+        }
+    results["goals"] = check_goals(results, ndcg)
+    results["settings"] = {
+        "retrieval_n": config.retrieval_n,
+        "top_k": config.top_k,
+        "max_sessions": config.max_sessions,
+    }
+    return results
+
+
+def check_goals(results: dict, metric: str) -> list[dict]:
+    """Each goal's measured margin and whether it is met (reported, never asserted)."""
+    out = []
+    for goal in GOALS:
+        block = results[goal.kind]
+        value = block[goal.system][metric]
+        baseline = max((block[b][metric] for b in goal.baselines if block[b][metric] is not None), default=None)
+        margin = None if value is None or baseline is None else value - baseline
+        out.append(
+            {
+                "name": goal.name,
+                "rule": f"{goal.kind} {goal.system} >= max({', '.join(goal.baselines)}) + {goal.margin} {metric}",
+                "margin": margin,
+                "required": goal.margin,
+                "passed": None if margin is None else bool(margin >= goal.margin),
+            }
+        )
+    return out
+
+
+def format_report(results: dict, config: CatalogEvalConfig) -> str:
+    """A fixed-width table (one row per kind and system) followed by the goals."""
+    ndcg, recall = f"ndcg@{config.metrics.ndcg_k}", f"recall@{config.metrics.recall_k}"
+    rows = [["kind", "system", ndcg, recall, "sessions"]]
+    for kind, systems in (("search", SEARCH_SYSTEMS), ("feed", FEED_SYSTEMS)):
+        for name in systems:
+            block = results[kind][name]
+            cells = ["-" if block[m] is None else f"{block[m]:.4f}" for m in (ndcg, recall)]
+            rows.append([kind, name, *cells, str(block["n_sessions"])])
+    widths = [max(len(row[n]) for row in rows) for n in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(w) if n < 2 else cell.rjust(w) for n, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    ]
+    lines.append(f"aisle = towers/user-vector retrieval of the top {config.retrieval_n}, re-ranked by the fusion head")
+    for goal in results["goals"]:
+        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[goal["passed"]]
+        margin = "-" if goal["margin"] is None else f"{goal['margin']:+.4f}"
+        lines.append(f"goal {goal['name']}: {verdict} (margin {margin}; {goal['rule']})")
+    return "\n".join(lines)
+
+
+def run(data_dir: Path, ckpt_dir: Path, out: Path | None, config: CatalogEvalConfig) -> dict:
+    """`aisle evaluate`: prepare, evaluate, print the table to stdout and write `out` as JSON."""
+    if out is not None:
+        # Fail before minutes of embedding, not after.
+        if out.is_dir():
+            raise AisleError(f"--out {out}: is a directory; give a JSON file path")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise AisleError(f"--out {out}: cannot create its directory: {e.strerror}") from e
+    prepared = prepare(data_dir, ckpt_dir, config)
+    results = evaluate_catalog(prepared, config)
+    results["settings"] |= {"data": str(data_dir), "checkpoint": str(ckpt_dir)}
+    print(format_report(results, config))
+    if out is not None:
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"[aisle evaluate] wrote {out}", file=sys.stderr)
+    return results
