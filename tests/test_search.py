@@ -219,3 +219,42 @@ def test_search_and_recommend_cli_print_titles_brands_and_prices(
     assert aisle_main(["recommend", "--history", history, "--top-k", "2", "--json", *url]) == 0
     assert len(__import__("json").loads(capsys.readouterr().out)["results"]) == 2
     assert math.isfinite(RepoManifest.load(triton_server.config.repo).catalog_items)
+
+
+def test_served_search_equals_the_offline_reference_on_the_exact_index(
+    client: AisleClient, serving_checkpoint: Path, tiny_data: Path, items: dict[int, Item]
+) -> None:
+    """Same ids, scores within 1e-4: the checkpoint's PyTorch towers and head through the reference
+    ranking of `aisle evaluate` (retrieval_depth candidates, then the head) against the server."""
+    from aisle.data.format import load_dataset
+    from aisle.modeling.loading import embed_texts, load_checkpoint
+    from aisle.modeling.user import user_vector
+    from aisle.tokenization import Bucketing, load_tokenizer
+    from aisle.training.catalog_eval import reference_ranking
+
+    ckpt = load_checkpoint(serving_checkpoint)
+    limits = ckpt.manifest.limits
+    ids = np.array(sorted(items), dtype=np.int64)
+    item_tokenizer = load_tokenizer(ckpt.item_dir, limits.item_buckets[-1])
+    texts = [items[int(i)].text() for i in ids]
+    catalog = embed_texts(ckpt.item_tower, item_tokenizer, texts, Bucketing(limits.item_buckets)).numpy()
+    features = np.array([items[int(i)].features() for i in ids], dtype=np.float32)
+    sessions = [s for s in load_dataset(tiny_data).sessions if s.history][:6]
+    queries = [s.query for s in sessions] + ["", ""]
+    histories = [s.history for s in sessions] + [sessions[0].history, ()]
+    query_tokenizer = load_tokenizer(ckpt.query_dir, limits.query_buckets[-1])
+    query_vectors = embed_texts(ckpt.query_tower, query_tokenizer, queries, Bucketing(limits.query_buckets)).numpy()
+    users = np.stack(
+        [
+            user_vector(catalog[np.searchsorted(ids, h)], limits.history_decay)
+            if h
+            else np.zeros(catalog.shape[1], np.float32)
+            for h in histories
+        ]
+    ).astype(np.float32)
+    depth = min(limits.retrieval_depth, len(ids))
+    reference = reference_ranking(ckpt.head, query_vectors, users, catalog, features, n=depth, k=10)
+    for i, (query, history) in enumerate(zip(queries, histories)):
+        served = client.search(query, user_history_ids=list(history), top_k=10)
+        np.testing.assert_array_equal(served.ids, ids[reference.rows[i]], err_msg=f"query {query!r}")
+        np.testing.assert_allclose(served.scores, reference.scores[i], rtol=0, atol=1e-4)

@@ -46,17 +46,19 @@ from aisle.modeling.fusion import FusionHead
 from aisle.modeling.loading import embed_texts, load_checkpoint
 from aisle.modeling.towers import TextTower
 from aisle.modeling.user import user_vector
-from aisle.schema import ITEM_FEATURES
+from aisle.retrieval import retrieval_vectors
+from aisle.schema import ITEM_FEATURES, ServingLimits
 from aisle.tokenization import Bucketing, load_tokenizer
 from aisle.training.corpus import Corpus, RankingLists
 from aisle.training.metrics import ndcg_at_k, recall_at_k
 from aisle.training.presets import Evaluation
 
-#: Stage-1 candidates the fusion head re-ranks. Measured on the small shop (fast checkpoint, all
-#: test sessions with a click), aisle nDCG@10 search / feed at N = 100, 200, 300, 500, 1000:
-#: 0.2985 / 0.1953, 0.2982 / 0.2185, 0.2980 / 0.2268, 0.2979 / 0.2293, 0.2973 / 0.2279. Search is
-#: flat; feeds gain up to ~300-500. 300 keeps most of that at 60% of 500's head work per request.
-RETRIEVAL_N = 300
+#: Stage-1 candidates the fusion head re-ranks: the served default (ServingLimits.retrieval_depth).
+#: Measured on the small shop (fast checkpoint, all test sessions with a click, stage 1 by the query
+#: alone for searches), aisle nDCG@10 search / feed at N = 100, 200, 300, 500, 1000: 0.2985 / 0.1953,
+#: 0.2982 / 0.2185, 0.2980 / 0.2268, 0.2979 / 0.2293, 0.2973 / 0.2279. Search is flat; feeds gain up
+#: to ~300-500. 300 keeps most of that at 60% of 500's head work per request.
+RETRIEVAL_N = ServingLimits().retrieval_depth
 SEARCH_SYSTEMS = ("bm25", "zero_shot", "towers", "aisle")
 FEED_SYSTEMS = ("popularity", "user_cosine", "aisle")
 #: Sessions ranked together: bounds the [B, catalog] score arrays and the head's [B, N, 5D] input.
@@ -108,16 +110,12 @@ def top_rows(scores: np.ndarray, n: int) -> np.ndarray:
 
 
 def retrieval_scores(queries: np.ndarray, users: np.ndarray, items: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """Stage-1 scores [B, I]: the query embedding against the catalog for a search, else the user vector.
-
-    A request with neither (empty query, no history) has nothing to match, so it falls back to the
-    catalog's popularity rather than to arbitrary ties.
-    """
-    has_query = np.any(queries != 0, axis=1)
-    vectors = np.where(has_query[:, None], queries, users)
+    """Stage-1 scores [B, I], as the served retriever computes them (aisle.retrieval): the query
+    embedding blended with the user vector (the user vector alone with no query). A request with
+    neither has nothing to match and falls back to the catalog's popularity."""
+    vectors, has_vector = retrieval_vectors(queries, users)
     scores = vectors @ items.T
-    no_signal = ~np.any(vectors != 0, axis=1)
-    scores[no_signal] = features[:, POPULARITY]
+    scores[~has_vector] = features[:, POPULARITY]
     return scores
 
 
