@@ -195,9 +195,9 @@ def embed_tower(
     query, item: each tower with the directory of its tokenizer.
     """
     (query_tower, query_dir), (item_tower, item_dir) = query, item
-    items = embed_all(item_tower, item_dir, corpus.item_texts, manifest.item_buckets, f"{name} items")
+    items = embed_all(item_tower, item_dir, corpus.item_texts, manifest.limits.item_buckets, f"{name} items")
     distinct = sorted({t for t in query_texts if t})
-    embedded = embed_all(query_tower, query_dir, distinct, manifest.query_buckets, f"{name} queries")
+    embedded = embed_all(query_tower, query_dir, distinct, manifest.limits.query_buckets, f"{name} queries")
     row = {text: n for n, text in enumerate(distinct)}
     queries = np.zeros((len(query_texts), items.shape[1]), dtype=np.float32)
     for n, text in enumerate(query_texts):
@@ -312,7 +312,7 @@ def prepare(data_dir: Path, ckpt_dir: Path, config: CatalogEvalConfig) -> Prepar
         extra=0,
         pool=np.zeros(0, dtype=np.int64),
         rng=np.random.default_rng(0),
-        max_history=ckpt.manifest.max_history,
+        max_history=ckpt.manifest.limits.max_history,
         shuffle=False,
     )
     query_texts = [s.query if s.query.strip() else "" for s in sessions]
@@ -322,7 +322,7 @@ def prepare(data_dir: Path, ckpt_dir: Path, config: CatalogEvalConfig) -> Prepar
     tuned = embed_tower(
         (ckpt.query_tower, ckpt.query_dir), (ckpt.item_tower, ckpt.item_dir), corpus, query_texts, manifest, "towers"
     )
-    decay = manifest.history_decay
+    decay = manifest.limits.history_decay
     users = np.stack([user_vector(tuned.items[h], decay) for h in lists.histories]).astype(np.float32)
     return Prepared(corpus, Sessions(lists, query_texts, users), base, tuned, BM25(corpus.item_texts), ckpt.head)
 
