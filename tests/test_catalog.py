@@ -13,9 +13,9 @@ from aisle.cli import main
 from aisle.data.format import load_dataset
 from aisle.export.catalog import compute_catalog
 from aisle.export.graphs import graph_file
-from aisle.export.repo_format import CATALOG_FILE, MODEL_VERSION, Catalog
+from aisle.export.repo_format import Catalog, catalog_dir
 from aisle.modeling.checkpoint import Manifest
-from aisle.schema import ITEM_ENCODER, ITEM_STORE
+from aisle.schema import ITEM_ENCODER
 
 
 def test_onnx_catalog_equals_the_pytorch_item_tower_within_1e_5(
@@ -79,7 +79,7 @@ def test_export_catalog_writes_the_catalog_that_export_repo_serves_with_catalog(
     repo = tmp_path / "repo"
     argv = _repo_argv(serving_checkpoint, tiny_data, onnx_dir, repo, "embedded", "--catalog", str(catalog_file))
     assert main(argv) == 0
-    served = Catalog.load(repo / ITEM_STORE / MODEL_VERSION / CATALOG_FILE)
+    served = Catalog.load(catalog_dir(repo))
     written = Catalog.load(catalog_file)
     np.testing.assert_array_equal(served.item_ids, written.item_ids)
     np.testing.assert_array_equal(served.embeddings, written.embeddings)
@@ -127,5 +127,5 @@ def test_catalog_and_rendering_with_onnx_dir_never_import_torch(
     assert probe.returncode == 0, probe.stderr
     assert json.loads(probe.stdout.splitlines()[-1]) == []
     assert (tmp_path / "trt" / "start_tritonserver.sh").is_file()
-    computed = Catalog.load(tmp_path / "trt" / ITEM_STORE / MODEL_VERSION / CATALOG_FILE)
+    computed = Catalog.load(catalog_dir(tmp_path / "trt"))
     np.testing.assert_array_equal(computed.embeddings, Catalog.load(catalog_file).embeddings)
