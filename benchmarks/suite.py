@@ -464,7 +464,7 @@ def run_suite(config: SuiteConfig) -> dict:
     progress.set_postfix_str("eager HTTP baseline")
     eager = _eager_points(config, workloads["embed_query"], progress)
     if peers:
-        reference = aisle_reference(graph, peers.model_dir, schema.query_buckets, config.threads)
+        reference = aisle_reference(graph, peers.model_dir, schema.limits.query_buckets, config.threads)
         peer_results = run_peers(peers, workloads["embed_query"], reference, progress)
     progress.close()
     results = {

@@ -34,7 +34,15 @@ def workloads(tiny_data: Path):
 
 def test_every_workload_request_carries_exactly_its_ensembles_inputs(workloads) -> None:
     schema = build_schema()
-    assert set(workloads) == {"embed_query", "embed_query_zipf", "embed_item", "rank", "rank_cold"}
+    assert set(workloads) == {
+        "embed_query",
+        "embed_query_zipf",
+        "embed_item",
+        "rank",
+        "rank_cold",
+        "search",
+        "recommend",
+    }
     for workload in workloads.values():
         declared = {t.name: t for t in schema.ensemble(workload.ensemble).inputs}
         for request in workload.requests:

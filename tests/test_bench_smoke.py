@@ -15,6 +15,9 @@ import pytest
 
 from aisle.schema import build_schema
 
+#: Workloads named otherwise than the ensemble they drive.
+WORKLOAD_ENSEMBLES = {"embed_query_zipf": "embed_query", "recommend": "search"}
+
 pytestmark = pytest.mark.server
 
 
@@ -70,6 +73,8 @@ def test_every_generator_mode_and_system_ran_without_errors(bench) -> None:
         "embed_item",
         "rank",
         "rank_cold",
+        "search",
+        "recommend",
     }
     for p in points:
         lat = p["latency"]
@@ -84,7 +89,7 @@ def test_triton_points_carry_the_per_step_breakdown_of_their_ensemble(bench) -> 
     for p in results["points"]:
         if p["system"] != "triton":
             continue
-        ensemble = schema.ensemble({"embed_query_zipf": "embed_query"}.get(p["workload"], p["workload"]))
+        ensemble = schema.ensemble(WORKLOAD_ENSEMBLES.get(p["workload"], p["workload"]))
         assert [s["model"] for s in p["steps"]] == list(dict.fromkeys(step.model for step in ensemble.steps))
         assert all(_finite(s["queue_ms"], s["compute_ms"]) and s["mean_batch"] >= 1 for s in p["steps"])
         assert _finite(p["server_ms"])
@@ -102,4 +107,12 @@ def test_baselines_and_report_files_are_written(bench) -> None:
     for name in ("latency_vs_throughput.png", "step_breakdown.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     inputs = sorted(p.name for p in (out / "perf_analyzer" / "inputs").glob("*.json"))
-    assert inputs == ["embed_item.json", "embed_query.json", "embed_query_zipf.json", "rank.json", "rank_cold.json"]
+    assert inputs == [
+        "embed_item.json",
+        "embed_query.json",
+        "embed_query_zipf.json",
+        "rank.json",
+        "rank_cold.json",
+        "recommend.json",
+        "search.json",
+    ]

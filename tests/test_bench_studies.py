@@ -47,7 +47,7 @@ def test_bucket_study_pads_the_same_texts_to_their_bucket_or_to_the_largest(trit
     from aisle.schema import ITEM_TOKENIZER
 
     repo = Path(triton_server.config.repo)
-    buckets = RepoManifest.load(repo).item_buckets
+    buckets = RepoManifest.load(repo).limits.item_buckets
     texts = item_workload(dataset, WorkloadConfig(requests=12)).texts(ITEM_TEXT)
     tokenizer_dir = repo / ITEM_TOKENIZER / MODEL_VERSION
     url = triton_server.grpc_url

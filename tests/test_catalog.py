@@ -30,8 +30,8 @@ def test_onnx_catalog_equals_the_pytorch_item_tower_within_1e_5(
     # A batch of 5 splits the commoner lengths into several runs; the texts must span several lengths.
     catalog = compute_catalog(schema, serving_checkpoint, graph, items, batch_size=5, progress=False)
     checkpoint = load_checkpoint(serving_checkpoint)
-    tokenizer = load_tokenizer(checkpoint.item_dir, schema.item_buckets[-1])
-    bucketing = Bucketing(schema.item_buckets)
+    tokenizer = load_tokenizer(checkpoint.item_dir, schema.limits.item_buckets[-1])
+    bucketing = Bucketing(schema.limits.item_buckets)
     texts = [item.text() for item in items]
     assert len(np.unique(encode_batch(tokenizer, texts, bucketing)[1].sum(axis=1))) > 5
     # The PyTorch reference pads each batch of 64 to a bucket: padding must not matter.
@@ -54,8 +54,8 @@ def test_blank_short_and_truncated_texts_embed_as_the_pytorch_tower_does(
     graph = onnx_dir / graph_file(ITEM_ENCODER)
     onnx = embed_item_texts(schema, serving_checkpoint, graph, texts, batch_size=2, progress=False)
     checkpoint = load_checkpoint(serving_checkpoint)
-    tokenizer = load_tokenizer(checkpoint.item_dir, schema.item_buckets[-1])
-    reference = embed_texts(checkpoint.item_tower, tokenizer, texts, Bucketing(schema.item_buckets)).numpy()
+    tokenizer = load_tokenizer(checkpoint.item_dir, schema.limits.item_buckets[-1])
+    reference = embed_texts(checkpoint.item_tower, tokenizer, texts, Bucketing(schema.limits.item_buckets)).numpy()
     assert not onnx[:2].any(), "blank texts embed to the zero vector"
     assert np.abs(onnx - reference).max() <= 1e-5
 

@@ -309,7 +309,7 @@ def test_real_peers_agree_with_aisle_and_are_measured(
         load=LoadConfig(window_s=0.5, warmup_s=0.3, min_windows=1, max_windows=1),
         duration_s=0.5,
     )
-    reference = aisle_reference(onnx_dir / "query_encoder.onnx", config.model_dir, schema.query_buckets, 2)
+    reference = aisle_reference(onnx_dir / "query_encoder.onnx", config.model_dir, schema.limits.query_buckets, 2)
     with tqdm(disable=True) as progress:
         results = run_peers(config, workload, reference, progress)
     assert results.failures == []
