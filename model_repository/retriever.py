@@ -71,8 +71,9 @@ FILTER_TENSORS = {
 }
 
 
-def request_filters(request: Tensors, limits: ServingLimits) -> Filters:
-    """One request's filter tensors as validated Filters; InvalidInput names the tensor."""
+def request_mask(request: Tensors, attributes: ItemAttributes, limits: ServingLimits) -> np.ndarray | None:
+    """The catalog rows one request's filter tensors allow (None: no filter); InvalidInput names the
+    tensor of any bad value, including a category or brand the catalog does not have."""
     for tensor in (BRANDS, EXCLUDE_BRANDS):
         check_count(request[tensor], tensor, limits.max_filter_brands, "max_filter_brands", "brands")
     check_count(request[EXCLUDE_IDS], EXCLUDE_IDS, limits.max_excluded_ids, "max_excluded_ids", "excluded ids")
@@ -82,7 +83,7 @@ def request_filters(request: Tensors, limits: ServingLimits) -> Filters:
         raise InvalidInput(EXCLUDE_IDS, f"{int(excluded.min())} is negative; item ids are non-negative integers")
     (category,) = decode_texts(request[CATEGORY], CATEGORY)
     try:
-        return Filters(
+        filters = Filters(
             category=category,
             brands=tuple(decode_texts(request[BRANDS], BRANDS)),
             exclude_brands=tuple(decode_texts(request[EXCLUDE_BRANDS], EXCLUDE_BRANDS)),
@@ -90,6 +91,7 @@ def request_filters(request: Tensors, limits: ServingLimits) -> Filters:
             max_price=None if math.isnan(high) else high,
             exclude_ids=tuple(int(i) for i in excluded),
         )
+        return filter_mask(filters, attributes, max_exclude_ids=limits.max_excluded_ids)
     except FilterError as e:
         raise InvalidInput(FILTER_TENSORS.get(e.field, e.field), str(e)) from e
 
@@ -130,11 +132,7 @@ class Retriever:
         return merge(outcomes, valid, [self._retrieve(r) for r in checked])
 
     def _check(self, request: Tensors) -> Tensors:
-        filters = request_filters(request, self.limits)
-        try:
-            mask = filter_mask(filters, self.attributes, max_exclude_ids=self.limits.max_excluded_ids)
-        except FilterError as e:
-            raise InvalidInput(FILTER_TENSORS.get(e.field, e.field), str(e)) from e
+        mask = request_mask(request, self.attributes, self.limits)
         return {
             "query": request[QUERY_EMBEDDING],
             "history": history_rows(request, self.store.rows, self.limits.max_history),
