@@ -86,6 +86,11 @@ def catalog_dir(repo: Path, version: str = MODEL_VERSION) -> Path:
     return Path(repo) / ITEM_STORE / version / CATALOG_DIR
 
 
+def graph_file(repo: Path, model: str, version: str = MODEL_VERSION) -> Path:
+    """The exported ONNX graph a rendered repository keeps for `model` (on every target)."""
+    return Path(repo) / model / version / GRAPH_FILE
+
+
 def _array_file(directory: Path, name: str) -> Path:
     path = Path(directory) / f"{name}.npy"
     if not path.is_file():

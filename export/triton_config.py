@@ -38,8 +38,7 @@ PYTHON_SOURCES: dict[Role, str] = {
     Role.USER_PROFILE: "user_profile",
     Role.COLD_ITEM_ENCODER: "cold_item_encoder",
     Role.VALIDATOR: "request_validator",
-    Role.RETRIEVER: "retriever",
-    Role.RESULT_SELECTOR: "select_results",
+    Role.CATALOG_SEARCH: "catalog_search",
     Role.ENCODER: "onnx_graph",
     Role.FUSION_HEAD: "onnx_graph",
 }

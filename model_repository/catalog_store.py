@@ -1,6 +1,6 @@
 """The served catalog as every python model reads it: one set of memory-mapped files.
 
-item_store (rank), user_profile (rank_cold) and retriever (search) each run in their own stub
+item_store (rank), user_profile (rank_cold) and catalog_search (search) each run in their own stub
 process. They all open the same catalog directory (repo_format.catalog_dir) with memory maps, so
 the embeddings and features exist once in memory (the page cache's) however many stubs read them,
 and a later catalog version is a new directory to open, not a copy to merge into.

@@ -28,6 +28,11 @@ class OrtOptions:
     intra_op_threads: int = 0
     allow_spinning: bool = False
 
+    @classmethod
+    def from_context(cls, context: ModelContext) -> OrtOptions:
+        """The model config's `intra_op_threads` parameter (the target's choice), else the default."""
+        return cls(intra_op_threads=int(context.parameters.get("intra_op_threads", "0")))
+
 
 class OrtGraph:
     """One onnxruntime CPU session over a graph whose tensor names are the schema's."""
@@ -44,8 +49,7 @@ class OrtGraph:
 
     @classmethod
     def from_context(cls, context: ModelContext) -> OrtGraph:
-        threads = int(context.parameters.get("intra_op_threads", "0"))
-        return cls(context.version_dir / GRAPH_FILE, OrtOptions(intra_op_threads=threads))
+        return cls(context.version_dir / GRAPH_FILE, OrtOptions.from_context(context))
 
     def run(self, feeds: Tensors) -> Tensors:
         return dict(zip(self.output_names, self.session.run(self.output_names, feeds)))

@@ -1,30 +1,26 @@
-"""The retriever model, search's stage 1: the request's filters and vectors in, retrieval_depth
-candidates from the whole catalog out, with everything the fusion head needs about them.
+"""Search's stage 1: one checked request's filters and vectors in, its candidate catalog rows out.
 
-    QUERY_EMBEDDING [B, D], USER_HISTORY_IDS [B, H], TOP_K [B, 1], CATEGORY [B, 1], BRANDS [B, n],
-    EXCLUDE_BRANDS [B, m], PRICE_RANGE [B, 2], EXCLUDE_IDS [B, e]
-        -> CANDIDATE_IDS [B, N], ITEM_EMBEDDINGS [B, N, D], ITEM_FEATURES [B, N, F], USER_EMBEDDING [B, D],
-           VALID_TOP_K [B, 1]
+    QUERY_EMBEDDING [1, D], USER_HISTORY_IDS [1, H], TOP_K [1, 1], CATEGORY [1, 1], BRANDS [1, n],
+    EXCLUDE_BRANDS [1, m], PRICE_RANGE [1, 2], EXCLUDE_IDS [1, e]
+        -> Candidates: rows [N] (PAD_ROW past the last match), user vector [1, D], top_k
 
-N = min(retrieval_depth, catalog size) for every request, so the head batches requests; rows past
-the last match (a narrow filter) carry CANDIDATE_IDS -1, zero embeddings and unknown features, and
-select_results drops them. The search vector is the query embedding blended with the user vector
-(aisle.retrieval.retrieval_vectors); with neither, the most popular allowed items are the
-candidates. Filters act inside retrieval (a filtered-out item never takes a slot). Every check
-fails with INVALID_ARGUMENT naming the tensor: counts over the ServingLimits, TOP_K outside
-1..max_results, unknown history ids, negative excluded ids, min price above max, a category or brand
-the catalog does not have (with the closest names). An excluded id the catalog does not hold
-excludes nothing (it may have been delisted already).
+N = ServingLimits.retrieval_depth(has a query), at most the catalog size. The search vector is the
+query embedding blended with the user vector (aisle.retrieval.retrieval_vectors); with neither,
+the most popular allowed items are the candidates. Filters act inside retrieval (a filtered-out
+item never takes a slot). Every check fails with InvalidInput naming the tensor: counts over the
+ServingLimits, TOP_K outside 1..max_results, unknown history ids, negative excluded ids, min price
+above max, a category or brand the catalog does not have (with the closest names). An excluded id
+the catalog does not hold excludes nothing (it may have been delisted already).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
+from aisle.model_repository.batching import Tensors
 from aisle.model_repository.catalog_store import CatalogStore
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
@@ -33,31 +29,26 @@ from aisle.model_repository.validation import check_count, decode_texts, history
 from aisle.retrieval import (
     ATTRIBUTES_FILE,
     INDEX_FILE,
-    PAD_ROW,
     FilterError,
     Filters,
     IndexParams,
     ItemAttributes,
     Popularity,
     filter_mask,
+    has_query,
     load_index,
     retrieval_vectors,
 )
 from aisle.retrieval.index import RetrievalIndex
 from aisle.schema import (
     BRANDS,
-    CANDIDATE_IDS,
     CATEGORY,
     EXCLUDE_BRANDS,
     EXCLUDE_IDS,
-    ITEM_EMBEDDINGS,
-    ITEM_FEATURES_TENSOR,
     PRICE_RANGE,
     QUERY_EMBEDDING,
     TOP_K,
-    USER_EMBEDDING,
     ServingLimits,
-    validated,
 )
 
 #: The tensor that carries each Filters field, so a FilterError names what the client sent.
@@ -103,8 +94,18 @@ def check_top_k(request: Tensors, max_results: int) -> np.ndarray:
     return request[TOP_K]
 
 
+@dataclass(frozen=True)
+class Candidates:
+    """One request after stage 1: what stage 2 scores, and how many results it keeps."""
+
+    rows: np.ndarray  # [N] catalog rows, best retrieval score first, PAD_ROW past the last match
+    user: np.ndarray  # [1, D] the user vector (zero without history)
+    query: np.ndarray  # [1, D] the query embedding (zero without a query)
+    top_k: int
+
+
 class Retriever:
-    """A search request -> its retrieval_depth best catalog candidates under its filters."""
+    """A search request -> its best catalog candidates under its filters."""
 
     def __init__(
         self, store: CatalogStore, attributes: ItemAttributes, index: RetrievalIndex, limits: ServingLimits
@@ -117,7 +118,6 @@ class Retriever:
         self.index = index
         self.limits = limits
         self.popularity = Popularity(catalog.features)
-        self.depth = min(limits.retrieval_depth, len(catalog.item_ids))
 
     @classmethod
     def from_context(cls, context: ModelContext) -> Retriever:
@@ -127,41 +127,31 @@ class Retriever:
         attributes = ItemAttributes.load(store.directory / ATTRIBUTES_FILE)
         return cls(store, attributes, index, context.schema.limits)
 
-    def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
-        outcomes, valid, checked = validate_each(requests, self._check)
-        return merge(outcomes, valid, [self._retrieve(r) for r in checked])
+    def depth(self, query: np.ndarray) -> int:
+        """Candidates for a request with this query embedding (zero: no query), at most the catalog."""
+        return min(self.limits.retrieval_depth(bool(has_query(query)[0])), len(self.store.catalog.item_ids))
 
-    def _check(self, request: Tensors) -> Tensors:
-        mask = request_mask(request, self.attributes, self.limits)
+    def check(self, request: Tensors) -> Tensors:
+        """The request's tensors checked and decoded (InvalidInput names the first bad one)."""
         return {
             "query": request[QUERY_EMBEDDING],
             "history": history_rows(request, self.store.rows, self.limits.max_history),
             "top_k": check_top_k(request, self.limits.max_results),
-            "mask": mask,
+            "mask": request_mask(request, self.attributes, self.limits),
         }
 
     def candidate_rows(self, query: np.ndarray, user: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         """[N] catalog rows to rank (PAD_ROW past the last match) for one request's vectors."""
+        depth = self.depth(query)
         vectors, has_vector = retrieval_vectors(query, user)
         if has_vector[0]:
-            rows, _ = self.index.search(vectors, self.depth, mask)
+            rows, _ = self.index.search(vectors, depth, mask)
             return rows[0]
-        rows, _ = self.popularity.top(self.depth, mask)
+        rows, _ = self.popularity.top(depth, mask)
         return rows
 
-    def _retrieve(self, request: Tensors) -> Tensors:
-        catalog = self.store.catalog
-        user = user_embeddings(catalog, request["history"], self.limits.history_decay)
-        rows = self.candidate_rows(request["query"], user, request["mask"])
-        real = rows != PAD_ROW
-        embeddings = np.zeros((self.depth, catalog.dim), np.float32)
-        features = np.full((self.depth, catalog.features.shape[1]), np.nan, np.float32)
-        embeddings[real] = catalog.embeddings[rows[real]]
-        features[real] = catalog.features[rows[real]]
-        return {
-            CANDIDATE_IDS: np.where(real, catalog.item_ids[np.where(real, rows, 0)], PAD_ROW)[None],
-            ITEM_EMBEDDINGS: embeddings[None],
-            ITEM_FEATURES_TENSOR: features[None],
-            USER_EMBEDDING: user,
-            validated(TOP_K): request["top_k"],
-        }
+    def retrieve(self, checked: Tensors) -> Candidates:
+        """Stage 1 for one checked request."""
+        user = user_embeddings(self.store.catalog, checked["history"], self.limits.history_decay)
+        rows = self.candidate_rows(checked["query"], user, checked["mask"])
+        return Candidates(rows, user, checked["query"], int(checked["top_k"].reshape(-1)[0]))

@@ -12,6 +12,7 @@ from aisle.cli import main
 from aisle.data.format import load_dataset, write_dataset
 from aisle.data.generator import PRESETS, generate
 from aisle.modeling.loading import load_checkpoint
+from aisle.schema import ServingLimits
 from aisle.training.catalog_eval import (
     BM25,
     FEED_SYSTEMS,
@@ -53,7 +54,11 @@ def test_cli_writes_every_system_and_goal_with_finite_metrics(
     assert [goal["name"] for goal in results["goals"]] == [goal.name for goal in GOALS]
     for goal in results["goals"]:
         assert goal["passed"] == (goal["margin"] >= goal["required"])
-    assert results["settings"]["retrieval_n"] == CatalogEvalConfig().retrieval_n
+    served = load_checkpoint(tiny_checkpoint).manifest.limits
+    assert (results["settings"]["search_depth"], results["settings"]["recommend_depth"]) == (
+        served.search_depth,
+        served.recommend_depth,
+    )
     table = capsys.readouterr().out
     assert "search  bm25" in table and "feed    popularity" in table and "goal search_over_bm25" in table
 
@@ -79,12 +84,33 @@ def test_bm25_ranks_an_item_whose_title_is_the_query_first(prepared: Prepared) -
         assert items[best].title == title, f"query {title!r}: BM25's first item is {items[best].title!r}"
 
 
+def depths(n: int) -> ServingLimits:
+    """Limits retrieving n candidates for searches and feeds alike."""
+    return ServingLimits(search_depth=n, recommend_depth=n, max_results=min(n, ServingLimits().max_results))
+
+
+def test_reference_searches_and_feeds_retrieve_their_own_depths(prepared: Prepared) -> None:
+    """A batch mixing searches and feeds: each request gets its kind's depth, as served."""
+    tuned, features = prepared.tuned, prepared.corpus.features
+    searches = np.flatnonzero(prepared.sessions.lists.is_search)[:2]
+    index = np.concatenate([searches, searches])
+    queries, users = tuned.queries[index].copy(), prepared.sessions.users[index]
+    queries[2:] = 0.0
+    limits = ServingLimits(search_depth=20, recommend_depth=40, max_results=20)
+    ranked = reference_ranking(prepared.head, queries, users, tuned.items, features, limits=limits, k=20)
+    for i, n in ((0, 20), (1, 20), (2, 40), (3, 40)):
+        alone = reference_ranking(
+            prepared.head, queries[i : i + 1], users[i : i + 1], tuned.items, features, limits=depths(n), k=20
+        )
+        np.testing.assert_array_equal(ranked.rows[i], alone.rows[0])
+
+
 def test_reference_with_n_equal_to_the_catalog_is_the_head_over_every_item(prepared: Prepared) -> None:
     tuned, features = prepared.tuned, prepared.corpus.features
     index = np.arange(min(len(prepared.sessions.lists), 8))
     queries, users = tuned.queries[index], prepared.sessions.users[index]
     num_items, k = len(features), 20
-    ranked = reference_ranking(prepared.head, queries, users, tuned.items, features, n=num_items, k=k)
+    ranked = reference_ranking(prepared.head, queries, users, tuned.items, features, limits=depths(num_items), k=k)
     with torch.inference_mode():
         brute = prepared.head(
             torch.from_numpy(queries),
@@ -101,7 +127,7 @@ def test_reference_ranks_only_the_retrieved_candidates_best_first(prepared: Prep
     tuned, features = prepared.tuned, prepared.corpus.features
     index = np.arange(min(len(prepared.sessions.lists), 8))
     queries, users = tuned.queries[index], prepared.sessions.users[index]
-    ranked = reference_ranking(prepared.head, queries, users, tuned.items, features, n=50, k=10)
+    ranked = reference_ranking(prepared.head, queries, users, tuned.items, features, limits=depths(50), k=10)
     retrieved = top_rows(retrieval_scores(queries, users, tuned.items, features), 50)
     assert ranked.rows.shape == ranked.scores.shape == (len(index), 10)
     assert np.all(np.diff(ranked.scores, axis=1) <= 0)
@@ -112,7 +138,7 @@ def test_reference_ranks_only_the_retrieved_candidates_best_first(prepared: Prep
 def test_reference_without_query_or_history_retrieves_the_most_popular(prepared: Prepared) -> None:
     tuned, features = prepared.tuned, prepared.corpus.features
     zero = np.zeros((1, tuned.items.shape[1]), dtype=np.float32)
-    ranked = reference_ranking(prepared.head, zero, zero, tuned.items, features, n=30, k=30)
+    ranked = reference_ranking(prepared.head, zero, zero, tuned.items, features, limits=depths(30), k=30)
     popular = np.argsort(-features[:, POPULARITY], kind="stable")[:30]
     assert set(ranked.rows[0]) == set(popular)
 
@@ -137,7 +163,8 @@ def test_report_names_each_system_and_goal_verdict(prepared: Prepared) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--retrieval-n", "50"], "--retrieval-n=50 must be >= 100"),
+        (["--search-depth", "50"], "--search-depth=50 must be >= 100"),
+        (["--recommend-depth", "99"], "--recommend-depth=99 must be >= 100"),
         (["--max-sessions", "0"], "--max-sessions=0 must be >= 1"),
     ],
 )
@@ -151,7 +178,7 @@ def test_cli_rejects_bad_numbers_with_exit_2(
 
 def test_cli_rejects_a_non_integer_count_with_exit_2(tiny_data: Path, tiny_checkpoint: Path) -> None:
     with pytest.raises(SystemExit) as e:
-        main(["evaluate", "--data", str(tiny_data), "--checkpoint", str(tiny_checkpoint), "--retrieval-n", "many"])
+        main(["evaluate", "--data", str(tiny_data), "--checkpoint", str(tiny_checkpoint), "--search-depth", "many"])
     assert e.value.code == 2
 
 

@@ -1,4 +1,5 @@
-"""The retriever's logic on a rendered catalog, and an ANN index through export and serving."""
+"""Search's stage 1 (retriever) and stages 1+2 (catalog_search) on a rendered catalog, in-process;
+an ANN index through export and serving."""
 
 from __future__ import annotations
 
@@ -8,34 +9,38 @@ import numpy as np
 import pytest
 
 from aisle.client import AisleClient, Filters
-from aisle.export.repo_format import RepoManifest, catalog_dir
+from aisle.export.repo_format import RepoManifest, catalog_dir, graph_file
 from aisle.export.repository import RepoSpec, render_repository
 from aisle.export.targets import target_named
+from aisle.model_repository.catalog_search import CatalogSearch, best_first
 from aisle.model_repository.catalog_store import CatalogStore
+from aisle.model_repository.ort_runner import OrtGraph
 from aisle.model_repository.retriever import Retriever
 from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
-from aisle.retrieval import ATTRIBUTES_FILE, INDEX_FILE, ExactIndex, ItemAttributes, Popularity
+from aisle.retrieval import ATTRIBUTES_FILE, INDEX_FILE, PAD_ROW, ExactIndex, ItemAttributes, Popularity
 from aisle.schema import (
     BRANDS,
-    CANDIDATE_IDS,
     CATEGORY,
     EXCLUDE_BRANDS,
     EXCLUDE_IDS,
+    FUSION_HEAD,
+    ITEM_IDS,
     PRICE_RANGE,
     QUERY_EMBEDDING,
+    SCORES,
     TOP_K,
     USER_HISTORY_IDS,
     ServingLimits,
 )
 
-DEPTH = 5
+SEARCH_DEPTH, RECOMMEND_DEPTH = 4, 5
 
 
 @pytest.fixture(scope="module")
 def retriever(embedded_repo: Path) -> Retriever:
     store = CatalogStore.open(catalog_dir(embedded_repo))
     attributes = ItemAttributes.load(store.directory / ATTRIBUTES_FILE)
-    limits = ServingLimits(retrieval_depth=DEPTH, max_results=DEPTH)
+    limits = ServingLimits(search_depth=SEARCH_DEPTH, recommend_depth=RECOMMEND_DEPTH, max_results=SEARCH_DEPTH)
     return Retriever(store, attributes, ExactIndex(store.catalog.embeddings), limits)
 
 
@@ -52,29 +57,56 @@ def request(dim: int, *, query: np.ndarray | None = None, max_price: float = np.
     }
 
 
+def candidate_ids(retriever: Retriever, request: dict[str, np.ndarray]) -> np.ndarray:
+    rows = retriever.retrieve(retriever.check(request)).rows
+    return np.where(rows != PAD_ROW, retriever.store.catalog.item_ids[rows], PAD_ROW)
+
+
 def test_no_query_and_no_history_retrieves_the_most_popular_allowed_items(retriever: Retriever) -> None:
     catalog = retriever.store.catalog
-    (outcome,) = retriever([request(catalog.dim)])
-    rows, _ = Popularity(np.asarray(catalog.features)).top(DEPTH)
-    np.testing.assert_array_equal(outcome[CANDIDATE_IDS][0], catalog.item_ids[rows])
+    rows, _ = Popularity(np.asarray(catalog.features)).top(RECOMMEND_DEPTH)
+    np.testing.assert_array_equal(candidate_ids(retriever, request(catalog.dim)), catalog.item_ids[rows])
     cap = float(np.median(catalog.features[:, 0]))
-    (filtered,) = retriever([request(catalog.dim, max_price=cap)])
-    ids = filtered[CANDIDATE_IDS][0]
     allowed = catalog.features[:, 0] <= cap
-    rows, _ = Popularity(np.asarray(catalog.features)).top(DEPTH, allowed)
-    np.testing.assert_array_equal(ids, catalog.item_ids[rows])
+    rows, _ = Popularity(np.asarray(catalog.features)).top(RECOMMEND_DEPTH, allowed)
+    np.testing.assert_array_equal(candidate_ids(retriever, request(catalog.dim, max_price=cap)), catalog.item_ids[rows])
 
 
 def test_a_query_retrieves_its_nearest_items_and_pads_what_a_filter_leaves_out(retriever: Retriever) -> None:
     catalog = retriever.store.catalog
     query = np.asarray(catalog.embeddings[7])
-    (outcome,) = retriever([request(catalog.dim, query=query)])
-    nearest = np.argsort(-(np.asarray(catalog.embeddings) @ query), kind="stable")[:DEPTH]
-    assert set(outcome[CANDIDATE_IDS][0].tolist()) == set(catalog.item_ids[nearest].tolist())
+    nearest = np.argsort(-(np.asarray(catalog.embeddings) @ query), kind="stable")[:SEARCH_DEPTH]
+    assert set(candidate_ids(retriever, request(catalog.dim, query=query))) == set(catalog.item_ids[nearest])
     cheapest = float(np.nanmin(catalog.features[:, 0]))
-    (narrow,) = retriever([request(catalog.dim, query=query, max_price=cheapest)])
-    ids = narrow[CANDIDATE_IDS][0]
-    assert ids.shape == (DEPTH,) and (ids[1:] == -1).all() and ids[0] >= 0
+    ids = candidate_ids(retriever, request(catalog.dim, query=query, max_price=cheapest))
+    assert ids.shape == (SEARCH_DEPTH,) and (ids[1:] == -1).all() and ids[0] >= 0
+
+
+def test_catalog_search_scores_each_requests_candidates_with_the_head(
+    retriever: Retriever, embedded_repo: Path
+) -> None:
+    """A batch mixing a search, a feed and a narrow filter: each gets its own depth, the head's
+    scores for its candidates, best first, without padding rows."""
+    head = OrtGraph(graph_file(embedded_repo, FUSION_HEAD))
+    search = CatalogSearch(retriever, head)
+    catalog = retriever.store.catalog
+    query = np.asarray(catalog.embeddings[7])
+    history = {USER_HISTORY_IDS: catalog.item_ids[None, :3]}
+    cheapest = float(np.nanmin(catalog.features[:, 0]))
+    batch = [
+        request(catalog.dim, query=query) | history,
+        request(catalog.dim) | history,
+        request(catalog.dim, query=query, max_price=cheapest),
+    ]
+    outcomes = search(batch)
+    for req, outcome in zip(batch, outcomes):
+        candidates = retriever.retrieve(retriever.check(req))
+        scores = head.run(search.head_inputs([candidates]))[SCORES][0]
+        ids, best = best_first(scores, search.ids(candidates.rows), 3)
+        np.testing.assert_array_equal(outcome[ITEM_IDS][0], ids)
+        np.testing.assert_allclose(outcome[SCORES][0], best, rtol=0, atol=1e-6)
+        assert np.all(np.diff(outcome[SCORES][0]) <= 0) and PAD_ROW not in outcome[ITEM_IDS][0]
+    assert [len(o[ITEM_IDS][0]) for o in outcomes] == [3, 3, 1]
 
 
 @pytest.mark.server

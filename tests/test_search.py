@@ -1,7 +1,7 @@
 """Whole-catalog search and recommendation, served: a real tritonserver on the tiny shop.
 
-The tiny catalog (300 items) is smaller than retrieval_depth, so every allowed item is a
-candidate and a filtered search must return exactly min(top_k, allowed) items.
+Filters act inside retrieval, so on the tiny catalog (300 items) a filtered search must return
+exactly min(top_k, allowed) items however few the filter allows.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from aisle.model_repository.server import TritonServer
 from aisle.retrieval.attributes import category_path
 from aisle.schema import (
     BRANDS,
+    CATALOG_SEARCH,
     CATEGORY,
     EXCLUDE_BRANDS,
     EXCLUDE_IDS,
@@ -195,7 +196,7 @@ def test_a_burst_of_bad_searches_leaves_the_server_ready_with_nothing_in_flight(
     with grpcclient.InferenceServerClient(triton_server.grpc_url) as raw:
         assert raw.is_server_ready() and raw.is_model_ready(SEARCH)
     pending = pending_requests(triton_server)
-    assert SEARCH in pending and "retriever" in pending
+    assert SEARCH in pending and CATALOG_SEARCH in pending
     assert all(count == 0 for count in pending.values()), pending
 
 
@@ -225,7 +226,7 @@ def test_served_search_equals_the_offline_reference_on_the_exact_index(
     client: AisleClient, serving_checkpoint: Path, tiny_data: Path, items: dict[int, Item]
 ) -> None:
     """Same ids, scores within 1e-4: the checkpoint's PyTorch towers and head through the reference
-    ranking of `aisle evaluate` (retrieval_depth candidates, then the head) against the server."""
+    ranking of `aisle evaluate` (search_depth / recommend_depth candidates, then the head) against the server."""
     from aisle.data.format import load_dataset
     from aisle.modeling.loading import embed_texts, load_checkpoint
     from aisle.modeling.user import user_vector
@@ -252,8 +253,7 @@ def test_served_search_equals_the_offline_reference_on_the_exact_index(
             for h in histories
         ]
     ).astype(np.float32)
-    depth = min(limits.retrieval_depth, len(ids))
-    reference = reference_ranking(ckpt.head, query_vectors, users, catalog, features, n=depth, k=10)
+    reference = reference_ranking(ckpt.head, query_vectors, users, catalog, features, limits=limits, k=10)
     for i, (query, history) in enumerate(zip(queries, histories)):
         served = client.search(query, user_history_ids=list(history), top_k=10)
         np.testing.assert_array_equal(served.ids, ids[reference.rows[i]], err_msg=f"query {query!r}")

@@ -6,7 +6,7 @@ the offline evaluation all import it, so one implementation answers in all three
     attributes.py  ItemAttributes: brand, category path, price per catalog row (npz beside the catalog)
     filters.py     Filters (validated) -> boolean row mask
     index.py       ExactIndex, FaissIndex (IVF / HNSW), IndexParams, choose_index
-    query.py       retrieval_vectors (query + user blend), Popularity (fallback with neither)
+    query.py       has_query, retrieval_vectors (query + user blend), Popularity (fallback with neither)
 """
 
 from aisle.retrieval.attributes import ATTRIBUTES_FILE, ItemAttributes
@@ -24,7 +24,7 @@ from aisle.retrieval.index import (
     choose_index,
     load_index,
 )
-from aisle.retrieval.query import USER_WEIGHT, Popularity, retrieval_vectors
+from aisle.retrieval.query import USER_WEIGHT, Popularity, has_query, retrieval_vectors
 
 __all__ = [
     "ANN_MIN_ITEMS",
@@ -45,5 +45,6 @@ __all__ = [
     "choose_index",
     "filter_mask",
     "load_index",
+    "has_query",
     "retrieval_vectors",
 ]

@@ -30,6 +30,11 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
     return np.where(norms > ZERO_NORM, vectors / np.maximum(norms, ZERO_NORM), 0.0).astype(np.float32)
 
 
+def has_query(query_embeddings: np.ndarray) -> np.ndarray:
+    """[B] bool: which requests have a query (an empty query embeds to the zero vector)."""
+    return np.linalg.norm(query_embeddings, axis=1) > ZERO_NORM
+
+
 def retrieval_vectors(
     query_embeddings: np.ndarray, user_embeddings: np.ndarray, *, user_weight: float = USER_WEIGHT
 ) -> tuple[np.ndarray, np.ndarray]:

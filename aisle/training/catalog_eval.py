@@ -9,14 +9,15 @@ search sessions (query != ""):
   shops run today;
 - zero_shot: cosine of the base model's query and item embeddings over the whole catalog;
 - towers: the same with the fine-tuned towers (stage 1 alone);
-- aisle: `reference_ranking`: towers retrieval of the top `retrieval_n`, re-ranked by the fusion
+- aisle: `reference_ranking`: towers retrieval of the top `search_depth`, re-ranked by the fusion
   head with the user vector from the session history (stages 1 + 2).
 
 feed sessions (query == ""):
 - popularity: the catalog by the popularity feature, the same for every user;
 - user_cosine: the user vector against the item-tower embeddings (stage 1 alone; popularity for
   a session without history, as stage 1 does);
-- aisle: `reference_ranking` with an empty query: user-vector retrieval, then the fusion head.
+- aisle: `reference_ranking` with an empty query: user-vector retrieval of the top
+  `recommend_depth`, then the fusion head.
 
 Sessions: every test session with a click or purchase (optionally the first `max_sessions`).
 Gains: purchase 2, click 1 on the session's impressions, 0 for every other catalog item, so the
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,19 +47,13 @@ from aisle.modeling.fusion import FusionHead
 from aisle.modeling.loading import embed_texts, load_checkpoint
 from aisle.modeling.towers import TextTower
 from aisle.modeling.user import user_vector
-from aisle.retrieval import retrieval_vectors
+from aisle.retrieval import has_query, retrieval_vectors
 from aisle.schema import ITEM_FEATURES, ServingLimits
 from aisle.tokenization import Bucketing, load_tokenizer
 from aisle.training.corpus import Corpus, RankingLists
 from aisle.training.metrics import ndcg_at_k, recall_at_k
 from aisle.training.presets import Evaluation
 
-#: Stage-1 candidates the fusion head re-ranks: the served default (ServingLimits.retrieval_depth).
-#: Measured on the small shop (fast checkpoint, all test sessions with a click, stage 1 by the query
-#: alone for searches), aisle nDCG@10 search / feed at N = 100, 200, 300, 500, 1000: 0.2985 / 0.1953,
-#: 0.2982 / 0.2185, 0.2980 / 0.2268, 0.2979 / 0.2293, 0.2973 / 0.2279. Search is flat; feeds gain up
-#: to ~300-500. 300 keeps most of that at 60% of 500's head work per request.
-RETRIEVAL_N = ServingLimits().retrieval_depth
 SEARCH_SYSTEMS = ("bm25", "zero_shot", "towers", "aisle")
 FEED_SYSTEMS = ("popularity", "user_cosine", "aisle")
 #: Sessions ranked together: bounds the [B, catalog] score arrays and the head's [B, N, 5D] input.
@@ -134,27 +129,38 @@ def reference_ranking(
     items: np.ndarray,
     features: np.ndarray,
     *,
-    n: int,
+    limits: ServingLimits,
     k: int,
 ) -> Ranked:
     """aisle's search (non-zero query) and recommendation (zero query) over a whole catalog.
 
     queries, users: [B, D] float32 (zero rows for no query / no history); items: [I, D] item-tower
-    embeddings; features: [I, F] raw features. Stage 1 keeps the top `n` rows by
-    `retrieval_scores`; stage 2 scores them with the fusion head and keeps the top `k`.
+    embeddings; features: [I, F] raw features. Stage 1 keeps each request's top
+    `limits.retrieval_depth(has a query)` rows (at most I) by `retrieval_scores`; stage 2 scores
+    them with the fusion head and keeps the top `k`.
     """
-    if not 0 < k <= n:
-        raise ValueError(f"k={k} must lie in [1, n={n}]")
-    candidates = top_rows(retrieval_scores(queries, users, items, features), n)
-    with torch.inference_mode():
-        scores = head(
-            torch.from_numpy(queries),
-            torch.from_numpy(users),
-            torch.from_numpy(items[candidates]),
-            torch.from_numpy(features[candidates]),
-        ).numpy()
-    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    return Ranked(np.take_along_axis(candidates, order, axis=1), np.take_along_axis(scores, order, axis=1))
+    rows = np.zeros((len(queries), k), dtype=np.int64)
+    scores = np.zeros((len(queries), k), dtype=np.float32)
+    with_query = has_query(queries)
+    for group in (np.flatnonzero(with_query), np.flatnonzero(~with_query)):
+        if not len(group):
+            continue
+        n = min(limits.retrieval_depth(bool(with_query[group[0]])), len(items))
+        if not 0 < k <= n:
+            raise ValueError(f"k={k} must lie in [1, n={n}]")
+        q, u = queries[group], users[group]
+        candidates = top_rows(retrieval_scores(q, u, items, features), n)
+        with torch.inference_mode():
+            head_scores = head(
+                torch.from_numpy(q),
+                torch.from_numpy(u),
+                torch.from_numpy(items[candidates]),
+                torch.from_numpy(features[candidates]),
+            ).numpy()
+        order = np.argsort(-head_scores, axis=1, kind="stable")[:, :k]
+        rows[group] = np.take_along_axis(candidates, order, axis=1)
+        scores[group] = np.take_along_axis(head_scores, order, axis=1)
+    return Ranked(rows, scores)
 
 
 # --- embeddings ----------------------------------------------------------------------------------
@@ -256,28 +262,37 @@ def full_ranking(ranked: Ranked, num_items: int) -> np.ndarray:
 class CatalogEvalConfig:
     """Options of one `aisle evaluate` run.
 
-    retrieval_n: stage-1 candidates the head re-ranks (>= the recall cut-off: aisle's list is
+    search_depth / recommend_depth: stage-1 candidates the head re-ranks for searches / feeds
+        (None: the checkpoint's ServingLimits, as served; >= the recall cut-off: aisle's list is
         scored down to rank recall_k). max_sessions: evaluate the first N test sessions with a
         click (None: all). base_model: the zero-shot towers' directory (None: the manifest's).
     """
 
-    retrieval_n: int = RETRIEVAL_N
+    search_depth: int | None = None
+    recommend_depth: int | None = None
     max_sessions: int | None = None
     base_model: Path | None = None
     metrics: Evaluation = Evaluation()
 
     def __post_init__(self) -> None:
-        if self.retrieval_n < self.top_k:
-            raise AisleError(
-                f"--retrieval-n={self.retrieval_n} must be >= {self.top_k}: aisle's ranking is scored down to "
-                f"rank {self.top_k} (recall@{self.metrics.recall_k})"
-            )
+        for name in ("search_depth", "recommend_depth"):
+            value = getattr(self, name)
+            if value is not None and value < self.top_k:
+                raise AisleError(
+                    f"--{name.replace('_', '-')}={value} must be >= {self.top_k}: aisle's ranking is scored down "
+                    f"to rank {self.top_k} (recall@{self.metrics.recall_k})"
+                )
         if self.max_sessions is not None and self.max_sessions < 1:
             raise AisleError(f"--max-sessions={self.max_sessions} must be >= 1 (omit it for every test session)")
 
     @property
     def top_k(self) -> int:
         return max(self.metrics.ndcg_k, self.metrics.recall_k)
+
+    def limits(self, served: ServingLimits) -> ServingLimits:
+        """The checkpoint's served limits with this run's depth overrides."""
+        given = {"search_depth": self.search_depth, "recommend_depth": self.recommend_depth}
+        return replace(served, **{name: value for name, value in given.items() if value is not None})
 
 
 @dataclass
@@ -290,6 +305,7 @@ class Prepared:
     tuned: Tower
     bm25: BM25
     head: FusionHead
+    limits: ServingLimits
 
 
 def prepare(data_dir: Path, ckpt_dir: Path, config: CatalogEvalConfig) -> Prepared:
@@ -324,7 +340,15 @@ def prepare(data_dir: Path, ckpt_dir: Path, config: CatalogEvalConfig) -> Prepar
     )
     decay = manifest.limits.history_decay
     users = np.stack([user_vector(tuned.items[h], decay) for h in lists.histories]).astype(np.float32)
-    return Prepared(corpus, Sessions(lists, query_texts, users), base, tuned, BM25(corpus.item_texts), ckpt.head)
+    return Prepared(
+        corpus,
+        Sessions(lists, query_texts, users),
+        base,
+        tuned,
+        BM25(corpus.item_texts),
+        ckpt.head,
+        config.limits(manifest.limits),
+    )
 
 
 def system_scores(prepared: Prepared, index: np.ndarray, kind: str, config: CatalogEvalConfig) -> dict[str, np.ndarray]:
@@ -332,7 +356,7 @@ def system_scores(prepared: Prepared, index: np.ndarray, kind: str, config: Cata
     base, tuned, features = prepared.base, prepared.tuned, prepared.corpus.features
     users = prepared.sessions.users[index]
     aisle = reference_ranking(
-        prepared.head, tuned.queries[index], users, tuned.items, features, n=config.retrieval_n, k=config.top_k
+        prepared.head, tuned.queries[index], users, tuned.items, features, limits=prepared.limits, k=config.top_k
     )
     # Stage 1 alone is `towers` for searches and `user_cosine` for feeds (popularity where a feed
     # session has no history, as the reference falls back).
@@ -374,7 +398,8 @@ def evaluate_catalog(prepared: Prepared, config: CatalogEvalConfig) -> dict:
         }
     results["goals"] = check_goals(results, ndcg)
     results["settings"] = {
-        "retrieval_n": config.retrieval_n,
+        "search_depth": prepared.limits.search_depth,
+        "recommend_depth": prepared.limits.recommend_depth,
         "top_k": config.top_k,
         "max_sessions": config.max_sessions,
     }
@@ -415,7 +440,11 @@ def format_report(results: dict, config: CatalogEvalConfig) -> str:
         "  ".join(cell.ljust(w) if n < 2 else cell.rjust(w) for n, (cell, w) in enumerate(zip(row, widths)))
         for row in rows
     ]
-    lines.append(f"aisle = towers/user-vector retrieval of the top {config.retrieval_n}, re-ranked by the fusion head")
+    settings = results["settings"]
+    lines.append(
+        f"aisle = towers/user-vector retrieval of the top {settings['search_depth']} (searches) / "
+        f"{settings['recommend_depth']} (feeds), re-ranked by the fusion head"
+    )
     for goal in results["goals"]:
         verdict = {True: "PASS", False: "FAIL", None: "n/a"}[goal["passed"]]
         margin = "-" if goal["margin"] is None else f"{goal['margin']:+.4f}"

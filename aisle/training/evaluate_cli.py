@@ -1,4 +1,5 @@
-"""`aisle evaluate --data DIR --checkpoint CKPT [--out FILE.json] [--retrieval-n N] [--max-sessions N]`."""
+"""`aisle evaluate --data DIR --checkpoint CKPT [--out FILE.json] [--search-depth N] [--recommend-depth N]
+[--max-sessions N]`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,12 @@ from pathlib import Path
 def _handle(args: argparse.Namespace) -> int:
     from aisle.training.catalog_eval import CatalogEvalConfig, run
 
-    given = {"retrieval_n": args.retrieval_n, "max_sessions": args.max_sessions, "base_model": args.base_model}
+    given = {
+        "search_depth": args.search_depth,
+        "recommend_depth": args.recommend_depth,
+        "max_sessions": args.max_sessions,
+        "base_model": args.base_model,
+    }
     config = CatalogEvalConfig(**{name: value for name, value in given.items() if value is not None})
     run(args.data, args.checkpoint, args.out, config)
     return 0
@@ -26,13 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", type=Path, required=True, help="dataset directory the checkpoint was trained on")
     parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint directory (aisle train's output)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results to this JSON file")
-    parser.add_argument(
-        "--retrieval-n",
-        type=int,
-        default=None,
-        help="stage-1 candidates the fusion head re-ranks (default: aisle.training.catalog_eval.RETRIEVAL_N; "
-        "at least 100, the recall cut-off)",
-    )
+    for kind, sessions in (("search", "searches"), ("recommend", "feeds")):
+        parser.add_argument(
+            f"--{kind}-depth",
+            type=int,
+            default=None,
+            help=f"stage-1 candidates the fusion head re-ranks for {sessions} (default: the checkpoint's "
+            f"ServingLimits.{kind}_depth, as served; at least 100, the recall cut-off)",
+        )
     parser.add_argument(
         "--max-sessions", type=int, default=None, help="only the first N test sessions with a click (default: all)"
     )
