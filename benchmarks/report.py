@@ -12,6 +12,8 @@ import csv
 import json
 from pathlib import Path
 
+from aisle.benchmarks.search_stages import stages_table
+
 SUMMARY = "summary.json"
 RESULTS = "results.json"
 POINTS_CSV = "points.csv"
@@ -242,6 +244,13 @@ def markdown(results: dict) -> str:
     notes = "\n".join(f"- **{t['name']}**: {t['note']}" for t in results["targets"] if t["note"])
     failures = "\n".join(f"- {f}" for f in results["failures"]) or "none"
     peers = f"## Peers (same queries, same load generator)\n\n{peers_table(results)}\n" if "peers" in results else ""
+    stages = results.get("search_stages")
+    stages_md = (
+        "## Search stages (in-process, one request at a time)\n\n"
+        f"Stage 1 = filters + retrieval, stage 2 = fusion head + top-K.\n\n{stages_table(stages)}\n"
+        if stages
+        else ""
+    )
     return f"""# aisle benchmark
 
 ## Targets
@@ -264,6 +273,7 @@ def markdown(results: dict) -> str:
 {ort_table(results["ort"], results["machine"])}
 
 {peers}
+{stages_md}
 ## Load points
 
 {points_table(results["points"])}

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 
+from aisle.benchmarks import search_stages
 from aisle.benchmarks.baselines import (
     EncoderShape,
     OrtResult,
@@ -56,7 +57,8 @@ class SuiteConfig:
 
     duration_s: measured time of each load point (plus warm-up); the whole suite runs ~25 points.
     url: a running server's gRPC host:port (e.g. a GPU box with the tensorrt target); when unset,
-        `repo` is served by a local embedded tritonserver started for the run.
+        `repo` is served by a local embedded tritonserver started for the run. With both, `repo` is
+        the local copy of what the server at `url` serves (read for the in-process search stages).
     concurrencies: the closed-loop sweep of embed_query; the other workloads run at the target levels.
     rate_fractions: open-loop Poisson rates, as fractions of embed_query's peak closed-loop throughput.
     threads: intra-op threads of raw ORT and the GEMM measurement (the cores the server gets).
@@ -86,8 +88,8 @@ class SuiteConfig:
     peers_venv: Path = DEFAULT_VENV
 
     def __post_init__(self) -> None:
-        if (self.url is None) == (self.repo is None):
-            raise BenchmarkError(f"give exactly one of url={self.url!r} (remote server) and repo={self.repo} (local)")
+        if self.url is None and self.repo is None:
+            raise BenchmarkError("give url (a running server) or repo (served locally), or both")
         if self.duration_s <= 0:
             raise BenchmarkError(f"duration_s={self.duration_s} must be > 0")
 
@@ -461,6 +463,8 @@ def run_suite(config: SuiteConfig) -> dict:
         progress.set_postfix_str("SDK load generator")
         sdk_points = asyncio.run(_sdk_points(config, url, workloads, measurer, peak, progress))
         triton.close()
+        searches = [workloads["search"], workloads["recommend"]]
+        stages = search_stages.measure(config.repo, url, searches) if config.repo else []
     progress.set_postfix_str("eager HTTP baseline")
     eager = _eager_points(config, workloads["embed_query"], progress)
     if peers:
@@ -479,6 +483,7 @@ def run_suite(config: SuiteConfig) -> dict:
         "ort": [r.to_dict() for r in ort],
         "points": [p.to_dict() for p in pa_points + sdk_points + eager],
         "failures": measurer.failures,
+        "search_stages": stages,
     }
     if peers:
         peer_results.merge_into(results)

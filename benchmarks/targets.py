@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from aisle.schema import FUSION_HEAD, ITEM_STORE, QUERY_ENCODER, QUERY_TOKENIZER
+from aisle.schema import CATALOG_SEARCH, FUSION_HEAD, ITEM_STORE, QUERY_ENCODER, QUERY_TOKENIZER
 
 #: Cores used by other processes above which a measurement is flagged as distorted.
 CONTENTION_CORES = 0.25
@@ -26,6 +26,11 @@ SMALL_BATCH_SHARE = 0.5
 TOKENIZER_SHARE = 0.25
 #: Share of executed encoder work spent on padding above which ragged batching is worth proposing.
 PADDING_SHARE = 0.2
+#: search p50 at concurrency 1 may be at most this multiple of embed_query's (retrieval + ranking
+#: cost less than half of the query encoder), and search throughput at the throughput level at least
+#: this share of embed_query's (issue 12's speed goals).
+SEARCH_LATENCY_RATIO = 1.5
+SEARCH_THROUGHPUT_SHARE = 0.6
 #: The target or backend of a run that could not tell (a remote server known by its url alone).
 UNKNOWN = "unknown"
 
@@ -185,6 +190,9 @@ def evaluate(results: dict, levels) -> list[Goal]:
     ort_max = find_ort(results, "max", c)
     rank_lat = find_point(results, "rank", generator="perf_analyzer", level=lat)
     rank_thr = find_point(results, "rank", generator="perf_analyzer", level=c)
+    query_one = find_point(results, "embed_query", generator="perf_analyzer", level=1)
+    search_one = find_point(results, "search", generator="perf_analyzer", level=1)
+    search_thr = find_point(results, "search", generator="perf_analyzer", level=c)
     machine = results["machine"]
     gflops = pa_query["extra"].get("encoder_useful_gflops") if pa_query else None
     shares = results.get("query_tokens", {}).get("bucket_share", {})
@@ -254,6 +262,28 @@ def evaluate(results: dict, levels) -> list[Goal]:
             Goal(f"rank (100 candidates) throughput, concurrency {c}", _thr(rank_thr), 250.0, "req/s", ">="),
             rank_note(rank_thr),
             {"rank": rank_thr},
+        ),
+        (
+            Goal(
+                "search p50 / embed_query p50, concurrency 1 (perf_analyzer)",
+                _ratio(_p(search_one, "p50_ms"), _p(query_one, "p50_ms")),
+                SEARCH_LATENCY_RATIO,
+                "ratio",
+                "<=",
+            ),
+            lambda: _search_note(search_one, query_one, facts),
+            {"search": search_one, "embed_query": query_one},
+        ),
+        (
+            Goal(
+                f"search throughput / embed_query throughput, concurrency {c} (perf_analyzer)",
+                _ratio(_thr(search_thr), _thr(pa_query)),
+                SEARCH_THROUGHPUT_SHARE,
+                "ratio",
+                ">=",
+            ),
+            lambda: _search_note(search_thr, pa_query, facts),
+            {"search": search_thr, "embed_query": pa_query},
         ),
         (
             Goal(
@@ -427,6 +457,27 @@ def _rank_note(point: dict | None, facts: RunFacts) -> str:
                 queued > computing,
                 "shorter max_queue_delay_us where load is low, or more instances of the most queued step",
             ),
+            (bool(cpu and cpu.saturated), MOVE_GENERATOR),
+        )
+    )
+    return " ".join(p for p in parts if p)
+
+
+def _search_note(search: dict | None, query: dict | None, facts: RunFacts) -> str:
+    """What search adds to embed_query: the catalog_search step (retrieval + head + top-K)."""
+    step = _step(search, CATALOG_SEARCH)
+    parts = [f"search: {profile(search)}. embed_query: {profile(query)}."]
+    if step:
+        parts.append(
+            f"catalog_search (retrieval, fusion head, top-K in one step) took {step['compute_ms']:.2f} ms computing "
+            f"and {step['queue_ms']:.2f} ms queued per request, in batches of {step['mean_batch']:.1f}."
+        )
+    cpu = CpuUse.of(search, facts.cores) if search else None
+    if cpu:
+        parts.append(cpu.describe("search"))
+    parts.append(
+        _fixes(
+            (bool(step and step["compute_ms"] > step["queue_ms"]), "fewer candidates (search_depth) or a cheaper head"),
             (bool(cpu and cpu.saturated), MOVE_GENERATOR),
         )
     )

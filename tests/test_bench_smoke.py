@@ -32,6 +32,7 @@ def bench(triton_server, serving_checkpoint: Path, tiny_data: Path, onnx_dir: Pa
         checkpoint=serving_checkpoint,
         data=tiny_data,
         url=triton_server.grpc_url,
+        repo=triton_server.config.repo,
         duration_s=0.6,
         graph=onnx_dir / "query_encoder.onnx",
         workload=WorkloadConfig(requests=32, cold_candidates=4),
@@ -46,7 +47,7 @@ def _finite(*values: float | None) -> bool:
 def test_summary_lists_every_target_with_a_finite_measurement_and_a_verdict(bench) -> None:
     _, out = bench
     summary = json.loads((out / "summary.json").read_text())
-    assert len(summary["targets"]) == 8
+    assert len(summary["targets"]) == 10
     for target in summary["targets"]:
         assert {"name", "measured", "goal", "unit", "pass"} <= target.keys()
         assert _finite(target["measured"]) and isinstance(target["pass"], bool), target
@@ -95,6 +96,15 @@ def test_triton_points_carry_the_per_step_breakdown_of_their_ensemble(bench) -> 
         assert _finite(p["server_ms"])
     encoder = [p for p in results["points"] if p["workload"] == "embed_query" and p["generator"] == "perf_analyzer"]
     assert all(_finite(p["extra"]["encoder_useful_gflops"], p["extra"]["encoder_executed_gflops"]) for p in encoder)
+
+
+def test_search_stages_are_timed_in_process_for_searches_and_feeds(bench) -> None:
+    results, _ = bench
+    stages = {s["workload"]: s for s in results["search_stages"]}
+    assert set(stages) == {"search", "recommend"}
+    for s in stages.values():
+        assert s["requests"] > 0 and s["candidates"] > 0
+        assert _finite(s["stage1_p50_ms"], s["stage2_p50_ms"], s["stage2_over_stage1"]) and s["stage2_p50_ms"] > 0
 
 
 def test_baselines_and_report_files_are_written(bench) -> None:
