@@ -15,6 +15,7 @@ from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROC = Path("/proc")
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -26,23 +27,42 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def process_tree_cpu_s(root_pid: int) -> float:
-    """user + system CPU seconds of `root_pid` and all its live descendants (threads included)."""
-    parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+def _process_table() -> dict[int, list[str]]:
+    """pid -> its /proc stat fields (after the command name), for every live process."""
+    table = {}
     for entry in PROC.iterdir():
         if entry.name.isdigit():
             fields = _stat_fields(int(entry.name))
             if fields:
-                parents[int(entry.name)] = int(fields[1])
-                ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+                table[int(entry.name)] = fields
+    return table
+
+
+def process_tree(root_pid: int, table: dict[int, list[str]] | None = None) -> set[int]:
+    """`root_pid` and all its live descendants (a server and its python stubs)."""
+    table = _process_table() if table is None else table
+    parents = {pid: int(fields[1]) for pid, fields in table.items()}
     tree, frontier = {root_pid}, [root_pid]
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
         tree.update(children)
         frontier.extend(children)
-    return sum(ticks.get(pid, 0) for pid in tree) / CLOCK_TICKS
+    return tree
+
+
+def process_tree_cpu_s(root_pid: int) -> float:
+    """user + system CPU seconds of `root_pid` and all its live descendants (threads included)."""
+    table = _process_table()
+    ticks = {pid: int(fields[11]) + int(fields[12]) for pid, fields in table.items()}
+    return sum(ticks.get(pid, 0) for pid in process_tree(root_pid, table)) / CLOCK_TICKS
+
+
+def process_tree_rss_mib(root_pid: int) -> float:
+    """Resident memory of `root_pid` and its live descendants, MiB (shared pages count in each)."""
+    table = _process_table()
+    pages = sum(int(table[pid][21]) for pid in process_tree(root_pid, table) if pid in table)
+    return pages * PAGE_BYTES / 2**20
 
 
 def find_server_pid(grpc_port: int) -> int | None:
