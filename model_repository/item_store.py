@@ -54,7 +54,7 @@ class ItemStore:
         return merge(outcomes, valid, results)
 
     def _check(self, request: Tensors) -> Tensors:
-        decode_texts(request[QUERY], QUERY)
+        decode_texts(request[QUERY], QUERY, max_bytes=self.schema.limits.max_query_bytes)
         return {
             QUERY: request[QUERY],
             "candidates": candidate_rows(request, self.index, self.schema.limits.max_candidates),
