@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 STUB_NAME = "triton_python_backend_stub"
 #: How often the stub list is rescanned (a reload starts new stubs); deaths are seen at once.
 RESCAN_INTERVAL_S = 0.5
+#: After a death, how long to wait for more (an OOM kill or a crash often takes several stubs).
+DEATH_SETTLE_S = 0.1
 #: Pauses between attempts to load a model again after its stub died (the last one repeats).
 RELOAD_BACKOFF_S = (0.0, 1.0, 2.0, 5.0)
 
@@ -168,8 +170,7 @@ class StubWatchdog:
                 if not self._watched:
                     self._stop.wait(self.rescan_interval_s)
                     continue
-                readable, _, _ = select.select(list(self._watched), [], [], self.rescan_interval_s)
-                dead = [self._forget(fd) for fd in readable]
+                dead = self._dead(self.rescan_interval_s)
                 if dead and not self._stop.is_set():
                     self._recover(dead)
         finally:
@@ -188,20 +189,36 @@ class StubWatchdog:
                 continue  # died between the scan and now: its model is reloaded by the next death seen
             self._watched[fd] = (pid, model)
 
+    def _dead(self, timeout_s: float) -> list[tuple[int, str]]:
+        """(pid, model) of the watched stubs that have exited, waiting up to `timeout_s` for one."""
+        if not self._watched:
+            return []
+        readable, _, _ = select.select(list(self._watched), [], [], timeout_s)
+        return [self._forget(fd) for fd in readable]
+
     def _forget(self, fd: int) -> tuple[int, str]:
         pid, model = self._watched.pop(fd)
         os.close(fd)
         return pid, model
 
     def _recover(self, dead: list[tuple[int, str]]) -> None:
-        now = time.monotonic()
-        records = {}
-        for pid, model in dead:
-            self.on_event(f"python stub of model {model!r} (pid {pid}) died: unloading and loading it again")
-            records.setdefault(model, Recovery(model, pid, now))
+        """Unload every dead stub's model first (readiness false at once), then load them again.
+
+        Stubs that die within DEATH_SETTLE_S of the last death seen (several killed in a row) are
+        unloaded before any load starts, so the server does not report ready again while one of
+        them is still gone; a later death is recovered in the next round.
+        """
+        records: dict[str, Recovery] = {}
+        while dead:
+            now = time.monotonic()
+            for pid, model in dead:
+                if model in records:
+                    continue
+                self.on_event(f"python stub of model {model!r} (pid {pid}) died: unloading and loading it again")
+                records[model] = Recovery(model, pid, now)
+                self._unload(records[model])
+            dead = self._dead(DEATH_SETTLE_S)
         self.recoveries.extend(records.values())
-        for record in records.values():
-            self._unload(record)
         for record in records.values():
             self._reload(record)
 

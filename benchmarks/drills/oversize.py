@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from aisle.benchmarks.drills.traffic import ClosedLoop, Sent, percentile_ms, send
+from aisle.benchmarks.drills.traffic import ClosedLoop, Sent, percentile_ms, send, wire_inputs
 from aisle.export.repo_format import catalog_dir, read_item_ids
 from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
 from aisle.schema import CANDIDATE_IDS, EMBED_QUERY, QUERY, RANK, USER_HISTORY_IDS
@@ -106,7 +106,8 @@ def _timed_window(loop: ClosedLoop, duration_s: float) -> list[Sent]:
 
 def run_oversize(server: TritonServer, *, text_mb: float = 10.0, duration_s: float = 10.0) -> OversizeResult:
     """Ordinary traffic alone for `duration_s`, then beside a flood of `text_mb` MB texts as long."""
-    flood_request = {QUERY: np.array([[huge_text(text_mb)]], dtype=object)}
+    # Serialised once: the flood client stands for a remote one, not for this machine's CPU.
+    flood_request = wire_inputs({QUERY: np.array([[huge_text(text_mb)]], dtype=object)})
     with ClosedLoop(server.grpc_url, ordinary) as loop:
         time.sleep(1.0)  # warm-up: first requests pay connection set-up
         alone = _timed_window(loop, duration_s)
