@@ -155,8 +155,8 @@ class ServerConfig:
         With a cache, the models whose config enables it (the query encoder) answer a repeated
         input from memory: a head query costs its tokenizer hop only. Off by default so that
         benchmarks measure the models, not the cache.
-    watch_stubs: run the stub watchdog (reload the model of a python stub that dies). Off only
-        for tests of the bare server behaviour.
+    watch_stubs: run the stub watchdog (reload the model of a python stub that dies). Off, a dead
+        stub stays dead and readiness stays true (tritonserver 2.51's own behaviour).
     """
 
     repo: Path

@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 STUB_NAME = "triton_python_backend_stub"
 #: How often the stub list is rescanned (a reload starts new stubs); deaths are seen at once.
 RESCAN_INTERVAL_S = 0.5
+#: Seconds a control call may take: unload and index answer at once, a load runs the model's
+#: initialize() (the encoders warm up in every bucket) before it answers.
+CONTROL_TIMEOUT_S = 10.0
+LOAD_TIMEOUT_S = 300.0
 #: After a death, how long to wait for more (an OOM kill or a crash often takes several stubs).
 DEATH_SETTLE_S = 0.1
 #: Pauses between attempts to load a model again after its stub died (the last one repeats).
@@ -63,16 +67,15 @@ class ControlApi:
     http_url: str
     header: str
     token: str
-    timeout_s: float = 120.0
 
-    def post(self, path: str, body: dict | None = None) -> object:
+    def post(self, path: str, body: dict | None = None, *, timeout_s: float = CONTROL_TIMEOUT_S) -> object:
         request = urllib.request.Request(
             f"http://{self.http_url}{path}",
             data=json.dumps(body or {}).encode(),
             method="POST",
             headers={self.header: self.token},
         )
-        with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
             payload = response.read()
         return json.loads(payload) if payload else None
 
@@ -80,7 +83,7 @@ class ControlApi:
         self.post(f"/v2/repository/models/{model}/unload", {"parameters": {"unload_dependents": False}})
 
     def load(self, model: str) -> None:
-        self.post(f"/v2/repository/models/{model}/load")
+        self.post(f"/v2/repository/models/{model}/load", timeout_s=LOAD_TIMEOUT_S)
 
     def index(self) -> list[dict]:
         return list(self.post("/v2/repository/index") or [])  # type: ignore[arg-type]
