@@ -424,6 +424,8 @@ def serve_until_signalled(config: ServerConfig, *, start_timeout_s: float = 240.
         print(f"  LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']} PATH={Path(sys.prefix) / 'bin'}:$PATH \\")
         print("  " + " \\\n    ".join(server.display_command()))
         print(f"server log: {server.log_path}")
+        if server.watchdog is not None:
+            print("stub watchdog on: a python stub that dies has its model reloaded (not ready meanwhile)")
         print("Ctrl-C or SIGTERM drains in-flight requests and stops.", flush=True)
         while server.is_running():
             time.sleep(1.0)
