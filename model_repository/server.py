@@ -45,7 +45,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from aisle.export.repo_format import REPO_MANIFEST, RepoManifest
 from aisle.model_repository.errors import ServerStartError, ServingError
@@ -325,9 +324,6 @@ class TritonServer:
     def _report(message: str) -> None:
         print(f"aisle watchdog: {message}", file=sys.stderr, flush=True)
 
-    def _post(self, path: str, body: dict | None = None) -> Any:
-        return self.control.post(path, body)
-
     def drain(self, timeout_s: float = 30.0) -> None:
         """Unload the ensembles and wait up to `timeout_s` until their in-flight requests are done.
 
@@ -338,10 +334,10 @@ class TritonServer:
             return
         ensembles = {e.name for e in RepoManifest.load(self.config.repo).schema().ensembles}
         for name in sorted(ensembles):
-            self._post(f"/v2/repository/models/{name}/unload", {"parameters": {"unload_dependents": False}})
+            self.control.unload(name)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            index = self._post("/v2/repository/index")
+            index = self.control.index()
             states = {m["name"]: m.get("state", "") for m in index if m["name"] in ensembles}
             if all(state == "UNAVAILABLE" for state in states.values()):
                 return
