@@ -304,6 +304,9 @@ class TritonServer:
         while time.monotonic() < deadline:
             code = self._process.poll()
             if code is not None:
+                # A server that aborts (seen: boost::interprocess::lock_exception) orphans the stubs
+                # it had started; they live on in its process group.
+                self._kill_leftover_stubs(self._process.pid)
                 self._process = None
                 raise ServerStartError(f"tritonserver exited with code {code} during start-up:\n{self.log_tail()}")
             if self.is_ready():
