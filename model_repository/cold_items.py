@@ -21,7 +21,7 @@ from aisle.model_repository.batching import Outcome, Tensors, merge, validate_ea
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.ort_runner import OrtGraph
 from aisle.model_repository.tokenizer_logic import BatchTokenizer
-from aisle.model_repository.validation import check_count, check_features, decode_texts
+from aisle.model_repository.validation import check_count, check_features, cut_texts
 from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_TEXTS,
@@ -105,9 +105,7 @@ class ColdItemEncoder:
         texts, features = request[CANDIDATE_TEXTS], request[CANDIDATE_FEATURES]
         check_count(texts, CANDIDATE_TEXTS, self.max_candidates, "max_candidates", "candidates")
         check_features(features, texts, self.num_features)
-        decoded = decode_texts(texts, CANDIDATE_TEXTS, max_bytes=self.max_text_bytes)
-        utf8 = np.array([t.encode("utf-8") for t in decoded], dtype=object).reshape(texts.shape)
-        return {CANDIDATE_TEXTS: utf8, CANDIDATE_FEATURES: features}
+        return {CANDIDATE_TEXTS: cut_texts(texts, CANDIDATE_TEXTS, self.max_text_bytes), CANDIDATE_FEATURES: features}
 
 
 def tower_embedder(tokenizer: BatchTokenizer, graph: OrtGraph) -> EmbedTexts:

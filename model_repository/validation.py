@@ -75,6 +75,16 @@ def decode_texts(array: np.ndarray, tensor: str, *, max_bytes: int | None = None
     return texts
 
 
+def cut_texts(array: np.ndarray, tensor: str, max_bytes: int) -> np.ndarray:
+    """A BYTES tensor with each text checked and cut to `max_bytes` (decode_texts), same shape.
+
+    What a first step passes on: every later step then handles the cut texts, never the bytes a
+    client sent past the cut (a 10 MB query is not copied through the ensemble's other hops).
+    """
+    texts = decode_texts(array, tensor, max_bytes=max_bytes)
+    return np.array([text.encode("utf-8") for text in texts], dtype=object).reshape(array.shape)
+
+
 def check_count(ids: np.ndarray, tensor: str, limit: int, limit_name: str, what: str) -> None:
     """Reject a request carrying more than `limit` values per row (the last axis)."""
     count = ids.shape[-1]
@@ -149,7 +159,8 @@ def history_rows(request: Tensors, index: CatalogIndex, max_history: int) -> np.
 
 
 class RequestValidator:
-    """Checks every input of a rank_cold request and passes it on unchanged as VALID_<name>.
+    """Checks every input of a rank_cold request and passes it on as VALID_<name>: texts cut to
+    their byte limit (cut_texts), everything else unchanged.
 
     rank needs no validator of its own: its first step, the item store, checks the whole request.
     """
@@ -158,16 +169,17 @@ class RequestValidator:
         self.inputs = tuple(inputs)
         self.index = index
         self.schema = schema
-        checks: dict[str, Callable[[Tensors], None]] = {
-            QUERY: self._query,
+        #: Per input: check it, and return what is passed on for it.
+        checks: dict[str, Callable[[Tensors], np.ndarray]] = {
+            QUERY: lambda r: cut_texts(r[QUERY], QUERY, schema.limits.max_query_bytes),
             CANDIDATE_TEXTS: self._candidate_texts,
-            CANDIDATE_FEATURES: lambda r: check_features(r[CANDIDATE_FEATURES], r[CANDIDATE_TEXTS], NUM_ITEM_FEATURES),
+            CANDIDATE_FEATURES: self._features,
             USER_HISTORY_IDS: self._history,
         }
         unknown = set(self.inputs) - checks.keys()
         if unknown:
             raise KeyError(f"no check for input(s) {sorted(unknown)}")
-        self.checks = [checks[name] for name in self.inputs]
+        self.checks = {name: checks[name] for name in self.inputs}
 
     @classmethod
     def from_context(cls, context: ModelContext) -> RequestValidator:
@@ -179,17 +191,18 @@ class RequestValidator:
         return merge(outcomes, valid, checked)
 
     def _check(self, request: Tensors) -> Tensors:
-        for check in self.checks:
-            check(request)
-        return {validated(name): request[name] for name in self.inputs}
+        return {validated(name): check(request) for name, check in self.checks.items()}
 
-    def _query(self, request: Tensors) -> None:
-        decode_texts(request[QUERY], QUERY, max_bytes=self.schema.limits.max_query_bytes)
-
-    def _candidate_texts(self, request: Tensors) -> None:
+    def _candidate_texts(self, request: Tensors) -> np.ndarray:
         texts = request[CANDIDATE_TEXTS]
         check_count(texts, CANDIDATE_TEXTS, self.schema.limits.max_candidates, "max_candidates", "candidates")
-        decode_texts(texts, CANDIDATE_TEXTS, max_bytes=self.schema.limits.max_item_text_bytes)
+        return cut_texts(texts, CANDIDATE_TEXTS, self.schema.limits.max_item_text_bytes)
 
-    def _history(self, request: Tensors) -> None:
+    @staticmethod
+    def _features(request: Tensors) -> np.ndarray:
+        check_features(request[CANDIDATE_FEATURES], request[CANDIDATE_TEXTS], NUM_ITEM_FEATURES)
+        return request[CANDIDATE_FEATURES]
+
+    def _history(self, request: Tensors) -> np.ndarray:
         history_rows(request, self.index, self.schema.limits.max_history)
+        return request[USER_HISTORY_IDS]

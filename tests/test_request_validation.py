@@ -32,6 +32,7 @@ from aisle.schema import (
     USER_HISTORY_IDS,
     ServingLimits,
     build_schema,
+    validated,
 )
 from aisle.tokenization import Bucketing, load_tokenizer
 
@@ -198,3 +199,28 @@ def test_rank_cold_validator_never_fails_otherwise_than_naming_a_tensor(
     outcome_is_well_formed(outcome, set(request))
     if rows != count or np.isinf(request[CANDIDATE_FEATURES]).any():
         assert isinstance(outcome, InvalidInput)
+
+
+def test_first_steps_pass_on_the_cut_texts_not_what_was_sent(catalog: Catalog) -> None:
+    big = "crème brûlée ".encode() * 100_000
+    (stored,) = ItemStore(catalog, SCHEMA)(
+        [
+            {
+                QUERY: np.array([[big]], dtype=object),
+                CANDIDATE_IDS: ITEM_IDS[None, :2],
+                USER_HISTORY_IDS: ITEM_IDS[None, :0],
+            }
+        ]
+    )
+    assert stored[validated(QUERY)].shape == (1, 1)
+    assert stored[validated(QUERY)][0, 0] == utf8_prefix(big, LIMITS.max_query_bytes)
+    texts = np.array([[big, b"kettle"]], dtype=object)
+    request = {
+        QUERY: np.array([[b"tea"]], dtype=object),
+        CANDIDATE_TEXTS: texts,
+        CANDIDATE_FEATURES: np.zeros((1, 2, NUM_ITEM_FEATURES), np.float32),
+        USER_HISTORY_IDS: ITEM_IDS[None, :1],
+    }
+    (checked,) = RequestValidator(list(request), CatalogIndex(catalog.item_ids), SCHEMA)([request])
+    assert checked[validated(CANDIDATE_TEXTS)].tolist() == [[utf8_prefix(big, LIMITS.max_item_text_bytes), b"kettle"]]
+    np.testing.assert_array_equal(checked[validated(USER_HISTORY_IDS)], request[USER_HISTORY_IDS])
