@@ -79,6 +79,14 @@ class ServingLimits:
     max_results: most results (TOP_K) one search request may ask for; at most either depth.
     max_excluded_ids: most ids one search request may exclude (already bought, out of stock).
     max_filter_brands: most brands one search request may include or exclude.
+    text_bytes_per_token: a text (query, item text, candidate text) is cut to
+        `largest bucket x text_bytes_per_token` UTF-8 bytes (on a character boundary) before it is
+        tokenized: see max_text_bytes. 64 keeps every ordinary text's ids: its first largest-bucket
+        tokens span far fewer bytes (~4-6 per token in English, 3 per CJK character, words over
+        100 characters are one [UNK]); only a text averaging more than 64 bytes per token (runs of
+        whitespace, marks or giant words) is cut earlier than the tokenizer would have truncated
+        it. Smaller caps the work a multi-MB text costs (tokenizing is linear, ~0.8 us per byte
+        on the reference CPU); larger keeps even such texts intact.
     """
 
     query_buckets: tuple[int, ...] = (8, 16, 32)
@@ -91,6 +99,7 @@ class ServingLimits:
     max_results: int = 100
     max_excluded_ids: int = 1000
     max_filter_brands: int = 100
+    text_bytes_per_token: int = 64
 
     def __post_init__(self) -> None:
         for name in ("query_buckets", "item_buckets"):
@@ -105,6 +114,7 @@ class ServingLimits:
             "max_results",
             "max_excluded_ids",
             "max_filter_brands",
+            "text_bytes_per_token",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be at least 1")
@@ -117,6 +127,26 @@ class ServingLimits:
     def retrieval_depth(self, has_query: bool) -> int:
         """Stage-1 candidates for one request: search_depth with a query, recommend_depth without."""
         return self.search_depth if has_query else self.recommend_depth
+
+    def max_text_bytes(self, buckets: tuple[int, ...]) -> int:
+        """UTF-8 bytes of a text that a tokenizer with `buckets` reads; the rest is never read.
+
+        Why a cut by bytes: the tokenizer truncates only after tokenizing the whole text, so a 4 MB
+        query held the query tokenizer ~10 s and every query behind it waited. Cut to this many
+        bytes first, a text costs at most a few ms whatever its size, and its token ids are
+        unchanged whenever its first buckets[-1] tokens lie within the cut (text_bytes_per_token).
+        """
+        return buckets[-1] * self.text_bytes_per_token
+
+    @property
+    def max_query_bytes(self) -> int:
+        """Bytes of a QUERY the query tokenizer reads (max_text_bytes of the query buckets)."""
+        return self.max_text_bytes(self.query_buckets)
+
+    @property
+    def max_item_text_bytes(self) -> int:
+        """Bytes of an item or candidate text the item tokenizer reads."""
+        return self.max_text_bytes(self.item_buckets)
 
     def to_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -21,7 +21,7 @@ from aisle.model_repository.batching import Outcome, Tensors, merge, validate_ea
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.ort_runner import OrtGraph
 from aisle.model_repository.tokenizer_logic import BatchTokenizer
-from aisle.model_repository.validation import check_count, check_features, decode_texts
+from aisle.model_repository.validation import check_count, check_features, cut_texts
 from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_TEXTS,
@@ -40,8 +40,18 @@ EmbedTexts = Callable[[np.ndarray], np.ndarray]
 class ColdItemEncoder:
     """Validates candidate texts and features, embeds all texts of a batch in encoder-sized chunks."""
 
-    def __init__(self, embed: EmbedTexts, *, dim: int, max_candidates: int, num_features: int, chunk_size: int) -> None:
+    def __init__(
+        self,
+        embed: EmbedTexts,
+        *,
+        dim: int,
+        max_candidates: int,
+        num_features: int,
+        chunk_size: int,
+        max_text_bytes: int,
+    ) -> None:
         self.embed = embed
+        self.max_text_bytes = max_text_bytes
         self.dim = dim
         self.max_candidates = max_candidates
         self.num_features = num_features
@@ -61,6 +71,7 @@ class ColdItemEncoder:
             max_candidates=schema.limits.max_candidates,
             num_features=NUM_ITEM_FEATURES,
             chunk_size=schema.ensemble(EMBED_ITEM).max_batch_size,
+            max_text_bytes=schema.limits.max_item_text_bytes,
         )
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
@@ -94,9 +105,7 @@ class ColdItemEncoder:
         texts, features = request[CANDIDATE_TEXTS], request[CANDIDATE_FEATURES]
         check_count(texts, CANDIDATE_TEXTS, self.max_candidates, "max_candidates", "candidates")
         check_features(features, texts, self.num_features)
-        decoded = decode_texts(texts, CANDIDATE_TEXTS)
-        utf8 = np.array([t.encode("utf-8") for t in decoded], dtype=object).reshape(texts.shape)
-        return {CANDIDATE_TEXTS: utf8, CANDIDATE_FEATURES: features}
+        return {CANDIDATE_TEXTS: cut_texts(texts, CANDIDATE_TEXTS, self.max_text_bytes), CANDIDATE_FEATURES: features}
 
 
 def tower_embedder(tokenizer: BatchTokenizer, graph: OrtGraph) -> EmbedTexts:

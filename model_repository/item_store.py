@@ -9,6 +9,7 @@ and the user vector: on the python backend every step is a stub hop with its own
 three read the same catalog; as separate models they cost rank two more hops per request. Being
 first, it also checks QUERY (UTF-8) before the query branch starts and passes it on as VALID_QUERY:
 a request that fails does so before any sibling step runs (see aisle.model_repository.validation).
+The query passed on is cut to its byte limit (cut_texts), so an oversized one is not copied on.
 Every id is checked: negative, unknown, or more of them than the declared maximum is
 INVALID_ARGUMENT naming the tensor, the position and the value.
 """
@@ -22,7 +23,7 @@ from aisle.model_repository.batching import Outcome, Tensors, merge, validate_ea
 from aisle.model_repository.catalog_store import CatalogStore
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.user_profile import user_embeddings
-from aisle.model_repository.validation import CatalogIndex, candidate_rows, decode_texts, history_rows
+from aisle.model_repository.validation import CatalogIndex, candidate_rows, cut_texts, history_rows
 from aisle.schema import ITEM_EMBEDDINGS, ITEM_FEATURES_TENSOR, QUERY, USER_EMBEDDING, Schema, validated
 
 
@@ -54,9 +55,8 @@ class ItemStore:
         return merge(outcomes, valid, results)
 
     def _check(self, request: Tensors) -> Tensors:
-        decode_texts(request[QUERY], QUERY)
         return {
-            QUERY: request[QUERY],
+            QUERY: cut_texts(request[QUERY], QUERY, self.schema.limits.max_query_bytes),
             "candidates": candidate_rows(request, self.index, self.schema.limits.max_candidates),
             "history": history_rows(request, self.index, self.schema.limits.max_history),
         }

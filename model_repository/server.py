@@ -15,6 +15,14 @@ request caught between two steps fails ("scheduler for model has stopped accepti
 requests"). The server therefore runs in explicit model-control mode (loading everything at start)
 and stop() first unloads the ensembles, the public entry points: Triton refuses new requests to
 them and lets the in-flight ones finish, their composing models still loaded. Only then SIGTERM.
+
+Control API: the model-repository API (load/unload/index) is restricted, on HTTP and gRPC, to
+requests carrying a header with a token made at each start (`--http-restricted-api`,
+`--grpc-restricted-protocol`): the endpoints may listen beyond loopback, the control API answers
+only the launcher (drain, and the stub watchdog).
+
+Stub watchdog (aisle.model_repository.watchdog): while the server runs, a thread reloads the model
+of any python stub that dies, so readiness turns false at once and service comes back by itself.
 """
 
 from __future__ import annotations
@@ -22,8 +30,8 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import importlib.util
-import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -37,15 +45,17 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 from aisle.export.repo_format import REPO_MANIFEST, RepoManifest
 from aisle.model_repository.errors import ServerStartError, ServingError
+from aisle.model_repository.watchdog import ControlApi, StubWatchdog
 
 #: Lines of the server log quoted in a ServerStartError.
 LOG_TAIL_LINES = 60
 #: How often start() polls readiness.
 POLL_INTERVAL_S = 0.5
+#: Header that unlocks the model-repository API of a server this launcher started.
+CONTROL_HEADER = "aisle-control-token"
 PR_SET_PDEATHSIG = 1
 
 
@@ -144,6 +154,8 @@ class ServerConfig:
         With a cache, the models whose config enables it (the query encoder) answer a repeated
         input from memory: a head query costs its tokenizer hop only. Off by default so that
         benchmarks measure the models, not the cache.
+    watch_stubs: run the stub watchdog (reload the model of a python stub that dies). Off, a dead
+        stub stays dead and readiness stays true (tritonserver 2.51's own behaviour).
     """
 
     repo: Path
@@ -154,6 +166,7 @@ class ServerConfig:
     extra_args: tuple[str, ...] = ()
     log_verbose: int = 0
     response_cache_mb: int = 0
+    watch_stubs: bool = True
 
     def __post_init__(self) -> None:
         if self.response_cache_mb < 0:
@@ -167,6 +180,13 @@ class TritonServer:
         self.config = config
         self._process: subprocess.Popen[bytes] | None = None
         self._log_dir: Path | None = None
+        self._control_token = secrets.token_urlsafe(24)
+        self.watchdog: StubWatchdog | None = None
+
+    @property
+    def control(self) -> ControlApi:
+        """The model-repository API of this server, with the header only this launcher knows."""
+        return ControlApi(self.http_url, CONTROL_HEADER, self._control_token)
 
     @property
     def grpc_url(self) -> str:
@@ -199,12 +219,18 @@ class TritonServer:
             f"--metrics-address={c.host}",
             f"--metrics-port={c.metrics_port}",
             f"--log-verbose={c.log_verbose}",
+            f"--http-restricted-api=model-repository:{CONTROL_HEADER}={self._control_token}",
+            f"--grpc-restricted-protocol=model-repository:{CONTROL_HEADER}={self._control_token}",
             # Explicit control (everything loaded at start) lets stop() unload ensembles to drain them.
             "--model-control-mode=explicit",
             "--load-model=*",
             *self._cache_args(),
             *c.extra_args,
         ]
+
+    def display_command(self) -> list[str]:
+        """command() with the control token masked, for printing and logs."""
+        return [part.replace(self._control_token, "<token>") for part in self.command()]
 
     def _cache_args(self) -> list[str]:
         """The response cache flags: the wheel's local cache implementation, sized in bytes."""
@@ -231,6 +257,13 @@ class TritonServer:
         )
         env["PATH"] = os.pathsep.join(p for p in (str(Path(sys.prefix) / "bin"), env.get("PATH", "")) if p)
         return env
+
+    @property
+    def pid(self) -> int:
+        """The tritonserver process id (its python stubs are its children)."""
+        if self._process is None:
+            raise ServingError("tritonserver is not running")
+        return self._process.pid
 
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -271,22 +304,28 @@ class TritonServer:
         while time.monotonic() < deadline:
             code = self._process.poll()
             if code is not None:
+                # A server that aborts (seen: boost::interprocess::lock_exception) orphans the stubs
+                # it had started; they live on in its process group.
+                self._kill_leftover_stubs(self._process.pid)
                 self._process = None
                 raise ServerStartError(f"tritonserver exited with code {code} during start-up:\n{self.log_tail()}")
             if self.is_ready():
+                self._start_watchdog()
                 return
             time.sleep(POLL_INTERVAL_S)
         tail = self.log_tail()
         self.stop()
         raise ServerStartError(f"tritonserver not ready after timeout_s={timeout_s}:\n{tail}")
 
-    def _post(self, path: str, body: dict | None = None) -> Any:
-        request = urllib.request.Request(
-            f"http://{self.http_url}{path}", data=json.dumps(body or {}).encode(), method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            payload = response.read()
-        return json.loads(payload) if payload else None
+    def _start_watchdog(self) -> None:
+        if not self.config.watch_stubs or self._process is None:
+            return
+        self.watchdog = StubWatchdog(self._process.pid, self.control, on_event=self._report)
+        self.watchdog.start()
+
+    @staticmethod
+    def _report(message: str) -> None:
+        print(f"aisle watchdog: {message}", file=sys.stderr, flush=True)
 
     def drain(self, timeout_s: float = 30.0) -> None:
         """Unload the ensembles and wait up to `timeout_s` until their in-flight requests are done.
@@ -298,10 +337,10 @@ class TritonServer:
             return
         ensembles = {e.name for e in RepoManifest.load(self.config.repo).schema().ensembles}
         for name in sorted(ensembles):
-            self._post(f"/v2/repository/models/{name}/unload", {"parameters": {"unload_dependents": False}})
+            self.control.unload(name)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            index = self._post("/v2/repository/index")
+            index = self.control.index()
             states = {m["name"]: m.get("state", "") for m in index if m["name"] in ensembles}
             if all(state == "UNAVAILABLE" for state in states.values()):
                 return
@@ -311,8 +350,12 @@ class TritonServer:
         """Drain the ensembles (drain()), then SIGTERM the server, which unloads the models and their
         stubs; SIGKILL its whole process group if it is not gone within `timeout_s`.
 
-        Only the server gets SIGTERM: its stubs exit when it unloads them.
+        Only the server gets SIGTERM: its stubs exit when it unloads them. The stub watchdog is
+        stopped first: those exits are no deaths to recover from.
         """
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         if self.is_running():
             try:
                 self.drain(timeout_s)
@@ -378,8 +421,10 @@ def serve_until_signalled(config: ServerConfig, *, start_timeout_s: float = 240.
         print(f"repository: {Path(config.repo).resolve()}")
         print("plain command (what this runs):")
         print(f"  LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']} PATH={Path(sys.prefix) / 'bin'}:$PATH \\")
-        print("  " + " \\\n    ".join(server.command()))
+        print("  " + " \\\n    ".join(server.display_command()))
         print(f"server log: {server.log_path}")
+        if server.watchdog is not None:
+            print("stub watchdog on: a python stub that dies has its model reloaded (not ready meanwhile)")
         print("Ctrl-C or SIGTERM drains in-flight requests and stops.", flush=True)
         while server.is_running():
             time.sleep(1.0)

@@ -4,6 +4,10 @@ All texts of a dynamic batch go through one Rust `tokenizers` call (aisle.tokeni
 the same function training and export use). Each request is then cut back to the smallest bucket
 that fits its own longest text, so the encoder's batcher, which merges only same-shape requests,
 can merge requests of one bucket regardless of what else the tokenizer batched them with.
+
+Each text is cut to ServingLimits.max_text_bytes of its buckets before tokenizing (bytes past the
+cut are never read): a multi-MB text costs what its first kilobytes cost, and an ordinary text,
+whose largest-bucket tokens lie well within the cut, gets the same ids as uncut.
 """
 
 from __future__ import annotations
@@ -41,16 +45,22 @@ def public_inputs(schema: Schema, model: str, tensor: str) -> str:
 class BatchTokenizer:
     """Tokenises the requests of one dynamic batch together, each padded to its own bucket."""
 
-    def __init__(self, tokenizer: Tokenizer, bucketing: Bucketing, source: str = TEXT) -> None:
+    def __init__(self, tokenizer: Tokenizer, bucketing: Bucketing, *, max_text_bytes: int, source: str = TEXT) -> None:
         self.tokenizer = tokenizer
         self.bucketing = bucketing
+        self.max_text_bytes = max_text_bytes
         self.source = source
 
     @classmethod
     def from_context(cls, context: ModelContext) -> BatchTokenizer:
         buckets = tokenizer_buckets(context.decl)
         tokenizer = load_tokenizer(context.version_dir, max_length=buckets[-1])
-        return cls(tokenizer, Bucketing(buckets), public_inputs(context.schema, context.decl.name, TEXT))
+        return cls(
+            tokenizer,
+            Bucketing(buckets),
+            max_text_bytes=context.schema.limits.max_text_bytes(buckets),
+            source=public_inputs(context.schema, context.decl.name, TEXT),
+        )
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         outcomes, valid, inputs = validate_each(requests, self._decode)
@@ -69,4 +79,5 @@ class BatchTokenizer:
         return merge(outcomes, valid, results)
 
     def _decode(self, request: Tensors) -> Tensors:
-        return {TEXT: np.array(decode_texts(request[TEXT], self.source), dtype=object)}
+        texts = decode_texts(request[TEXT], self.source, max_bytes=self.max_text_bytes)
+        return {TEXT: np.array(texts, dtype=object)}

@@ -34,20 +34,55 @@ def _at(position: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(int(p)) for p in position) + "]"
 
 
-def decode_texts(array: np.ndarray, tensor: str) -> list[str]:
-    """UTF-8-decode a BYTES tensor's elements (row-major); InvalidInput names the element."""
+#: A UTF-8 character is one lead byte and at most three continuation bytes (0b10xxxxxx).
+UTF8_MAX_CONTINUATION = 3
+
+
+def utf8_prefix(data: bytes, max_bytes: int) -> bytes:
+    """The longest prefix of `data` of at most `max_bytes` bytes that does not split a character.
+
+    Slicing copies only the prefix, so cutting a 10 MB text costs what its first kilobytes cost.
+    Bytes past the cut are never read, not even checked for UTF-8 validity.
+    """
+    if len(data) <= max_bytes:
+        return data
+    end = max_bytes
+    # data[end] is the first byte left out: while it continues a character, that character
+    # started inside the prefix and must be left out whole.
+    while end > 0 and max_bytes - end < UTF8_MAX_CONTINUATION and data[end] & 0xC0 == 0x80:
+        end -= 1
+    return data[:end]
+
+
+def decode_texts(array: np.ndarray, tensor: str, *, max_bytes: int | None = None) -> list[str]:
+    """UTF-8-decode a BYTES tensor's elements (row-major); InvalidInput names the element.
+
+    max_bytes: cut each element to that many bytes first (utf8_prefix), for texts that are
+    tokenized (ServingLimits.max_text_bytes); None decodes whole elements (names compared exactly,
+    such as filter brands, must not be cut into another valid name).
+    """
     texts = []
     for position, value in zip(np.ndindex(array.shape), array.flat):
         if isinstance(value, str):
-            texts.append(value)
-            continue
+            value = value.encode("utf-8")
+        data = bytes(value) if max_bytes is None else utf8_prefix(bytes(value), max_bytes)
         try:
-            texts.append(bytes(value).decode("utf-8"))
+            texts.append(data.decode("utf-8"))
         except UnicodeDecodeError as e:
             raise InvalidInput(
                 tensor, f"element {_at(position)} is not valid UTF-8 ({e.reason} at byte {e.start}); send UTF-8 text"
             ) from e
     return texts
+
+
+def cut_texts(array: np.ndarray, tensor: str, max_bytes: int) -> np.ndarray:
+    """A BYTES tensor with each text checked and cut to `max_bytes` (decode_texts), same shape.
+
+    What a first step passes on: every later step then handles the cut texts, never the bytes a
+    client sent past the cut (a 10 MB query is not copied through the ensemble's other hops).
+    """
+    texts = decode_texts(array, tensor, max_bytes=max_bytes)
+    return np.array([text.encode("utf-8") for text in texts], dtype=object).reshape(array.shape)
 
 
 def check_count(ids: np.ndarray, tensor: str, limit: int, limit_name: str, what: str) -> None:
@@ -58,13 +93,26 @@ def check_count(ids: np.ndarray, tensor: str, limit: int, limit_name: str, what:
 
 
 def check_features(features: np.ndarray, texts: np.ndarray, num_features: int) -> None:
-    """Candidate features must be one row of `num_features` per candidate text."""
+    """Candidate features must be one row of `num_features` per candidate text, NaN or finite.
+
+    Infinity policy: NaN is the documented "unknown" (the head replaces it by the catalog mean);
+    +-inf is refused. It is no price or rating a shop has, it is what a client's overflow or a
+    division by zero produces; scoring it as unknown would hide that bug, and scoring it as a
+    value turns the head's log and standardisation into inf/NaN scores.
+    """
     expected = [*texts.shape, num_features]
     if list(features.shape) != expected:
         raise InvalidInput(
             CANDIDATE_FEATURES,
             f"shape {list(features.shape)} does not match {CANDIDATE_TEXTS} shape {list(texts.shape)}: "
             f"expected {expected} (one row of {num_features} features per text)",
+        )
+    infinite = np.argwhere(np.isinf(features))
+    if len(infinite):
+        position = tuple(infinite[0])
+        raise InvalidInput(
+            CANDIDATE_FEATURES,
+            f"{_at(position)} = {features[position]} is infinite; send a finite value, or NaN for unknown",
         )
 
 
@@ -111,7 +159,8 @@ def history_rows(request: Tensors, index: CatalogIndex, max_history: int) -> np.
 
 
 class RequestValidator:
-    """Checks every input of a rank_cold request and passes it on unchanged as VALID_<name>.
+    """Checks every input of a rank_cold request and passes it on as VALID_<name>: texts cut to
+    their byte limit (cut_texts), everything else unchanged.
 
     rank needs no validator of its own: its first step, the item store, checks the whole request.
     """
@@ -120,16 +169,17 @@ class RequestValidator:
         self.inputs = tuple(inputs)
         self.index = index
         self.schema = schema
-        checks: dict[str, Callable[[Tensors], None]] = {
-            QUERY: lambda r: self._texts(r, QUERY),
+        #: Per input: check it, and return what is passed on for it.
+        checks: dict[str, Callable[[Tensors], np.ndarray]] = {
+            QUERY: lambda r: cut_texts(r[QUERY], QUERY, schema.limits.max_query_bytes),
             CANDIDATE_TEXTS: self._candidate_texts,
-            CANDIDATE_FEATURES: lambda r: check_features(r[CANDIDATE_FEATURES], r[CANDIDATE_TEXTS], NUM_ITEM_FEATURES),
+            CANDIDATE_FEATURES: self._features,
             USER_HISTORY_IDS: self._history,
         }
         unknown = set(self.inputs) - checks.keys()
         if unknown:
             raise KeyError(f"no check for input(s) {sorted(unknown)}")
-        self.checks = [checks[name] for name in self.inputs]
+        self.checks = {name: checks[name] for name in self.inputs}
 
     @classmethod
     def from_context(cls, context: ModelContext) -> RequestValidator:
@@ -141,18 +191,18 @@ class RequestValidator:
         return merge(outcomes, valid, checked)
 
     def _check(self, request: Tensors) -> Tensors:
-        for check in self.checks:
-            check(request)
-        return {validated(name): request[name] for name in self.inputs}
+        return {validated(name): check(request) for name, check in self.checks.items()}
 
-    @staticmethod
-    def _texts(request: Tensors, tensor: str) -> None:
-        decode_texts(request[tensor], tensor)
-
-    def _candidate_texts(self, request: Tensors) -> None:
+    def _candidate_texts(self, request: Tensors) -> np.ndarray:
         texts = request[CANDIDATE_TEXTS]
         check_count(texts, CANDIDATE_TEXTS, self.schema.limits.max_candidates, "max_candidates", "candidates")
-        decode_texts(texts, CANDIDATE_TEXTS)
+        return cut_texts(texts, CANDIDATE_TEXTS, self.schema.limits.max_item_text_bytes)
 
-    def _history(self, request: Tensors) -> None:
+    @staticmethod
+    def _features(request: Tensors) -> np.ndarray:
+        check_features(request[CANDIDATE_FEATURES], request[CANDIDATE_TEXTS], NUM_ITEM_FEATURES)
+        return request[CANDIDATE_FEATURES]
+
+    def _history(self, request: Tensors) -> np.ndarray:
         history_rows(request, self.index, self.schema.limits.max_history)
+        return request[USER_HISTORY_IDS]

@@ -39,6 +39,8 @@ from aisle.schema import (
 from aisle.tokenization import Bucketing, encode_batch, load_tokenizer
 
 BUCKETS = Bucketing((8, 16, 32))
+#: The cut the query tokenizer applies to its texts (ServingLimits.max_text_bytes of BUCKETS).
+MAX_TEXT_BYTES = ServingLimits().max_text_bytes(BUCKETS.buckets)
 LONG_TEXT = "running shoes with extra cushioning " * 40
 
 
@@ -49,7 +51,7 @@ def tokenizer(base_model_dir: Path):
 
 @pytest.fixture(scope="module")
 def batch_tokenizer(tokenizer) -> BatchTokenizer:
-    return BatchTokenizer(tokenizer, BUCKETS, source="QUERY")
+    return BatchTokenizer(tokenizer, BUCKETS, max_text_bytes=MAX_TEXT_BYTES, source="QUERY")
 
 
 def text_request(*texts: str | bytes) -> dict[str, np.ndarray]:
@@ -97,7 +99,9 @@ def test_whole_dynamic_batch_is_tokenized_in_one_tokenizers_call(tokenizer) -> N
         def token_to_id(self, token):
             return tokenizer.token_to_id(token)
 
-    BatchTokenizer(CountingTokenizer(), BUCKETS)([text_request("a", "b"), text_request("c")])
+    BatchTokenizer(CountingTokenizer(), BUCKETS, max_text_bytes=MAX_TEXT_BYTES)(
+        [text_request("a", "b"), text_request("c")]
+    )
     assert calls == [3]
 
 
@@ -266,7 +270,9 @@ def cold_request(texts: list[list[str]], features_width: int = 4) -> dict[str, n
 
 def test_cold_encoder_embeds_all_texts_of_a_batch_in_encoder_sized_chunks() -> None:
     calls: list[int] = []
-    encoder = ColdItemEncoder(fake_text_embedder(calls), dim=3, max_candidates=10, num_features=4, chunk_size=4)
+    encoder = ColdItemEncoder(
+        fake_text_embedder(calls), dim=3, max_candidates=10, num_features=4, chunk_size=4, max_text_bytes=100
+    )
     first, second = encoder([cold_request([["a", "bb", "ccc"], ["d", "", "f"]]), cold_request([["gg", "h"]])])
     assert calls == [4, 4]
     assert first[ITEM_EMBEDDINGS].shape == (2, 3, 3) and second[ITEM_EMBEDDINGS].shape == (1, 2, 3)
@@ -289,7 +295,9 @@ def test_cold_encoder_embeds_all_texts_of_a_batch_in_encoder_sized_chunks() -> N
 )
 def test_cold_encoder_rejects_bad_candidates_without_embedding_them(request_, message: str) -> None:
     calls: list[int] = []
-    encoder = ColdItemEncoder(fake_text_embedder(calls), dim=3, max_candidates=10, num_features=4, chunk_size=4)
+    encoder = ColdItemEncoder(
+        fake_text_embedder(calls), dim=3, max_candidates=10, num_features=4, chunk_size=4, max_text_bytes=100
+    )
     (outcome,) = encoder([request_])
     assert isinstance(outcome, InvalidInput)
     assert re.search(message, str(outcome)), str(outcome)

@@ -138,6 +138,8 @@ def test_aisle_serve_drains_in_flight_requests_and_exits_zero_on_sigterm(embedde
     assert process.returncode == 0, output
     assert result["scores"].shape == (1, len(items)) and np.isfinite(result["scores"]).all()
     assert "SIGTERM: draining in-flight requests" in output
+    assert "stub watchdog on" in output and "aisle watchdog:" not in output  # running, and no stub died
+    assert "--http-restricted-api=model-repository:aisle-control-token=<token>" in output  # token masked
     (log_path,) = re.findall(r"server log: (\S+)", output)
     # The ensembles were drained before SIGTERM, and rejected requests left nothing behind in flight.
     log = Path(log_path).read_text()

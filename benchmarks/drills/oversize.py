@@ -1,0 +1,170 @@
+"""Drill: one client floods the server with 10 MB query texts; does anyone else notice?
+
+    python -m aisle.benchmarks.drills.oversize --repo REPO [--text-mb 10] [--duration 10]
+
+Measures, in one run, the latency of an ordinary client's embed_query requests alone, beside a
+second client of ordinary queries (the same contention without the size), and while a second
+client sends multi-MB texts back to back (goal: p99 within 2x of alone), what the flood's
+own requests cost, and how long a rank request carrying 100,000 candidate or history ids takes to
+be refused. Texts are cut to ServingLimits.max_text_bytes before tokenizing, so a 10 MB query
+costs its transfer and a few ms, not seconds of tokenizer time that every other query waits behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+
+from aisle.benchmarks.drills.traffic import ClosedLoop, Sent, percentile_ms, send, wire_inputs
+from aisle.export.repo_format import catalog_dir, read_item_ids
+from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
+from aisle.schema import CANDIDATE_IDS, EMBED_QUERY, QUERY, RANK, USER_HISTORY_IDS
+
+#: Ordinary queries the measured client cycles through.
+ORDINARY_QUERIES = (
+    "running shoes",
+    "waterproof hiking jacket",
+    "coffee grinder",
+    "wireless earbuds noise cancelling",
+    "kids rain boots",
+    "stainless steel water bottle 1l",
+)
+#: Ids in the oversized rank requests (the issue's figure).
+HUGE_ID_COUNT = 100_000
+
+
+@dataclass(frozen=True)
+class OversizeResult:
+    text_mb: float
+    duration_s: float
+    alone_requests: int
+    alone_p50_ms: float
+    alone_p99_ms: float
+    paired_p99_ms: float
+    flooded_requests: int
+    flooded_p50_ms: float
+    flooded_p99_ms: float
+    ordinary_failures: int
+    flood_requests: int
+    flood_p50_ms: float
+    flood_statuses: dict[str, int]
+    huge_ids: dict[str, dict]
+
+    @property
+    def p99_ratio(self) -> float:
+        return self.flooded_p99_ms / self.alone_p99_ms
+
+    @property
+    def paired_ratio(self) -> float:
+        """Flooded p99 over the p99 beside a second client of ordinary queries: what the size costs,
+        apart from there being a second client on the same cores."""
+        return self.flooded_p99_ms / self.paired_p99_ms
+
+    @property
+    def met_goal(self) -> bool:
+        return self.p99_ratio <= 2.0 and self.ordinary_failures == 0
+
+    def summary(self) -> str:
+        ids = ", ".join(f"{k}: {v['status']} in {v['ms']:.0f} ms" for k, v in self.huge_ids.items())
+        return (
+            f"ordinary embed_query p50/p99 alone {self.alone_p50_ms:.1f}/{self.alone_p99_ms:.1f} ms "
+            f"({self.alone_requests} requests), p99 {self.paired_p99_ms:.1f} ms beside a second ordinary client; "
+            f"while another client sent {self.text_mb:g} MB texts "
+            f"{self.flooded_p50_ms:.1f}/{self.flooded_p99_ms:.1f} ms ({self.flooded_requests} requests, "
+            f"{self.ordinary_failures} failed): p99 ratio {self.p99_ratio:.2f} to alone, "
+            f"{self.paired_ratio:.2f} to paired (goal <= 2 to alone: "
+            f"{'met' if self.met_goal else 'NOT met'}); the flood: {self.flood_requests} requests, "
+            f"p50 {self.flood_p50_ms:.0f} ms, {self.flood_statuses}; {HUGE_ID_COUNT:,} ids: {ids}"
+        )
+
+
+def ordinary(i: int) -> tuple[str, dict[str, np.ndarray]]:
+    text = ORDINARY_QUERIES[i % len(ORDINARY_QUERIES)].encode()
+    return EMBED_QUERY, {QUERY: np.array([[text]], dtype=object)}
+
+
+def huge_text(megabytes: float) -> bytes:
+    """A text of `megabytes` MB of ordinary words (the worst case for the old tokenizer: all tokens)."""
+    unit = b"trail running shoes with extra cushioning "
+    return (unit * (int(megabytes * 2**20) // len(unit) + 1))[: int(megabytes * 2**20)]
+
+
+def huge_id_requests(repo: Path) -> dict[str, dict[str, np.ndarray]]:
+    """rank requests with HUGE_ID_COUNT candidate ids, and with HUGE_ID_COUNT history ids."""
+    ids = read_item_ids(catalog_dir(repo)).astype(np.int64)
+    many = np.resize(ids, HUGE_ID_COUNT)[None]
+    query = np.array([[b"running shoes"]], dtype=object)
+    return {
+        "candidates": {QUERY: query, CANDIDATE_IDS: many, USER_HISTORY_IDS: ids[None, :3]},
+        "history": {QUERY: query, CANDIDATE_IDS: ids[None, :10], USER_HISTORY_IDS: many},
+    }
+
+
+def _timed_window(loop: ClosedLoop, duration_s: float) -> list[Sent]:
+    start = time.monotonic()
+    time.sleep(duration_s)
+    return loop.between(start, time.monotonic())
+
+
+def run_oversize(server: TritonServer, *, text_mb: float = 10.0, duration_s: float = 10.0) -> OversizeResult:
+    """Ordinary traffic for `duration_s` each: alone, beside a second client of ordinary queries,
+    and beside a client sending `text_mb` MB texts back to back."""
+    # Serialised once: the flood client stands for a remote one, not for this machine's CPU.
+    flood_request = wire_inputs({QUERY: np.array([[huge_text(text_mb)]], dtype=object)})
+    with ClosedLoop(server.grpc_url, ordinary) as loop:
+        time.sleep(1.0)  # warm-up: first requests pay connection set-up
+        alone = _timed_window(loop, duration_s)
+        with ClosedLoop(server.grpc_url, lambda i: ordinary(i + 3)):
+            paired = _timed_window(loop, duration_s)
+        with ClosedLoop(server.grpc_url, lambda i: (EMBED_QUERY, flood_request)) as flood:
+            time.sleep(0.5)  # let the flood reach a steady state
+            flooded = _timed_window(loop, duration_s)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        huge = {name: send(client, RANK, arrays) for name, arrays in huge_id_requests(Path(server.config.repo)).items()}
+    return OversizeResult(
+        text_mb=text_mb,
+        duration_s=duration_s,
+        alone_requests=len(alone),
+        alone_p50_ms=percentile_ms(alone, 50),
+        alone_p99_ms=percentile_ms(alone, 99),
+        paired_p99_ms=percentile_ms(paired, 99),
+        flooded_requests=len(flooded),
+        flooded_p50_ms=percentile_ms(flooded, 50),
+        flooded_p99_ms=percentile_ms(flooded, 99),
+        ordinary_failures=sum(not s.ok for s in alone + flooded),
+        flood_requests=len(flood.sent),
+        flood_p50_ms=percentile_ms(flood.sent, 50),
+        flood_statuses=dict(Counter(s.status for s in flood.sent)),
+        huge_ids={name: {"status": s.status, "ms": s.latency_s * 1e3} for name, s in huge.items()},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, required=True, help="rendered model repository (embedded target)")
+    parser.add_argument("--text-mb", type=float, default=10.0, help="size of each flood text in MB")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured alone and flooded")
+    parser.add_argument("--json", type=Path, help="also write the result here")
+    args = parser.parse_args(argv)
+    grpc_port, http_port, metrics_port = free_ports(3)
+    config = ServerConfig(args.repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    with TritonServer(config) as server:
+        result = run_oversize(server, text_mb=args.text_mb, duration_s=args.duration)
+    print(result.summary())
+    payload = asdict(result) | {"p99_ratio": result.p99_ratio, "paired_ratio": result.paired_ratio}
+    print(json.dumps(payload, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(payload, indent=2))
+    return 0 if result.met_goal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Notice a dead python-backend stub and bring its model back, so readiness tells the truth.
+
+Why: tritonserver 2.51 does not notice when a model's stub process dies (OOM killer, segfault in
+a native library, `kill -9`): every request to the model fails with `Stub process '<model>_0_0' is
+not healthy` while `/v2/health/ready` keeps answering 200, so a balancer routing on readiness keeps
+sending traffic to a replica that fails every call, and nothing restarts the stub.
+
+What this does: a thread watches every `triton_python_backend_stub` child of the server through a
+pidfd (Linux >= 5.3), so a death is seen the moment it happens, not at the next poll. It then
+unloads the dead stub's model and loads it again through the model-control API (explicit mode):
+
+- Measured on 2.51: unloading a composing model also unloads every ensemble built on it, and while
+  the model is UNLOADING/LOADING the server's strict readiness is false (`/v2/health/ready` answers
+  400 from the unload request on); loading it again starts a new stub and reloads those ensembles
+  with it, after which readiness is true again. Requests to the ensembles meanwhile fail fast with
+  NOT_FOUND instead of INTERNAL, which is what a balancer needs: readiness false while the replica
+  cannot serve. Drill figures: README, "Robustness and failure drills".
+- A plain `load` of the still-loaded model is refused ("failed to poll from model repository") and
+  leaves readiness true, hence unload first.
+- Requests that fail between the death and the unload (a few ms) cannot be helped: the stub is
+  already gone. A load that fails is retried with a growing pause (RELOAD_BACKOFF_S) until the
+  watchdog is stopped.
+
+The control API is restricted by the launcher (a per-start header token, see ControlApi), so only
+it can unload models; the watchdog is stopped before the launcher drains and stops the server,
+whose own unloads end every stub.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: The python backend's stub executable, as it appears in /proc/<pid>/cmdline.
+STUB_NAME = "triton_python_backend_stub"
+#: How often the stub list is rescanned (a reload starts new stubs); deaths are seen at once.
+RESCAN_INTERVAL_S = 0.5
+#: Seconds a control call may take: unload and index answer at once, a load once the model's
+#: initialize() has run (the encoders warm up in every bucket).
+CONTROL_TIMEOUT_S = 10.0
+LOAD_TIMEOUT_S = 300.0
+#: After a death, how long to wait for more (an OOM kill or a crash often takes several stubs).
+DEATH_SETTLE_S = 0.1
+#: Pauses between attempts to load a model again after its stub died (the last one repeats).
+RELOAD_BACKOFF_S = (0.0, 1.0, 2.0, 5.0)
+
+
+@dataclass(frozen=True)
+class ControlApi:
+    """Triton's model-repository API over HTTP, with the header that unlocks it.
+
+    The launcher starts tritonserver with `--http-restricted-api=model-repository:<header>=<token>`
+    (and the gRPC equivalent): a request without the header is refused (HTTP 403), so no client,
+    local or remote, can unload models, only the launcher that knows the per-start token.
+    """
+
+    http_url: str
+    header: str
+    token: str
+
+    def post(self, path: str, body: dict | None = None, *, timeout_s: float = CONTROL_TIMEOUT_S) -> object:
+        request = urllib.request.Request(
+            f"http://{self.http_url}{path}",
+            data=json.dumps(body or {}).encode(),
+            method="POST",
+            headers={self.header: self.token},
+        )
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            payload = response.read()
+        return json.loads(payload) if payload else None
+
+    def unload(self, model: str) -> None:
+        """Unload `model` only (Triton still unloads the ensembles built on it, measured on 2.51).
+
+        Answers at once (measured: 17 ms with a request in flight); in-flight requests finish after.
+        """
+        self.post(f"/v2/repository/models/{model}/unload", {"parameters": {"unload_dependents": False}})
+
+    def load(self, model: str) -> None:
+        self.post(f"/v2/repository/models/{model}/load", timeout_s=LOAD_TIMEOUT_S)
+
+    def index(self) -> list[dict]:
+        return list(self.post("/v2/repository/index") or [])  # type: ignore[arg-type]
+
+
+def stub_model(cmdline: list[str]) -> str | None:
+    """The model a stub serves, from its command line (`<stub> <repo>/<model>/<version>/model.py ...`)."""
+    if len(cmdline) < 2 or Path(cmdline[0]).name != STUB_NAME:
+        return None
+    return Path(cmdline[1]).parent.parent.name
+
+
+def server_stubs(server_pid: int) -> dict[int, str]:
+    """PID -> model of every live python stub whose parent is `server_pid` (read from /proc)."""
+    stubs = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            # Field 4 (ppid) follows the parenthesised command name, which may itself hold spaces.
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            if ppid != server_pid:
+                continue
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue  # exited while we looked, or not ours to read
+        model = stub_model([part.decode(errors="replace") for part in cmdline if part])
+        if model is not None:
+            stubs[int(entry.name)] = model
+    return stubs
+
+
+@dataclass
+class Recovery:
+    """One stub death and what the watchdog did about it (monotonic seconds)."""
+
+    model: str
+    pid: int
+    died_at: float
+    unloaded_at: float | None = None
+    ready_at: float | None = None
+    attempts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class StubWatchdog:
+    """A daemon thread that reloads the model of any python stub of `server_pid` that dies.
+
+    `recoveries` records every death and its recovery, for the launcher's log, drills and tests.
+    """
+
+    def __init__(
+        self,
+        server_pid: int,
+        control: ControlApi,
+        *,
+        rescan_interval_s: float = RESCAN_INTERVAL_S,
+        on_event: Callable[[str], None] | None = None,
+    ) -> None:
+        self.server_pid = server_pid
+        self.control = control
+        self.rescan_interval_s = rescan_interval_s
+        self.on_event = on_event or log.warning
+        self.recoveries: list[Recovery] = []
+        self._stop = threading.Event()
+        self._watched: dict[int, tuple[int, str]] = {}  # pidfd -> (pid, model)
+        self._thread = threading.Thread(target=self._run, name="aisle-stub-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop watching (before the server unloads models itself); an ongoing reload finishes first."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    @property
+    def watched_models(self) -> list[str]:
+        return sorted({model for _, model in self._watched.values()})
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._rescan()
+                if not self._watched:
+                    self._stop.wait(self.rescan_interval_s)
+                    continue
+                dead = self._dead(self.rescan_interval_s)
+                if dead and not self._stop.is_set():
+                    self._recover(dead)
+        finally:
+            for fd in list(self._watched):
+                self._forget(fd)
+
+    def _rescan(self) -> None:
+        """Open a pidfd for every stub not yet watched (new ones appear after each reload)."""
+        known = {pid for pid, _ in self._watched.values()}
+        for pid, model in server_stubs(self.server_pid).items():
+            if pid in known:
+                continue
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue  # died between the scan and now: its model is reloaded by the next death seen
+            self._watched[fd] = (pid, model)
+
+    def _dead(self, timeout_s: float) -> list[tuple[int, str]]:
+        """(pid, model) of the watched stubs that have exited, waiting up to `timeout_s` for one."""
+        if not self._watched:
+            return []
+        readable, _, _ = select.select(list(self._watched), [], [], timeout_s)
+        return [self._forget(fd) for fd in readable]
+
+    def _forget(self, fd: int) -> tuple[int, str]:
+        pid, model = self._watched.pop(fd)
+        os.close(fd)
+        return pid, model
+
+    def _recover(self, dead: list[tuple[int, str]]) -> None:
+        """Unload every dead stub's model first (readiness false at once), then load them again.
+
+        Stubs that die within DEATH_SETTLE_S of the last death seen (several killed in a row) are
+        unloaded before any load starts, so the server does not report ready again while one of
+        them is still gone; a later death is recovered in the next round.
+        """
+        records: dict[str, Recovery] = {}
+        while dead:
+            now = time.monotonic()
+            for pid, model in dead:
+                if model in records:
+                    continue
+                self.on_event(f"python stub of model {model!r} (pid {pid}) died: unloading and loading it again")
+                records[model] = Recovery(model, pid, now)
+                self._unload(records[model])
+            dead = self._dead(DEATH_SETTLE_S)
+        self.recoveries.extend(records.values())
+        for record in records.values():
+            self._reload(record)
+
+    def _unload(self, record: Recovery) -> None:
+        try:
+            self.control.unload(record.model)
+        except (urllib.error.URLError, OSError) as e:
+            record.errors.append(f"unload: {e}")
+        record.unloaded_at = time.monotonic()
+
+    def _reload(self, record: Recovery) -> None:
+        for attempt, pause_s in enumerate(_backoff()):
+            if self._stop.wait(pause_s):
+                return
+            record.attempts = attempt + 1
+            try:
+                self.control.load(record.model)
+            except (urllib.error.URLError, OSError) as e:
+                record.errors.append(f"load attempt {attempt + 1}: {e}")
+                self.on_event(f"loading model {record.model!r} again failed ({e}); retrying")
+                continue
+            record.ready_at = time.monotonic()
+            self.on_event(
+                f"model {record.model!r} is back after {record.ready_at - record.died_at:.1f} s (new python stub)"
+            )
+            return
+
+
+def _backoff():
+    """RELOAD_BACKOFF_S, then its last pause forever."""
+    yield from RELOAD_BACKOFF_S
+    while True:
+        yield RELOAD_BACKOFF_S[-1]

@@ -1,0 +1,152 @@
+"""Failure drills on a real tritonserver, bounded for CI: the malformed-request corpus over gRPC and
+HTTP/JSON, oversized texts and id lists, a burst with hung-up clients, a killed python stub, and
+the control API's lock. The full-size drills: `python -m aisle.benchmarks.drills.<name> --repo R`.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from aisle.benchmarks.drills.burst import run_burst
+from aisle.benchmarks.drills.corpus import PROTOCOLS, Case, load_corpus, malformed_corpus, problem, refusal
+from aisle.benchmarks.drills.oversize import huge_text, run_oversize
+from aisle.benchmarks.drills.stub_kill import run_stub_kill
+from aisle.benchmarks.drills.traffic import is_ready, wait_until_idle
+from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
+from aisle.schema import (
+    CANDIDATE_FEATURES,
+    CANDIDATE_TEXTS,
+    EMBED_QUERY,
+    EMBEDDING,
+    QUERY,
+    QUERY_ENCODER,
+    RANK_COLD,
+    SCORES,
+    USER_HISTORY_IDS,
+    build_schema,
+)
+
+pytestmark = pytest.mark.server
+
+#: Case names, for parametrising before the served repository exists (they do not depend on it).
+CASE_NAMES = [case.name for case in malformed_corpus(build_schema(), np.arange(100))]
+
+
+@pytest.fixture(scope="module")
+def corpus(embedded_repo: Path) -> dict[str, Case]:
+    return {case.name: case for case in load_corpus(embedded_repo)}
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_malformed_request_is_invalid_argument_naming_the_tensor(
+    triton_server: TritonServer, corpus: dict[str, Case], protocol: str, name: str
+) -> None:
+    case = corpus[name]
+    found = problem(case, *refusal(triton_server, protocol, case))
+    assert found is None, found
+
+
+def test_after_the_corpus_the_server_is_ready_with_nothing_pending(triton_server: TritonServer) -> None:
+    pending = wait_until_idle(triton_server.metrics_url)
+    assert pending and all(count == 0 for count in pending.values()), pending
+    assert is_ready(triton_server.http_url)
+
+
+def embed(server: TritonServer, text: bytes) -> tuple[np.ndarray, float]:
+    tensor = grpcclient.InferInput(QUERY, [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[text]], dtype=object))
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        start = time.monotonic()
+        result = client.infer(EMBED_QUERY, [tensor], client_timeout=60)
+        return result.as_numpy(EMBEDDING), time.monotonic() - start
+
+
+def test_a_10mb_query_is_cut_before_tokenizing_and_embeds_like_its_first_kilobyte(triton_server: TritonServer) -> None:
+    text = huge_text(10)
+    served, seconds = embed(triton_server, text)
+    prefix, _ = embed(triton_server, text[:1024])  # already more tokens than the largest bucket
+    np.testing.assert_array_equal(served, prefix)
+    assert seconds < 2.0, f"a 10 MB query took {seconds:.1f} s (uncut: ~10 s of tokenizing)"
+
+
+def test_ordinary_queries_keep_their_latency_while_another_client_sends_10mb_texts(
+    triton_server: TritonServer,
+) -> None:
+    result = run_oversize(triton_server, text_mb=10, duration_s=3.0)
+    print(result.summary())
+    assert result.ordinary_failures == 0 and result.flood_statuses == {"OK": result.flood_requests}
+    assert result.flood_requests >= 3
+    # Before the cut, an ordinary query waited behind ~10 s of tokenizing. The drill's goal (p99
+    # within 2x) is a measured figure (README), not asserted here: CI's 2 shared cores also run the
+    # flood client, and its 10 MB serialisation competes with the measured one.
+    assert result.flooded_p99_ms < 1000, result.summary()
+    assert all(v["status"] == "INVALID_ARGUMENT" and v["ms"] < 2000 for v in result.huge_ids.values())
+
+
+def rank_cold_scores(server: TritonServer, features: np.ndarray) -> np.ndarray:
+    arrays = {
+        QUERY: np.array([[b"running shoes"]], dtype=object),
+        CANDIDATE_TEXTS: np.array([[b"red trail sneaker", b"blue kettle"]], dtype=object),
+        CANDIDATE_FEATURES: features,
+        USER_HISTORY_IDS: np.zeros((1, 0), np.int64),
+    }
+    inputs = []
+    for name, array in arrays.items():
+        tensor = grpcclient.InferInput(
+            name, list(array.shape), {"O": "BYTES", "f": "FP32", "i": "INT64"}[array.dtype.kind]
+        )
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+        return client.infer(RANK_COLD, inputs, client_timeout=60).as_numpy(SCORES)
+
+
+def test_rank_cold_scores_nan_features_as_unknown_and_refuses_infinite_ones(triton_server: TritonServer) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    features = np.array([[[19.9, 4.5, 120, 3.0], [np.nan, np.nan, np.nan, np.nan]]], np.float32)
+    assert np.isfinite(rank_cold_scores(triton_server, features)).all()
+    features[0, 0, 0] = np.inf
+    with pytest.raises(InferenceServerException, match=r"CANDIDATE_FEATURES: \[0, 0, 0\] = inf is infinite") as caught:
+        rank_cold_scores(triton_server, features)
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+def test_a_burst_and_clients_hanging_up_mid_request_leave_nothing_stuck(triton_server: TritonServer) -> None:
+    result = run_burst(triton_server, requests=1000, disconnects=100)
+    print(result.summary())
+    assert result.statuses == {"OK": 1000}
+    assert result.nothing_stuck, result.summary()
+
+
+def test_the_control_api_refuses_requests_without_the_launchers_token(triton_server: TritonServer) -> None:
+    request = urllib.request.Request(
+        f"http://{triton_server.http_url}/v2/repository/models/{EMBED_QUERY}/unload", data=b"{}", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(request, timeout=10)
+    assert caught.value.code == 403
+    assert is_ready(triton_server.http_url)
+    assert any(m["name"] == EMBED_QUERY and m["state"] == "READY" for m in triton_server.control.index())
+
+
+def test_a_killed_python_stub_turns_readiness_false_and_service_comes_back_by_itself(embedded_repo: Path) -> None:
+    """Its own server: the shared one must not lose a model while other tests use it."""
+    grpc_port, http_port, metrics_port = free_ports(3)
+    config = ServerConfig(embedded_repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    with TritonServer(config) as server:
+        result = run_stub_kill(server, model=QUERY_ENCODER, clients=1, warmup_s=1.0, settle_s=2.0)
+        print(result.summary())
+        assert result.kill_to_not_ready_s is not None and result.kill_to_not_ready_s < 3.0, result.summary()
+        assert result.kill_to_ready_s is not None and result.kill_to_ready_s < 30.0, result.summary()
+        assert result.failed_after_ready == 0 and result.flips_after_ready == 0, result.summary()
+        assert [r["model"] for r in result.watchdog] == [QUERY_ENCODER]
+        assert embed(server, b"running shoes")[0].shape == (1, build_schema().embedding_dim)

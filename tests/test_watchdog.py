@@ -1,0 +1,121 @@
+"""The stub watchdog's mechanics without Triton: a fake server process whose children look like
+python stubs (`triton_python_backend_stub <repo>/<model>/1/model.py`), and a fake control API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aisle.model_repository.watchdog import STUB_NAME, StubWatchdog, server_stubs, stub_model
+
+MODELS = ("query_encoder", "item_store", "catalog_search")
+
+
+class FakeControl:
+    """Records unload/load calls in order; the fake server starts no new stub."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def unload(self, model: str) -> None:
+        self.calls.append(("unload", model))
+
+    def load(self, model: str) -> None:
+        self.calls.append(("load", model))
+
+
+@pytest.fixture
+def fake_server(tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """A process with one sleeping 'stub' child per model in MODELS."""
+    stub = tmp_path / STUB_NAME
+    stub.symlink_to(sys.executable)
+    for model in MODELS:
+        (tmp_path / model / "1").mkdir(parents=True)
+        (tmp_path / model / "1" / "model.py").write_text("import time\ntime.sleep(120)\n")
+    spawn = (
+        "import subprocess, sys, time\n"
+        f"stubs = [subprocess.Popen([{str(stub)!r}, {str(tmp_path)!r} + f'/{{m}}/1/model.py']) for m in {MODELS!r}]\n"
+        "time.sleep(120)\n"
+    )
+    server = subprocess.Popen([sys.executable, "-c", spawn])
+    try:
+        deadline = time.monotonic() + 20
+        while len(server_stubs(server.pid)) < len(MODELS) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield server
+    finally:
+        for pid in server_stubs(server.pid):
+            os.kill(pid, signal.SIGKILL)
+        server.kill()
+        server.wait()
+
+
+def wait_for(condition, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_stub_model_reads_the_model_from_the_stub_command_line() -> None:
+    assert stub_model([f"/x/{STUB_NAME}", "/repo/query_encoder/1/model.py", "shm", "1048576"]) == "query_encoder"
+    assert stub_model(["/usr/bin/python3", "/repo/query_encoder/1/model.py"]) is None
+    assert stub_model([STUB_NAME]) is None
+
+
+def test_server_stubs_finds_each_stub_child_and_its_model(fake_server: subprocess.Popen) -> None:
+    assert sorted(server_stubs(fake_server.pid).values()) == sorted(MODELS)
+
+
+def test_a_killed_stub_is_noticed_at_once_and_its_model_unloaded_then_loaded(fake_server: subprocess.Popen) -> None:
+    control = FakeControl()
+    watchdog = StubWatchdog(fake_server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None)
+    watchdog.start()
+    try:
+        assert wait_for(lambda: watchdog.watched_models == sorted(MODELS))
+        pid = next(p for p, m in server_stubs(fake_server.pid).items() if m == "item_store")
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: ("load", "item_store") in control.calls)
+        assert control.calls == [("unload", "item_store"), ("load", "item_store")]
+        (recovery,) = watchdog.recoveries
+        assert recovery.model == "item_store" and recovery.pid == pid and recovery.attempts == 1
+        assert recovery.died_at - killed_at < 0.5  # pidfd: no polling delay
+    finally:
+        watchdog.stop()
+
+
+def test_stubs_killed_together_are_all_unloaded_before_any_is_loaded(fake_server: subprocess.Popen) -> None:
+    control = FakeControl()
+    watchdog = StubWatchdog(fake_server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None)
+    watchdog.start()
+    try:
+        assert wait_for(lambda: watchdog.watched_models == sorted(MODELS))
+        for pid in server_stubs(fake_server.pid):
+            os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: sum(call == "load" for call, _ in control.calls) == len(MODELS))
+        assert [call for call, _ in control.calls] == ["unload"] * len(MODELS) + ["load"] * len(MODELS)
+        assert sorted(model for _, model in control.calls[: len(MODELS)]) == sorted(MODELS)
+    finally:
+        watchdog.stop()
+
+
+def test_a_stopped_watchdog_leaves_exiting_stubs_alone(fake_server: subprocess.Popen) -> None:
+    control = FakeControl()
+    watchdog = StubWatchdog(fake_server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None)
+    watchdog.start()
+    assert wait_for(lambda: watchdog.watched_models == sorted(MODELS))
+    watchdog.stop()
+    for pid in server_stubs(fake_server.pid):
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.3)
+    assert control.calls == []
