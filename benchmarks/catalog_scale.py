@@ -51,6 +51,17 @@ def parent_rows(n_real: int, size: int, seed: int) -> np.ndarray:
     return np.concatenate([np.arange(n_real), rng.integers(0, n_real, size - n_real)])
 
 
+def copy_serving_files(source: Path, out: Path) -> None:
+    """Everything of `source` but its catalog data (configs, model sources, graphs, tokenizers) into
+    `out`, replacing what `out` held, so a generated catalog can be served by a re-rendered repository."""
+    from aisle.retrieval import ATTRIBUTES_FILE, INDEX_FILE
+
+    for stale in (p for p in out.glob("*") if p.is_dir() and not (source / p.name).exists()):
+        shutil.rmtree(stale)
+    data = shutil.ignore_patterns("__pycache__", "*.npy", INDEX_FILE, ATTRIBUTES_FILE)
+    shutil.copytree(source, out, ignore=data, dirs_exist_ok=True)
+
+
 def scaled_repo(source: Path, out: Path, size: int, *, index_kind: str | None, seed: int = 0) -> Path:
     """A copy of `source` whose catalog holds `size` items (its real ones first); see the module doc."""
     from tqdm import tqdm
@@ -65,7 +76,7 @@ def scaled_repo(source: Path, out: Path, size: int, *, index_kind: str | None, s
         raise BenchmarkError(f"--sizes {size}: smaller than the repository's catalog ({n_real} items)")
     if out.exists():
         shutil.rmtree(out)
-    shutil.copytree(source, out, ignore=shutil.ignore_patterns("__pycache__", "*.npy", INDEX_FILE, ATTRIBUTES_FILE))
+    copy_serving_files(source, out)
     parents = parent_rows(n_real, size, seed)
     rng = np.random.default_rng(seed + 1)
     embeddings = np.empty((size, real.dim), np.float32)
@@ -119,8 +130,9 @@ async def _points(url: str, workloads: dict, measurer, duration_s: float, label:
 
 
 def cached_scaled_repo(source: Path, out: Path, size: int, index_kind: str | None) -> Path:
-    """scaled_repo, unless `out` already holds that size of that source with that index (a 1M-item
-    catalog takes minutes to generate and index, and a rerun measures the same thing)."""
+    """scaled_repo, unless `out` already holds a catalog of that size of that source with that index
+    (a 1M-item catalog takes minutes to generate and index): then only its serving files are
+    refreshed from `source`."""
     from aisle.export.repo_format import REPO_MANIFEST, RepoManifest
     from aisle.retrieval import choose_index
 
@@ -128,6 +140,9 @@ def cached_scaled_repo(source: Path, out: Path, size: int, index_kind: str | Non
         made, base = RepoManifest.load(out), RepoManifest.load(source)
         wanted = choose_index(size, index_kind).to_dict()
         if (made.catalog_items, made.index, made.data_fingerprint) == (size, wanted, base.data_fingerprint):
+            copy_serving_files(source, out)
+            base.catalog_items, base.index = size, wanted
+            base.save(out)
             return out
     return scaled_repo(source, out, size, index_kind=index_kind)
 

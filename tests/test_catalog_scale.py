@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aisle.benchmarks.catalog_scale import goals, parent_rows, scaled_repo
+from aisle.benchmarks.catalog_scale import cached_scaled_repo, goals, parent_rows, scaled_repo
 from aisle.export.repo_format import Catalog, RepoManifest, catalog_dir
 from aisle.model_repository.catalog_search import CatalogSearch
 from aisle.model_repository.context import ModelContext
@@ -40,6 +40,14 @@ def test_a_scaled_repository_keeps_the_real_items_and_adds_variants_with_their_p
     assert (catalog_dir(out) / INDEX_FILE).is_file()
     search = CatalogSearch.from_context(ModelContext.load(out, CATALOG_SEARCH))
     assert len(search.retriever.store.catalog.item_ids) == size
+    # A rerun keeps the generated catalog and refreshes the serving files from the source.
+    embeddings = next(catalog_dir(out).glob("embeddings.npy"))
+    generated_at = embeddings.stat().st_mtime_ns
+    config = out / "search" / "config.pbtxt"
+    config.write_text("stale")
+    assert cached_scaled_repo(embedded_repo, out, size, "ivf") == out
+    assert embeddings.stat().st_mtime_ns == generated_at
+    assert config.read_text() == (embedded_repo / "search" / "config.pbtxt").read_text()
 
 
 def test_goals_are_the_ratios_of_the_sizes_own_points() -> None:
