@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from aisle.export.repo_format import catalog_dir, read_item_ids
+from aisle.export.repo_format import read_item_ids, served_catalog_dir
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
@@ -133,7 +133,7 @@ class RequestValidator:
 
     @classmethod
     def from_context(cls, context: ModelContext) -> RequestValidator:
-        index = CatalogIndex(read_item_ids(catalog_dir(context.repo, context.version_dir.name)))
+        index = CatalogIndex(read_item_ids(served_catalog_dir(context.repo)))
         return cls([t.name for t in context.decl.inputs], index, context.schema)
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
