@@ -26,23 +26,38 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def process_tree_cpu_s(root_pid: int) -> float:
-    """user + system CPU seconds of `root_pid` and all its live descendants (threads included)."""
+def _process_tree(root_pid: int) -> tuple[set[int], dict[int, list[str]]]:
+    """`root_pid` and all its live descendants, with every process's /proc stat fields."""
     parents: dict[int, int] = {}
-    ticks: dict[int, int] = {}
+    stats: dict[int, list[str]] = {}
     for entry in PROC.iterdir():
         if entry.name.isdigit():
             fields = _stat_fields(int(entry.name))
             if fields:
                 parents[int(entry.name)] = int(fields[1])
-                ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+                stats[int(entry.name)] = fields
     tree, frontier = {root_pid}, [root_pid]
     while frontier:
         parent = frontier.pop()
         children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
         tree.update(children)
         frontier.extend(children)
-    return sum(ticks.get(pid, 0) for pid in tree) / CLOCK_TICKS
+    return tree, stats
+
+
+def process_tree_cpu_s(root_pid: int) -> float:
+    """user + system CPU seconds of `root_pid` and all its live descendants (threads included)."""
+    tree, stats = _process_tree(root_pid)
+    return sum(int(stats[pid][11]) + int(stats[pid][12]) for pid in tree if pid in stats) / CLOCK_TICKS
+
+
+def process_tree_rss_bytes(root_pid: int) -> int:
+    """Resident memory of `root_pid` and its live descendants (a tritonserver and its python stubs).
+
+    A page two processes map (a memory-mapped catalog) counts once per process, as `ps` shows it.
+    """
+    tree, stats = _process_tree(root_pid)
+    return sum(int(stats[pid][21]) for pid in tree if pid in stats) * os.sysconf("SC_PAGE_SIZE")
 
 
 def find_server_pid(grpc_port: int) -> int | None:
