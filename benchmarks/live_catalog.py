@@ -7,7 +7,8 @@ Starts its own tritonserver on a copy of REPO (the original is never written), t
    through the SDK with retries off, so every failure counts;
 2. during it: `upserts` upserts of `upsert_items` new items each (generated items, fresh ids and
    titles), after each one every new item is searched by its own title and must be found; then one
-   delete of `delete_items` ids (half of them new items, half rendered ones no load request names),
+   delete of `delete_items` ids (half rendered ones no load request names, where the catalog has
+   that many, the rest new items),
    after which no search result may hold a deleted id (the load's and one search per deleted title)
    and rank with a deleted id must fail INVALID_ARGUMENT naming it;
 3. server RSS (tritonserver + stubs, /proc) before the first upsert and after the fifth;
@@ -49,12 +50,13 @@ class DrillConfig:
     duration_s: load length; the catalog changes are spread over it.
     concurrency: closed-loop workers (half search, half rank).
     upserts / upsert_items: how many upserts of how many new items each.
-    delete_items: ids removed by the one delete (half new items, half rendered ones).
+    delete_items: ids removed by the one delete (half rendered items no request names, the rest new items).
     freshness_items: new items of the freshness measurement after the load (0 skips it).
     title_top_k: results searched per title check (a new item must be among them); the default is
         the served max_results, which equals search's retrieval depth: "retrievable" = in stage 1's
         candidates. How many were also in the top 10 is reported beside.
     embed_url: embed through the server's embed_item instead of the local ONNX item tower.
+    items_preset: generator preset the new items are drawn from (aisle.data.generator.PRESETS).
     """
 
     duration_s: float = 60.0
@@ -65,6 +67,7 @@ class DrillConfig:
     freshness_items: int = 1000
     title_top_k: int = 100
     embed_url: bool = False
+    items_preset: str = "small"
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -114,7 +117,7 @@ class DrillReport:
             v.append("rollback did not restore the previous results exactly")
 
 
-def new_items(existing: Sequence[Item], count: int, seed: int) -> list[Item]:
+def new_items(existing: Sequence[Item], count: int, seed: int, preset: str = "small") -> list[Item]:
     """`count` generated items with ids above the catalog's and titles it does not already hold."""
     from aisle.data.generator import PRESETS, generate
 
@@ -123,7 +126,7 @@ def new_items(existing: Sequence[Item], count: int, seed: int) -> list[Item]:
     items: list[Item] = []
     attempt = 0
     while len(items) < count:
-        for item in generate(PRESETS["small"], seed + attempt, preset="small").items:
+        for item in generate(PRESETS[preset], seed + attempt, preset=preset).items:
             if item.title not in titles:
                 titles.add(item.title)
                 items.append(dataclasses.replace(item, item_id=next_id + len(items), cold_start=False))
@@ -234,15 +237,16 @@ async def run_drill(url: str, server_pid: int, repo: Path, dataset: Dataset, con
     workloads = WorkloadConfig(requests=128, seed=config.seed)
     searches = search_workload(dataset, workloads).requests
     ranks = rank_workload(dataset, workloads).requests
-    fresh = new_items(dataset.items, config.upserts * config.upsert_items + config.freshness_items, config.seed)
+    count = config.upserts * config.upsert_items + config.freshness_items
+    fresh = new_items(dataset.items, count, config.seed, config.items_preset)
     batches = [fresh[k * config.upsert_items : (k + 1) * config.upsert_items] for k in range(config.upserts)]
     freshness_batch = fresh[config.upserts * config.upsert_items :]
     unnamed = _unnamed_ids(dataset, [*searches, *ranks])
-    half = config.delete_items // 2
-    doomed_new = [item for batch in batches for item in batch][:half]
-    doomed = np.concatenate(
-        [[i.item_id for i in doomed_new], rng.choice(unnamed, size=config.delete_items - half, replace=False)]
-    ).astype(np.int64)
+    # Half rendered items no load request names (a request naming one would rightly fail after the
+    # delete), as many as there are; the rest new items.
+    old = rng.choice(unnamed, size=min(config.delete_items // 2, len(unnamed)), replace=False)
+    doomed_new = [item for batch in batches for item in batch][: config.delete_items - len(old)]
+    doomed = np.concatenate([[i.item_id for i in doomed_new], old]).astype(np.int64)
     embed = remote_embedder(url) if config.embed_url else None
     # Spread the changes over the load: upserts, delete, then a tail of load on the final version.
     pause_s = config.duration_s / (config.upserts + 2)
