@@ -88,6 +88,7 @@ class DrillReport:
     title_checks: int = 0
     title_misses: list[int] = field(default_factory=list)
     title_top10: int = 0
+    deleted_ids: list[int] = field(default_factory=list)
     deleted_seen: int = 0
     rank_deleted_error: str = ""
     rss_before_mb: float = 0.0
@@ -285,6 +286,7 @@ async def run_drill(url: str, server_pid: int, repo: Path, dataset: Dataset, con
             result = await asyncio.to_thread(delete, repo, doomed.tolist())
             deleted_at = time.perf_counter()
             report.delete = dataclasses.asdict(result)
+            report.deleted_ids = doomed.tolist()
             print(f"delete: {result.summary()}", flush=True)
             gone = set(doomed.tolist())
             for item in doomed_new:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from aisle.export.repo_format import read_item_ids, served_catalog_dir
+from aisle.export.repo_format import Catalog, read_item_ids, served_catalog_dir
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
@@ -24,6 +24,7 @@ from aisle.schema import (
     CANDIDATE_TEXTS,
     NUM_ITEM_FEATURES,
     QUERY,
+    USER_EMBEDDING,
     USER_HISTORY_IDS,
     Schema,
     validated,
@@ -113,13 +114,18 @@ def history_rows(request: Tensors, index: CatalogIndex, max_history: int) -> np.
 class RequestValidator:
     """Checks every input of a rank_cold request and passes it on unchanged as VALID_<name>.
 
+    With the catalog given (a declaration with a USER_EMBEDDING output) it also returns the user
+    vector of the checked history, from the same catalog version the ids were checked against.
     rank needs no validator of its own: its first step, the item store, checks the whole request.
     """
 
-    def __init__(self, inputs: Sequence[str], index: CatalogIndex, schema: Schema) -> None:
+    def __init__(
+        self, inputs: Sequence[str], index: CatalogIndex, schema: Schema, catalog: Catalog | None = None
+    ) -> None:
         self.inputs = tuple(inputs)
         self.index = index
         self.schema = schema
+        self.catalog = catalog
         checks: dict[str, Callable[[Tensors], None]] = {
             QUERY: lambda r: self._texts(r, QUERY),
             CANDIDATE_TEXTS: self._candidate_texts,
@@ -133,8 +139,11 @@ class RequestValidator:
 
     @classmethod
     def from_context(cls, context: ModelContext) -> RequestValidator:
-        index = CatalogIndex(read_item_ids(served_catalog_dir(context.repo)))
-        return cls([t.name for t in context.decl.inputs], index, context.schema)
+        inputs = [t.name for t in context.decl.inputs]
+        if USER_EMBEDDING in {t.name for t in context.decl.outputs}:
+            catalog = Catalog.load(served_catalog_dir(context.repo))
+            return cls(inputs, CatalogIndex(catalog.item_ids), context.schema, catalog)
+        return cls(inputs, CatalogIndex(read_item_ids(served_catalog_dir(context.repo))), context.schema)
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         outcomes, valid, checked = validate_each(requests, self._check)
@@ -143,7 +152,13 @@ class RequestValidator:
     def _check(self, request: Tensors) -> Tensors:
         for check in self.checks:
             check(request)
-        return {validated(name): request[name] for name in self.inputs}
+        checked = {validated(name): request[name] for name in self.inputs}
+        if self.catalog is not None:
+            from aisle.model_repository.user_profile import user_embeddings
+
+            rows = history_rows(request, self.index, self.schema.limits.max_history)
+            checked[USER_EMBEDDING] = user_embeddings(self.catalog, rows, self.schema.limits.history_decay)
+        return checked
 
     @staticmethod
     def _texts(request: Tensors, tensor: str) -> None:

@@ -215,3 +215,9 @@ def test_upserts_and_delete_under_load_fail_no_request(live_server, tiny_data: P
     assert "is not an item of the served catalog" in report.rank_deleted_error
     assert report.rollback_identical is True
     assert report.freshness["not_found_by_title"] == 0
+    # rank_cold's one catalog reader (its validator) refuses a deleted history id, naming it.
+    from aisle.client import AisleClient, InvalidInputError
+
+    deleted = int(report.deleted_ids[0])
+    with AisleClient(live_server.grpc_url) as client, pytest.raises(InvalidInputError, match=f"= {deleted} is not"):
+        client.rank_cold("lamp", ["a desk lamp"], np.ones((1, 4), np.float32), [deleted])
