@@ -221,3 +221,25 @@ def test_upserts_and_delete_under_load_fail_no_request(live_server, tiny_data: P
     deleted = int(report.deleted_ids[0])
     with AisleClient(live_server.grpc_url) as client, pytest.raises(InvalidInputError, match=f"= {deleted} is not"):
         client.rank_cold("lamp", ["a desk lamp"], np.ones((1, 4), np.float32), [deleted])
+
+
+@pytest.mark.server
+def test_upsert_through_the_server_embeds_as_the_local_item_tower(live_server, catalog_items: list[Item]) -> None:
+    """`--url`: the server's embed_item does the work; the stored embeddings equal the local graph's."""
+    from aisle.client import AisleClient
+    from aisle.export.live_catalog import local_embedder, upsert
+    from aisle.export.live_catalog_cli import remote_embedder
+    from aisle.export.repo_format import Catalog, served_catalog_dir
+
+    repo = Path(live_server.config.repo)
+    items = [
+        dataclasses.replace(catalog_items[k], item_id=80000 + k, title=f"Zanzibar Quill {k} Notebook") for k in range(3)
+    ]
+    report = upsert(repo, items, embed=remote_embedder(live_server.grpc_url))
+    assert (report.added, report.embedded) == (3, 3)
+    catalog = Catalog.load(served_catalog_dir(repo))
+    rows = np.searchsorted(catalog.item_ids, [item.item_id for item in items])
+    local = local_embedder(repo)([item.text() for item in items])
+    np.testing.assert_allclose(catalog.embeddings[rows], local, atol=1e-5)
+    with AisleClient(live_server.grpc_url) as client:
+        assert items[1].item_id in client.search(items[1].title, top_k=100).ids.tolist()
