@@ -351,6 +351,56 @@ async def _freshness(client, repo: Path, items: Sequence[Item], embed, top_k: in
     }
 
 
+#: The catalog readers a model-control switch would have to load a new version of.
+CATALOG_READERS = ("item_store", "catalog_search", "rank_cold_validator")
+
+
+async def model_control_study(
+    url: str, http_url: str, repo: Path, dataset: Dataset, *, concurrency: int = 16, switches: int = 3
+) -> dict:
+    """The alternative switch, measured for the README's comparison: under the same mixed load, each
+    catalog reader gets a new model version directory (a copy of version 1) that Triton's
+    model-control API loads (`POST /v2/repository/models/<m>/load`; version policy latest: Triton
+    loads the new version, then unloads the old one). Reports failed requests and load seconds."""
+    import urllib.request
+
+    from aisle.benchmarks.workloads import WorkloadConfig, rank_workload, search_workload
+
+    workloads = WorkloadConfig(requests=128)
+    searches = search_workload(dataset, workloads).requests
+    ranks = rank_workload(dataset, workloads).requests
+
+    def load_model(model: str) -> None:
+        request = urllib.request.Request(f"http://{http_url}/v2/repository/models/{model}/load", data=b"{}")
+        with urllib.request.urlopen(request, timeout=300) as response:
+            response.read()
+
+    seconds: list[float] = []
+    async with _client(url) as client:
+        load = Load(client, searches, ranks, concurrency)
+        tasks = load.start()
+        try:
+            await asyncio.sleep(3.0)
+            for k in range(switches):
+                for model in CATALOG_READERS:
+                    shutil.copytree(repo / model / "1", repo / model / str(k + 2))
+                started = time.perf_counter()
+                for model in CATALOG_READERS:
+                    await asyncio.to_thread(load_model, model)
+                seconds.append(time.perf_counter() - started)
+                await asyncio.sleep(3.0)
+        finally:
+            load.stopping.set()
+            await asyncio.gather(*tasks)
+    return {
+        "requests": sum(load.count.values()),
+        "failed": load.failed,
+        "failures": load.failures,
+        "switch_s": seconds,
+        "cpu_cores": os.cpu_count(),
+    }
+
+
 def refresh_model_sources(repo: Path) -> None:
     """Copy this aisle's python model sources over a rendered repository's (one rendered before the
     catalog readers followed served.json would not switch)."""
@@ -382,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete-items", type=int, default=100)
     parser.add_argument("--freshness-items", type=int, default=1000)
     parser.add_argument("--embed-url", action="store_true", help="embed through the server's embed_item")
+    parser.add_argument(
+        "--model-control-study",
+        action="store_true",
+        help="instead of the drill: switch by loading new model versions through Triton's model-control API",
+    )
     args = parser.parse_args(argv)
     config = DrillConfig(
         duration_s=args.duration,
@@ -403,8 +458,17 @@ def main(argv: list[str] | None = None) -> int:
             pid = find_server_pid(grpc_port)
             if pid is None:
                 raise BenchmarkError(f"no tritonserver process found for gRPC port {grpc_port}")
-            report = asyncio.run(run_drill(server.grpc_url, pid, repo, dataset, config))
+            if args.model_control_study:
+                study = asyncio.run(
+                    model_control_study(server.grpc_url, server.http_url, repo, dataset, concurrency=args.concurrency)
+                )
+            else:
+                report = asyncio.run(run_drill(server.grpc_url, pid, repo, dataset, config))
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.model_control_study:
+        (args.out / "model_control_study.json").write_text(json.dumps(study, indent=2) + "\n")
+        print(json.dumps(study))
+        return 1 if study["failed"] else 0
     (args.out / "report.json").write_text(json.dumps(dataclasses.asdict(report), indent=2, default=str) + "\n")
     print(json.dumps({k: v for k, v in dataclasses.asdict(report).items() if k not in ("upserts",)}, default=str))
     return 1 if report.violations else 0
