@@ -341,10 +341,13 @@ def _write_version(repo: Path, version: int, rows: Rows, *, progress: bool) -> N
         raise
 
 
-def _serve(repo: Path, state: ServedCatalog, version: int, keep: int) -> ServedCatalog:
-    """Make `version` the served one (atomic), then remove versions beyond the `keep` newest served."""
+def _check_keep(keep: int) -> None:
     if keep < 1:
         raise CatalogUpdateError(f"keep={keep} must be >= 1 (the served version itself)")
+
+
+def _serve(repo: Path, state: ServedCatalog, version: int, keep: int) -> ServedCatalog:
+    """Make `version` the served one (atomic), then remove versions beyond the `keep` newest served."""
     new = ServedCatalog(version, (state.version, *state.previous)[: keep - 1])
     new.write(repo)
     _prune(repo, new)
@@ -383,6 +386,7 @@ def upsert(
     once served.json names the new version: the next batch of every catalog reader serves it.
     """
     repo = Path(repo)
+    _check_keep(keep)
     if not items:
         raise CatalogUpdateError("upsert: no items given")
     ids = np.asarray([i.item_id for i in items], np.int64)
@@ -430,6 +434,7 @@ def upsert(
 def delete(repo: Path, item_ids: Sequence[int], *, keep: int = KEEP_VERSIONS, progress: bool = False) -> UpdateReport:
     """Remove items by id in a new served catalog version; every id must be in the served catalog."""
     repo = Path(repo)
+    _check_keep(keep)
     ids = np.unique(np.asarray(list(item_ids), np.int64))
     if not len(ids):
         raise CatalogUpdateError("delete: no item ids given")
