@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "aisle.training.cli",
     "aisle.training.evaluate_cli",
     "aisle.export.cli",
+    "aisle.export.live_catalog_cli",
     "aisle.client.cli",
     "aisle.benchmarks.cli",
     "aisle.model_repository.cli",

@@ -529,14 +529,19 @@ def catalog_search_model(t: CommonTensors) -> ModelDecl:
     )
 
 
-def validator_model(name: str, inputs: tuple[TensorDecl, ...]) -> ModelDecl:
-    """A step that checks every input and passes each on as VALID_<name>.
+def validator_model(
+    name: str, inputs: tuple[TensorDecl, ...], extra_outputs: tuple[TensorDecl, ...] = ()
+) -> ModelDecl:
+    """A step that checks every input and passes each on as VALID_<name> (plus `extra_outputs`).
 
     Multi-branch ensembles check every input in one first step, before any branch starts: when a
     composing model fails while sibling steps are in flight, tritonserver 2.51 never releases the
     ensemble request (leaked in-flight count, memory, and a stalled shutdown drain).
+    rank_cold's validator also builds the user vector (USER_EMBEDDING): it is the ensemble's one
+    catalog reader, so a request checks its history ids and averages their embeddings on one
+    catalog version, even while a live catalog update switches versions (see `aisle catalog`).
     """
-    outputs = tuple(TensorDecl(validated(t.name), t.dtype, t.dims) for t in inputs)
+    outputs = tuple(TensorDecl(validated(t.name), t.dtype, t.dims) for t in inputs) + extra_outputs
     return ModelDecl(name, Role.VALIDATOR, inputs, outputs, RANK_BATCHING)
 
 
@@ -618,17 +623,17 @@ def rank_cold_ensemble(t: CommonTensors, validator: ModelDecl) -> EnsembleDecl:
         _pairs(CANDIDATE_TEXTS=CANDIDATE_TEXTS.lower(), CANDIDATE_FEATURES=CANDIDATE_FEATURES.lower()),
         _pairs(ITEM_EMBEDDINGS="item_embeddings", ITEM_FEATURES="item_features"),
     )
-    user_step = Step(USER_PROFILE, _pairs(USER_HISTORY_IDS=USER_HISTORY_IDS.lower()), _pairs(USER_EMBEDDING="user"))
+    # The history goes no further than the validator: it becomes the user vector there.
+    checked = {validated(x.name): x.name.lower() for x in validator.inputs if x.name != USER_HISTORY_IDS}
     return EnsembleDecl(
         RANK_COLD,
         validator.inputs,
         (t.scores,),
         RANK_MAX_BATCH,
         (
-            passthrough_step(validator, {validated(x.name): x.name.lower() for x in validator.inputs}),
+            passthrough_step(validator, {**checked, USER_EMBEDDING: "user"}),
             *QUERY_TO_EMBEDDING,
             cold_step,
-            user_step,
             HEAD_STEP,
         ),
         "Cold start: score candidates given as item texts (+ raw features, NaN = unknown), "
@@ -670,6 +675,7 @@ def build_schema(embedding_dim: int = DEFAULT_EMBEDDING_DIM, limits: ServingLimi
             TensorDecl(CANDIDATE_FEATURES, DType.FP32, (-1, NUM_ITEM_FEATURES)),
             t.history,
         ),
+        (t.user_embedding,),
     )
     models = (
         tokenizer_model(QUERY_TOKENIZER, limits.query_buckets, t),

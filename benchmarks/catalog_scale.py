@@ -152,7 +152,7 @@ def measure_size(repo: Path, workloads: dict, duration_s: float) -> dict:
     import tritonclient.grpc as grpcclient
 
     from aisle.benchmarks import search_stages
-    from aisle.benchmarks.cpu import find_server_pid, process_tree_rss_mib
+    from aisle.benchmarks.cpu import find_server_pid, process_tree_rss_bytes
     from aisle.benchmarks.suite import Measurer
     from aisle.export.repo_format import RepoManifest
     from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
@@ -164,11 +164,11 @@ def measure_size(repo: Path, workloads: dict, duration_s: float) -> dict:
         pid = find_server_pid(int(server.grpc_url.rsplit(":", 1)[1]))
         if pid is None:
             raise BenchmarkError(f"no tritonserver process found for {server.grpc_url}")
-        rss_ready = process_tree_rss_mib(pid)
+        rss_ready = process_tree_rss_bytes(pid) / 2**20
         triton = grpcclient.InferenceServerClient(server.grpc_url)
         measurer = Measurer(triton, manifest.schema(), pid, {})
         points = asyncio.run(_points(server.grpc_url, workloads, measurer, duration_s, label))
-        rss_loaded = process_tree_rss_mib(pid)
+        rss_loaded = process_tree_rss_bytes(pid) / 2**20
         stages = search_stages.measure(repo, server.grpc_url, [workloads["search"], workloads["recommend"]])
         triton.close()
     return {

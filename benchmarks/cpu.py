@@ -58,11 +58,13 @@ def process_tree_cpu_s(root_pid: int) -> float:
     return sum(ticks.get(pid, 0) for pid in process_tree(root_pid, table)) / CLOCK_TICKS
 
 
-def process_tree_rss_mib(root_pid: int) -> float:
-    """Resident memory of `root_pid` and its live descendants, MiB (shared pages count in each)."""
+def process_tree_rss_bytes(root_pid: int) -> int:
+    """Resident memory of `root_pid` and its live descendants (a tritonserver and its python stubs).
+
+    A page two processes map (a memory-mapped catalog) counts once per process, as `ps` shows it.
+    """
     table = _process_table()
-    pages = sum(int(table[pid][21]) for pid in process_tree(root_pid, table) if pid in table)
-    return pages * PAGE_BYTES / 2**20
+    return sum(int(table[pid][21]) for pid in process_tree(root_pid, table) if pid in table) * PAGE_BYTES
 
 
 def find_server_pid(grpc_port: int) -> int | None:

@@ -41,10 +41,21 @@ def embed_item_texts(
     schema: Schema, checkpoint: Path, graph: Path, texts: Sequence[str], *, batch_size: int, progress: bool
 ) -> np.ndarray:
     """float32 [len(texts), dim]: each text through the item graph, tokenised as the item tokenizer model does."""
+    from aisle.modeling.checkpoint import ITEM_ENCODER_DIR
+
+    return embed_texts_with(
+        schema, Path(checkpoint) / ITEM_ENCODER_DIR, graph, texts, batch_size=batch_size, progress=progress
+    )
+
+
+def embed_texts_with(
+    schema: Schema, tokenizer_dir: Path, graph: Path, texts: Sequence[str], *, batch_size: int, progress: bool
+) -> np.ndarray:
+    """embed_item_texts with the tokenizer directory given: a checkpoint's item tower, or a rendered
+    repository's item_tokenizer/1/ (what `aisle catalog upsert` embeds with, needing no checkpoint)."""
     from tqdm import tqdm
 
     from aisle.model_repository.ort_runner import OrtGraph
-    from aisle.modeling.checkpoint import ITEM_ENCODER_DIR
     from aisle.tokenization import Bucketing, encode_batch, load_tokenizer
 
     if batch_size < 1:
@@ -53,7 +64,7 @@ def embed_item_texts(
         raise ExportError(f"{graph}: item encoder graph not found; export it with `aisle export onnx`")
     buckets = schema.encoder_buckets(ITEM_ENCODER)
     bucketing = Bucketing(buckets)
-    tokenizer = load_tokenizer(Path(checkpoint) / ITEM_ENCODER_DIR, max_length=bucketing.max_length)
+    tokenizer = load_tokenizer(Path(tokenizer_dir), max_length=bucketing.max_length)
     session = OrtGraph(Path(graph))
     embeddings = np.zeros((len(texts), schema.embedding_dim), np.float32)
     with tqdm(total=len(texts), desc="embedding catalog", unit="item", disable=not progress) as bar:

@@ -6,6 +6,10 @@
                                     .npy file each), plus what retrieval reads beside them (item
                                     attributes, the ANN index when there is one)
     REPO/<tokenizer>/1/tokenizer.json   the tower's fast tokenizer (truncating, never padding)
+    REPO/catalog_versions/<n>/      later catalog versions (n >= 2) written by `aisle catalog`, each a
+                                    complete catalog directory like item_store/1/catalog/
+    REPO/catalog_versions/served.json   ServedCatalog: the version every catalog reader serves
+                                    (absent: version 1, the rendered catalog) and the previous ones
 
 numpy and the standard library only: the python-backend models inside tritonserver read these
 files with the same code that writes them.
@@ -13,6 +17,8 @@ files with the same code that writes them.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +90,73 @@ class RepoManifest:
 def catalog_dir(repo: Path, version: str = MODEL_VERSION) -> Path:
     """Where a rendered repository keeps its catalog (the item store's version directory)."""
     return Path(repo) / ITEM_STORE / version / CATALOG_DIR
+
+
+#: Where catalog versions after the rendered one live, and the file naming the served version.
+CATALOG_VERSIONS_DIR = "catalog_versions"
+SERVED_FILE = "served.json"
+#: The rendered catalog's version number (item_store/1/catalog/).
+BASE_CATALOG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ServedCatalog:
+    """Which catalog version the server reads, and the versions served before it (newest first).
+
+    One small JSON file, replaced atomically (written beside, then os.replace): a reader sees the
+    old state or the new one, never half of either. Readers need only `version`; `previous` is the
+    rollback stack `aisle catalog` keeps.
+    """
+
+    version: int = BASE_CATALOG_VERSION
+    previous: tuple[int, ...] = ()
+
+    @classmethod
+    def read(cls, repo: Path) -> ServedCatalog:
+        path = served_file(repo)
+        if not path.is_file():
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+            return cls(int(raw["version"]), tuple(int(v) for v in raw.get("previous", ())))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise RepositoryError(f"{path}: unreadable served-catalog state ({e}); restore it or delete it") from e
+
+    def write(self, repo: Path) -> None:
+        """Atomically: the new file is complete on disk before it replaces the old one."""
+        path = served_file(repo)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        with staging.open("w") as handle:
+            json.dump({"version": self.version, "previous": list(self.previous)}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(staging, path)
+
+
+def served_file(repo: Path) -> Path:
+    return Path(repo) / CATALOG_VERSIONS_DIR / SERVED_FILE
+
+
+def served_state_key(repo: Path) -> tuple[int, int] | None:
+    """A cheap fingerprint of the served-catalog state (one stat): changes whenever it is replaced."""
+    try:
+        stat = os.stat(served_file(repo))
+    except FileNotFoundError:
+        return None
+    return (stat.st_ino, stat.st_mtime_ns)
+
+
+def version_catalog_dir(repo: Path, version: int) -> Path:
+    """The directory of catalog `version`: the rendered one for version 1, catalog_versions/<n> after."""
+    if version == BASE_CATALOG_VERSION:
+        return catalog_dir(repo)
+    return Path(repo) / CATALOG_VERSIONS_DIR / str(version)
+
+
+def served_catalog_dir(repo: Path) -> Path:
+    """The catalog directory every catalog-reading model serves now."""
+    return version_catalog_dir(repo, ServedCatalog.read(repo).version)
 
 
 def graph_file(repo: Path, model: str, version: str = MODEL_VERSION) -> Path:

@@ -1,8 +1,10 @@
 """What search reads beside the catalog, written at render time into the catalog directory: the
-items' filterable attributes and, for large catalogs, the ANN index (aisle.retrieval)."""
+items' filterable attributes and, for large catalogs, the ANN index (aisle.retrieval); plus the
+digest of each item's text, which `aisle catalog upsert` uses to re-embed only changed texts."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +24,9 @@ from aisle.retrieval import (
     choose_index,
 )
 
+#: Beside the catalog: uint64 [N] digests of the item texts (export/search_index.text_digests).
+TEXT_DIGESTS_FILE = "text_digests.npy"
+
 
 def write_search_files(
     directory: Path, catalog: Catalog, items: Sequence[Item], *, index_kind: str | None = None, progress: bool = True
@@ -35,10 +40,32 @@ def write_search_files(
     if not np.array_equal(attributes.item_ids, catalog.item_ids):
         raise ExportError(f"{directory}: the items and the catalog hold different item ids")
     attributes.save(directory / ATTRIBUTES_FILE)
+    np.save(directory / TEXT_DIGESTS_FILE, text_digests(items, catalog.item_ids), allow_pickle=False)
     params = choose_index(len(catalog.item_ids), index_kind)
+    write_index(directory, catalog, params, progress=progress)
+    return params
+
+
+def write_index(directory: Path, catalog: Catalog, params: IndexParams, *, progress: bool) -> None:
+    """The retrieval index `params` describe, saved beside the catalog (exact search needs no file)."""
     with tqdm(total=1, desc=f"building {params.kind} index", disable=not progress or params.kind == "exact") as bar:
         index = build_index(np.asarray(catalog.embeddings), params)
         bar.update()
     if isinstance(index, FaissIndex):
-        index.save(directory / INDEX_FILE)
-    return params
+        index.save(Path(directory) / INDEX_FILE)
+
+
+def text_digest(text: str) -> int:
+    """64-bit digest of the text the item tower embeds; 0 is reserved for "unknown"."""
+    digest = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
+    return digest or 1
+
+
+def text_digests(items: Sequence[Item], item_ids: np.ndarray) -> np.ndarray:
+    """uint64 [N]: the digest of each catalog row's item text, in the catalog's row order (ids ascending).
+
+    `aisle catalog upsert` compares them with an update's texts: an item whose text is unchanged
+    (only price, rating, reviews or popularity moved) keeps its embedding instead of being re-embedded.
+    """
+    by_id = {item.item_id: text_digest(item.text()) for item in items}
+    return np.asarray([by_id[int(i)] for i in item_ids], dtype=np.uint64)

@@ -1,19 +1,31 @@
-"""The served catalog as every python model reads it: one set of memory-mapped files.
+"""The served catalog as every python model reads it: one set of memory-mapped files, one version.
 
 item_store (rank), user_profile (rank_cold) and catalog_search (search) each run in their own stub
-process. They all open the same catalog directory (repo_format.catalog_dir) with memory maps, so
-the embeddings and features exist once in memory (the page cache's) however many stubs read them,
-and a later catalog version is a new directory to open, not a copy to merge into.
+process. They all open the same catalog directory with memory maps, so the embeddings and features
+exist once in memory (the page cache's) however many stubs read them.
+
+Live catalog (`aisle catalog upsert|delete|rollback`): a new catalog version is a new directory
+and REPO/catalog_versions/served.json names the served one (export/repo_format.py). Every
+catalog-reading model runs its logic through `FollowsServedCatalog`, which checks that file's
+fingerprint (one stat) before each dynamic batch and, when it changed, opens the new version and
+swaps its logic object in one assignment. A python stub executes one batch at a time, so a batch
+(and every request in it) runs entirely on one version; the old version's arrays and index are
+released with the old logic object (its memory maps close, so its pages leave the stub's RSS).
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aisle.export.repo_format import Catalog, catalog_dir
+from aisle.export.repo_format import Catalog, served_catalog_dir, served_state_key
+from aisle.model_repository.batching import Outcome, Tensors
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.validation import CatalogIndex
+
+Logic = Callable[[Sequence[Tensors]], list[Outcome]]
 
 
 @dataclass(frozen=True)
@@ -31,5 +43,42 @@ class CatalogStore:
 
     @classmethod
     def from_context(cls, context: ModelContext) -> CatalogStore:
-        """The catalog of the repository a model was loaded from (its own version's)."""
-        return cls.open(catalog_dir(context.repo, context.version_dir.name))
+        """The catalog version the repository serves now (served.json; the rendered one without it)."""
+        return cls.open(served_catalog_dir(context.repo))
+
+
+class FollowsServedCatalog:
+    """A catalog reader's logic, rebuilt on the served catalog version whenever that changes.
+
+    Why per batch and in the model rather than a new Triton model version: switching is one stat
+    per batch plus opening memory maps once per version (no stub restart, no second copy of the
+    model's other state, no ensemble reload), and "after `aisle catalog upsert` returns, the next
+    request sees the new version" holds without any signal to the server.
+    """
+
+    def __init__(self, context: ModelContext, build: Callable[[ModelContext], Logic]) -> None:
+        self.context = context
+        self.build = build
+        self.key = served_state_key(context.repo)
+        self.logic = build(context)
+
+    def current(self) -> Logic:
+        """The logic of the served version, opened now if the served state changed since last batch."""
+        key = served_state_key(self.context.repo)
+        if key != self.key:
+            try:
+                logic = self.build(self.context)
+            except Exception as e:  # noqa: BLE001 - keep serving: the next batch tries again
+                print(f"aisle: catalog switch failed, still serving the open version: {e!r}", file=sys.stderr)
+                return self.logic
+            # Built first, then swapped: no batch ever sees a half-opened version.
+            self.logic, self.key = logic, key
+        return self.logic
+
+    def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
+        return self.current()(requests)
+
+
+def follows_served_catalog(build: Callable[[ModelContext], Logic]) -> Callable[[ModelContext], Logic]:
+    """`build` wrapped so its logic follows the served catalog version (for model.py's `build`)."""
+    return lambda context: FollowsServedCatalog(context, build)

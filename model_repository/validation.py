@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from aisle.export.repo_format import catalog_dir, read_item_ids
+from aisle.export.repo_format import Catalog, read_item_ids, served_catalog_dir
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
@@ -24,6 +24,7 @@ from aisle.schema import (
     CANDIDATE_TEXTS,
     NUM_ITEM_FEATURES,
     QUERY,
+    USER_EMBEDDING,
     USER_HISTORY_IDS,
     Schema,
     validated,
@@ -162,13 +163,18 @@ class RequestValidator:
     """Checks every input of a rank_cold request and passes it on as VALID_<name>: texts cut to
     their byte limit (cut_texts), everything else unchanged.
 
+    With the catalog given (a declaration with a USER_EMBEDDING output) it also returns the user
+    vector of the checked history, from the same catalog version the ids were checked against.
     rank needs no validator of its own: its first step, the item store, checks the whole request.
     """
 
-    def __init__(self, inputs: Sequence[str], index: CatalogIndex, schema: Schema) -> None:
+    def __init__(
+        self, inputs: Sequence[str], index: CatalogIndex, schema: Schema, catalog: Catalog | None = None
+    ) -> None:
         self.inputs = tuple(inputs)
         self.index = index
         self.schema = schema
+        self.catalog = catalog
         #: Per input: check it, and return what is passed on for it.
         checks: dict[str, Callable[[Tensors], np.ndarray]] = {
             QUERY: lambda r: cut_texts(r[QUERY], QUERY, schema.limits.max_query_bytes),
@@ -183,15 +189,24 @@ class RequestValidator:
 
     @classmethod
     def from_context(cls, context: ModelContext) -> RequestValidator:
-        index = CatalogIndex(read_item_ids(catalog_dir(context.repo, context.version_dir.name)))
-        return cls([t.name for t in context.decl.inputs], index, context.schema)
+        inputs = [t.name for t in context.decl.inputs]
+        if USER_EMBEDDING in {t.name for t in context.decl.outputs}:
+            catalog = Catalog.load(served_catalog_dir(context.repo))
+            return cls(inputs, CatalogIndex(catalog.item_ids), context.schema, catalog)
+        return cls(inputs, CatalogIndex(read_item_ids(served_catalog_dir(context.repo))), context.schema)
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         outcomes, valid, checked = validate_each(requests, self._check)
         return merge(outcomes, valid, checked)
 
     def _check(self, request: Tensors) -> Tensors:
-        return {validated(name): check(request) for name, check in self.checks.items()}
+        checked = {validated(name): check(request) for name, check in self.checks.items()}
+        if self.catalog is not None:
+            from aisle.model_repository.user_profile import user_embeddings
+
+            rows = history_rows(request, self.index, self.schema.limits.max_history)
+            checked[USER_EMBEDDING] = user_embeddings(self.catalog, rows, self.schema.limits.history_decay)
+        return checked
 
     def _candidate_texts(self, request: Tensors) -> np.ndarray:
         texts = request[CANDIDATE_TEXTS]

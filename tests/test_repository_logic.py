@@ -336,6 +336,15 @@ def test_validator_passes_valid_inputs_on_unchanged_under_their_valid_names(cold
         np.testing.assert_array_equal(outcome[validated(name)], array)
 
 
+def test_validator_with_the_catalog_builds_the_user_vector_of_the_ids_it_checked(catalog: Catalog) -> None:
+    """rank_cold's one catalog reader: history ids checked and averaged on one catalog version."""
+    schema = build_schema(6, ServingLimits(max_candidates=3, max_history=5, history_decay=HISTORY_DECAY))
+    validator = RequestValidator(COLD_INPUTS, CatalogIndex(catalog.item_ids), schema, catalog)
+    (outcome,) = validator([cold_rank_request(["a"], [12, 10, 30])])
+    assert set(outcome) == {validated(name) for name in COLD_INPUTS} | {USER_EMBEDDING}
+    np.testing.assert_array_equal(outcome[USER_EMBEDDING][0], user_vector(catalog.embeddings[[2, 0, 4]], HISTORY_DECAY))
+
+
 @pytest.mark.parametrize(
     ("request_", "message"),
     [

@@ -1,0 +1,84 @@
+"""`aisle catalog upsert|delete|rollback`: change the catalog a running server serves (export/live_catalog.py).
+
+With --url the new and changed items are embedded by that server's `embed_item` ensemble (a GPU
+server does the work); the CLI is the one place that joins the export-side write with the client
+SDK, which the export code itself never imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from aisle.export.live_catalog import KEEP_VERSIONS
+
+    parser = subparsers.add_parser(
+        "catalog",
+        help="live catalog: upsert or delete items, or roll back, on a served repository",
+        description="Write a new catalog version of a rendered repository and make it the served one. A running "
+        "tritonserver switches at its next batch, without a restart and without failing requests.",
+    )
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    up = actions.add_parser("upsert", help="add new items and replace existing ones (items.jsonl format)")
+    up.add_argument("--items", type=Path, required=True, help="items.jsonl file (the dataset's item format)")
+    up.add_argument(
+        "--url",
+        help="HOST:PORT of a running server: embed with its embed_item (default: locally, with the "
+        "repository's exported ONNX item tower)",
+    )
+    up.set_defaults(func=run_upsert)
+    rm = actions.add_parser("delete", help="remove items by id")
+    rm.add_argument("--ids", type=int, nargs="+", required=True, help="item ids to remove")
+    rm.set_defaults(func=run_delete)
+    back = actions.add_parser("rollback", help="serve the previous catalog version again")
+    back.set_defaults(func=run_rollback)
+    for sub in (up, rm, back):
+        sub.add_argument("--repo", type=Path, required=True, help="the rendered repository the server serves")
+    for sub in (up, rm):
+        sub.add_argument(
+            "--keep",
+            type=int,
+            default=KEEP_VERSIONS,
+            help=f"catalog versions kept on disk, the served one included (default {KEEP_VERSIONS})",
+        )
+
+
+def remote_embedder(url: str):
+    """The running server's embed_item, in chunks of REMOTE_BATCH texts."""
+    import numpy as np
+
+    from aisle.client import AisleClient
+    from aisle.export.live_catalog import REMOTE_BATCH
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        with AisleClient(url) as client:
+            parts = [client.embed_items(list(texts[i : i + REMOTE_BATCH])) for i in range(0, len(texts), REMOTE_BATCH)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), np.float32)
+
+    return embed
+
+
+def run_upsert(args: argparse.Namespace) -> int:
+    from aisle.export.live_catalog import read_item_updates, upsert
+
+    items = read_item_updates(args.items)
+    embed = remote_embedder(args.url) if args.url else None
+    print(upsert(args.repo, items, embed=embed, keep=args.keep, progress=True).summary())
+    return 0
+
+
+def run_delete(args: argparse.Namespace) -> int:
+    from aisle.export.live_catalog import delete
+
+    print(delete(args.repo, args.ids, keep=args.keep).summary())
+    return 0
+
+
+def run_rollback(args: argparse.Namespace) -> int:
+    from aisle.export.live_catalog import rollback
+
+    print(rollback(args.repo).summary())
+    return 0

@@ -1,0 +1,245 @@
+"""Live catalog: `aisle catalog upsert|delete|rollback` on a copy of the session's repository, and the
+bounded drill (upserts and a delete under mixed search + rank load) against a real tritonserver.
+
+The session's `embedded_repo` and `triton_server` are shared with other tests and never written:
+every test here works on its own copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aisle.data.format import Item
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def repo(embedded_repo: Path, tmp_path: Path) -> Path:
+    """A private copy of the rendered repository (catalog writes go into it)."""
+    out = tmp_path / "repo"
+    shutil.copytree(embedded_repo, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def catalog_items(tiny_data: Path) -> list[Item]:
+    from aisle.data.format import load_dataset
+
+    return load_dataset(tiny_data).items
+
+
+def _write_items(path: Path, lines: list[str]) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def _record(item: Item, **changes) -> dict:
+    record = dataclasses.asdict(dataclasses.replace(item, **changes))
+    record["category"] = list(record["category"])
+    return record
+
+
+def _served(repo: Path) -> tuple:
+    """Everything a failed change must leave as it was: served state and the version directories."""
+    from aisle.export.live_catalog import LOCK_FILE
+    from aisle.export.repo_format import CATALOG_VERSIONS_DIR, ServedCatalog
+
+    root = repo / CATALOG_VERSIONS_DIR
+    names = sorted(p.name for p in root.iterdir() if p.name != LOCK_FILE) if root.is_dir() else []
+    return ServedCatalog.read(repo), names
+
+
+GOOD = {
+    "item_id": 90001,
+    "title": "Trail Runner 3 Shoe",
+    "brand": "Acme",
+    "category": ["Shoes", "Running Shoes"],
+    "price": 59.0,
+    "rating": 4.2,
+    "review_count": 10,
+    "popularity": 1.5,
+}
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ([json.dumps({k: v for k, v in GOOD.items() if k != "price"})], ":1: field 'price' is missing"),
+        ([json.dumps(GOOD), json.dumps({**GOOD, "rating": "high"})], ":2: field 'rating' must be a number in 0..5"),
+        ([json.dumps({**GOOD, "item_id": "7"})], ":1: field 'item_id' must be a non-negative integer"),
+        ([json.dumps({**GOOD, "category": "Shoes"})], ":1: field 'category' must be a list of strings"),
+        ([json.dumps(GOOD), "", json.dumps(GOOD)], ":3: field 'item_id' = 90001 is a duplicate (first on line 1)"),
+        (["{not json"], ":1: invalid JSON"),
+        ([], "the items file is empty"),
+    ],
+    ids=["missing", "wrong-type", "id-as-string", "category-string", "duplicate", "invalid-json", "empty"],
+)
+def test_bad_items_file_fails_naming_line_and_field_before_anything_is_written(
+    repo: Path, tmp_path: Path, lines: list[str], expected: str, capsys: pytest.CaptureFixture
+) -> None:
+    from aisle.cli import main
+
+    before = _served(repo)
+    path = _write_items(tmp_path / "items.jsonl", lines)
+    assert main(["catalog", "upsert", "--repo", str(repo), "--items", str(path)]) == 2
+    assert expected in capsys.readouterr().err
+    assert _served(repo) == before
+
+
+def test_price_change_alone_keeps_the_embedding_and_a_text_change_reembeds(
+    repo: Path, catalog_items: list[Item]
+) -> None:
+    from aisle.export.live_catalog import local_embedder, upsert
+    from aisle.export.repo_format import Catalog, served_catalog_dir
+
+    embedded: list[str] = []
+    local = local_embedder(repo)
+
+    def counting(texts):
+        embedded.extend(texts)
+        return local(texts)
+
+    first, second = catalog_items[0], catalog_items[1]
+    before = Catalog.load(served_catalog_dir(repo))
+    row = int(np.searchsorted(before.item_ids, first.item_id))
+    old_embedding = np.array(before.embeddings[row])
+    cheaper = dataclasses.replace(first, price=first.price / 2, popularity=first.popularity + 3)
+    retitled = dataclasses.replace(second, title=second.title + " Deluxe Edition")
+    report = upsert(repo, [cheaper, retitled], embed=counting)
+    assert (report.changed, report.embedded, report.added) == (2, 1, 0)
+    assert embedded == [retitled.text()]
+    after = Catalog.load(served_catalog_dir(repo))
+    np.testing.assert_array_equal(after.embeddings[row], old_embedding)
+    assert after.features[row][0] == pytest.approx(first.price / 2)
+
+
+def test_failure_halfway_leaves_the_served_version_untouched(
+    repo: Path, catalog_items: list[Item], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import aisle.export.live_catalog as live
+
+    new = dataclasses.replace(catalog_items[0], item_id=90002, title="Brand New Lamp")
+    before = _served(repo)
+
+    def server_gone(texts):
+        raise ConnectionError("server at 127.0.0.1:1 went away")
+
+    with pytest.raises(ConnectionError):
+        live.upsert(repo, [new], embed=server_gone)
+    assert _served(repo) == before
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(live, "write_index", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        live.upsert(repo, [new])
+    assert _served(repo) == before  # no half-written version directory either
+
+
+def test_delete_refuses_unknown_ids_and_rollback_needs_a_previous_version(repo: Path) -> None:
+    from aisle.export.live_catalog import CatalogUpdateError, delete, rollback
+
+    with pytest.raises(CatalogUpdateError, match=r"not in the served catalog .*\[987654\]"):
+        delete(repo, [987654])
+    with pytest.raises(CatalogUpdateError, match="no previous version is kept"):
+        rollback(repo)
+
+
+def test_keeps_the_last_versions_and_removes_older_ones(repo: Path, catalog_items: list[Item]) -> None:
+    from aisle.export.live_catalog import rollback, upsert
+    from aisle.export.repo_format import ServedCatalog
+
+    item = catalog_items[3]
+    for k in range(4):  # price only: nothing is embedded
+        upsert(repo, [dataclasses.replace(item, price=item.price + k + 1)], keep=3)
+    state, on_disk = _served(repo)
+    assert (state.version, state.previous) == (5, (4, 3))
+    assert [name for name in on_disk if name.isdigit()] == ["3", "4", "5"]
+    assert rollback(repo).version == 4
+    assert ServedCatalog.read(repo) == ServedCatalog(4, (3,))
+
+
+# --- against a real tritonserver ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def live_server(embedded_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Its own tritonserver on its own copy of the repository, since the drill changes the catalog."""
+    from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
+
+    repo = tmp_path_factory.mktemp("live") / "repo"
+    shutil.copytree(embedded_repo, repo)
+    grpc_port, http_port, metrics_port = free_ports(3)
+    server = TritonServer(ServerConfig(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.server
+def test_upserts_and_delete_under_load_fail_no_request(live_server, tiny_data: Path) -> None:
+    """Bounded drill: mixed search + rank load while the catalog changes; every guarantee checked."""
+    from aisle.benchmarks.cpu import find_server_pid
+    from aisle.benchmarks.live_catalog import DrillConfig, run_drill
+    from aisle.data.format import load_dataset
+
+    config = DrillConfig(
+        duration_s=15,
+        concurrency=8,
+        upserts=2,
+        upsert_items=20,
+        delete_items=10,
+        freshness_items=20,
+        items_preset="tiny",
+    )
+    pid = find_server_pid(live_server.config.grpc_port)
+    assert pid is not None
+    report = asyncio.run(
+        run_drill(live_server.grpc_url, pid, Path(live_server.config.repo), load_dataset(tiny_data), config)
+    )
+    assert report.violations == []
+    assert report.failed == 0 and report.requests > 50
+    assert report.title_checks == 40 and report.deleted_seen == 0
+    assert "is not an item of the served catalog" in report.rank_deleted_error
+    assert report.rollback_identical is True
+    assert report.freshness["not_found_by_title"] == 0
+    # rank_cold's one catalog reader (its validator) refuses a deleted history id, naming it.
+    from aisle.client import AisleClient, InvalidInputError
+
+    deleted = int(report.deleted_ids[0])
+    with AisleClient(live_server.grpc_url) as client, pytest.raises(InvalidInputError, match=f"= {deleted} is not"):
+        client.rank_cold("lamp", ["a desk lamp"], np.ones((1, 4), np.float32), [deleted])
+
+
+@pytest.mark.server
+def test_upsert_through_the_server_embeds_as_the_local_item_tower(live_server, catalog_items: list[Item]) -> None:
+    """`--url`: the server's embed_item does the work; the stored embeddings equal the local graph's."""
+    from aisle.client import AisleClient
+    from aisle.export.live_catalog import local_embedder, upsert
+    from aisle.export.live_catalog_cli import remote_embedder
+    from aisle.export.repo_format import Catalog, served_catalog_dir
+
+    repo = Path(live_server.config.repo)
+    items = [
+        dataclasses.replace(catalog_items[k], item_id=80000 + k, title=f"Zanzibar Quill {k} Notebook") for k in range(3)
+    ]
+    report = upsert(repo, items, embed=remote_embedder(live_server.grpc_url))
+    assert (report.added, report.embedded) == (3, 3)
+    catalog = Catalog.load(served_catalog_dir(repo))
+    rows = np.searchsorted(catalog.item_ids, [item.item_id for item in items])
+    local = local_embedder(repo)([item.text() for item in items])
+    np.testing.assert_allclose(catalog.embeddings[rows], local, atol=1e-5)
+    with AisleClient(live_server.grpc_url) as client:
+        assert items[1].item_id in client.search(items[1].title, top_k=100).ids.tolist()
