@@ -7,6 +7,7 @@ Rendered with `kubectl kustomize`; skipped where kubectl is not installed. Not r
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -22,12 +23,19 @@ OVERLAYS = ("cpu", "gpu")
 #: manifests use only APIs stable since well before it (apps/v1, policy/v1, autoscaling/v2).
 KUBERNETES_VERSION = "1.29.0"
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+#: kubectl 1.24 embeds kustomize 4.5, the first with everything deploy/ uses (`labels`, directory
+#: resources, `patches` by path); Debian 12's kubernetes-client is 1.20 (kustomize 2.0).
+MIN_KUBECTL_MINOR = 24
 
 
 def kubectl() -> str:
     binary = shutil.which("kubectl")
     if binary is None:
-        pytest.skip("kubectl is not installed: `kubectl kustomize` renders deploy/ (Debian: kubernetes-client)")
+        pytest.skip("kubectl >= 1.24 is not installed: `kubectl kustomize` renders deploy/")
+    version = subprocess.run([binary, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60)
+    minor = re.match(r"\d+", json.loads(version.stdout or "{}").get("clientVersion", {}).get("minor", "0"))
+    if minor is None or int(minor.group()) < MIN_KUBECTL_MINOR:
+        pytest.skip(f"kubectl is older than 1.{MIN_KUBECTL_MINOR}: its kustomize cannot render deploy/")
     return binary
 
 

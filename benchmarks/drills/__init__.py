@@ -1,0 +1,1 @@
+"""Failure drills and soaks against real tritonservers (one module per drill)."""
