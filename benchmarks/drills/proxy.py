@@ -60,6 +60,9 @@ http {{
     client_body_temp_path tmp/body;
     proxy_temp_path tmp/proxy;
     client_max_body_size 0;
+    # Request bodies stay in memory: run as root, nginx's workers (user nobody) cannot write the
+    # private temporary directory this process created.
+    client_body_buffer_size 8m;
     upstream aisle_replicas {{
 {servers}
         keepalive 64;
