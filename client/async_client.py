@@ -29,7 +29,7 @@ from .base import READY_POLL_S, ClientBase, translated
 from .config import ClientConfig
 from .contract import CONTRACT_ENSEMBLES, ServedEnsemble, verify_contract
 from .errors import NotFoundError, UnavailableError
-from .replicas import Replica, ReplicaPool
+from .replicas import Endpoint, Replica, ReplicaPool
 from .requests import (
     AisleRequest,
     InferCall,
@@ -54,6 +54,8 @@ class AsyncAisleClient(ClientBase):
     def __init__(self, url: str | None = None, *, config: ClientConfig | None = None) -> None:
         super().__init__(url, config)
         self._pool: ReplicaPool[aioclient.InferenceServerClient] | None = None
+        #: Replicas whose address left a resolved name: closed with the client (calls may use them).
+        self._retired: list[Replica[aioclient.InferenceServerClient]] = []
         self._prober: asyncio.Task[None] | None = None
         self._contract_lock = asyncio.Lock()
 
@@ -172,9 +174,10 @@ class AsyncAisleClient(ClientBase):
             await asyncio.gather(self._prober, return_exceptions=True)
             self._prober = None
         if self._pool is not None:
-            for replica in self._pool.replicas:
+            for replica in self._pool.replicas + self._retired:
                 await replica.connection.close()
             self._pool = None
+            self._retired = []
 
     async def __aenter__(self) -> AsyncAisleClient:
         return self
@@ -189,7 +192,7 @@ class AsyncAisleClient(ClientBase):
     def _replicas(self) -> ReplicaPool[aioclient.InferenceServerClient]:
         """The replicas' aio clients (and the probe task), created in the running loop on first use."""
         if self._pool is None:
-            self._pool = self._pool_of(lambda e: aioclient.InferenceServerClient(**self._connection_kwargs(e)))
+            self._pool = self._pool_of(self._connect)
             if self._pool.probes_needed:
                 self._prober = asyncio.create_task(self._probe_loop(self._pool))
         return self._pool
@@ -217,11 +220,17 @@ class AsyncAisleClient(ClientBase):
         self._replicas().observe(replica, ready)
         return ready
 
+    def _connect(self, endpoint: Endpoint) -> aioclient.InferenceServerClient:
+        return aioclient.InferenceServerClient(**self._connection_kwargs(endpoint))
+
     async def _probe_loop(self, pool: ReplicaPool[aioclient.InferenceServerClient]) -> None:
-        """The probe task: every replica, every health_interval_s, until close() cancels it."""
+        """The probe task: members again (resolve_names), then every replica, every health_interval_s,
+        until close() cancels it. Name resolution blocks, so it runs in a worker thread."""
         replicas = self.config.replicas
         while True:
             await asyncio.sleep(replicas.health_interval_s)
+            endpoints = await asyncio.to_thread(self._members_now) if replicas.resolve_names else []
+            self._retired += pool.reconcile(endpoints, self._connect)  # in the loop: aio channels bind to it
             await asyncio.gather(*(self._probe(replica, replicas.probe_timeout_s) for replica in pool.replicas))
 
     async def _ensemble_ready(self, name: str, request_id: str, deadline: float | None) -> bool:

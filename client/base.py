@@ -22,7 +22,7 @@ from aisle.schema import Schema
 
 from .config import ClientConfig
 from .contract import CONTRACT_ENSEMBLES
-from .errors import InvalidInputError, from_triton
+from .errors import ConfigError, InvalidInputError, from_triton
 from .replicas import Endpoint, Replica, ReplicaPool, Route, resolve_endpoints
 from .requests import InferCall
 from .results import ServerInfo
@@ -66,10 +66,26 @@ class ClientBase:
         """The server's verified schema (embedding size, ServingLimits) after the first call; None before."""
         return self._schema
 
+    def _endpoints(self) -> list[Endpoint]:
+        """url's endpoints, host names resolved to every address if configured."""
+        return resolve_endpoints(self.config.endpoints, resolve_names=self.config.replicas.resolve_names)
+
     def _pool_of(self, connect: Callable[[Endpoint], C]) -> ReplicaPool[C]:
-        """One connection per replica endpoint (url's endpoints, host names resolved if configured)."""
-        endpoints = resolve_endpoints(self.config.endpoints, resolve_names=self.config.replicas.resolve_names)
-        return ReplicaPool([Replica(e.address, connect(e)) for e in endpoints], self.config.replicas)
+        """One connection per replica endpoint."""
+        return ReplicaPool([Replica(e.address, connect(e)) for e in self._endpoints()], self.config.replicas)
+
+    def _members_now(self) -> list[Endpoint]:
+        """With resolve_names, the endpoints the names resolve to now (this blocks on DNS); [] otherwise.
+
+        A failed resolution (a DNS hiccup) gives [], which keeps the current members (ReplicaPool.
+        reconcile) rather than dropping them all.
+        """
+        if not self.config.replicas.resolve_names:
+            return []
+        try:
+            return self._endpoints()
+        except ConfigError:
+            return []
 
     def _connection_kwargs(self, endpoint: Endpoint) -> dict[str, Any]:
         """tritonclient constructor arguments for one replica: TLS credentials, every channel option.

@@ -140,7 +140,8 @@ class ReplicaConfig:
         recovered replica back sooner, longer wastes fewer calls (each retried elsewhere) on a
         broken one.
     resolve_names: resolve each endpoint's host name to all its addresses, one replica each (a
-        Kubernetes headless Service). Resolved once, when the client is created.
+        Kubernetes headless Service), and again every health_interval_s: new addresses join, gone
+        ones leave (their idle channels are closed with the client: a call may still be using one).
     """
 
     health_interval_s: float = 1.0

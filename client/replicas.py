@@ -7,6 +7,8 @@ not healthy" while /v2/health/ready still answers true). The pool combines two s
 
 - active: Triton's readiness (the server and every aisle ensemble), probed by the clients every
   `ReplicaConfig.health_interval_s`; a replica that is not ready gets no calls until it is again;
+- membership: with `resolve_names`, the names are resolved again every probe round, so pods that
+  join a headless Service get calls and pods that leave stop getting them;
 - passive: a replica whose call failed with a retryable error is ejected for `eject_s`, doubled per
   consecutive failure up to `max_eject_s` (Envoy's outlier detection). This is the only signal for
   a dead stub. A burst of concurrent failures of one replica counts once.
@@ -106,19 +108,41 @@ class ReplicaPool(Generic[C]):
     ) -> None:
         if not replicas:
             raise ConfigError("a client needs at least one replica endpoint")
-        self.replicas = list(replicas)
+        self._replicas = list(replicas)
         self.config = config
         self.clock = clock
         self._lock = threading.Lock()
         self._next = 0
 
     def __len__(self) -> int:
-        return len(self.replicas)
+        with self._lock:
+            return len(self._replicas)
+
+    @property
+    def replicas(self) -> list[Replica[C]]:
+        """The current members (a copy: membership may change while the caller iterates)."""
+        with self._lock:
+            return list(self._replicas)
 
     @property
     def probes_needed(self) -> bool:
-        """Readiness probes matter only when there is another replica to send calls to."""
-        return len(self.replicas) > 1
+        """Probes matter when there is another replica to send calls to, or names to resolve again."""
+        return len(self) > 1 or self.config.resolve_names
+
+    def reconcile(self, endpoints: Sequence[Endpoint], connect: Callable[[Endpoint], C]) -> list[Replica[C]]:
+        """Make the replicas at `endpoints` the members: new addresses join (connected, ready until a
+        probe says otherwise), vanished ones leave. Returns those that left: calls may still be in
+        flight on them, so the caller closes them later. An empty `endpoints` changes nothing."""
+        wanted = {e.address: e for e in endpoints}
+        if not wanted:
+            return []
+        current = {r.address for r in self.replicas}
+        joined = [Replica(address, connect(e)) for address, e in wanted.items() if address not in current]
+        with self._lock:
+            left = [r for r in self._replicas if r.address not in wanted]
+            self._replicas = [r for r in self._replicas if r.address in wanted] + joined
+            self._next %= len(self._replicas)
+        return left
 
     def route(self) -> Route[C]:
         """The replica choices of one call (each retry on a replica the call has not tried)."""
@@ -132,7 +156,7 @@ class ReplicaPool(Generic[C]):
         """
         with self._lock:
             now = self.clock()
-            n = len(self.replicas)
+            n = len(self._replicas)
             rotation = [(self._next + k) % n for k in range(n)]
             tiers: tuple[Callable[[Replica[C]], bool], ...] = (
                 lambda r: r.healthy(now) and r.address not in tried,
@@ -141,16 +165,16 @@ class ReplicaPool(Generic[C]):
                 lambda r: True,
             )
             for admits in tiers:
-                index = next((i for i in rotation if admits(self.replicas[i])), None)
+                index = next((i for i in rotation if admits(self._replicas[i])), None)
                 if index is not None:
                     self._next = (index + 1) % n
-                    return self.replicas[index]
+                    return self._replicas[index]
         raise AssertionError("unreachable: the last tier admits every replica")
 
     def has_healthy_untried(self, tried: set[str]) -> bool:
         with self._lock:
             now = self.clock()
-            return any(r.healthy(now) and r.address not in tried for r in self.replicas)
+            return any(r.healthy(now) and r.address not in tried for r in self._replicas)
 
     def failed(self, replica: Replica[C], error: AisleClientError) -> None:
         """Eject a replica after a retryable failure; other errors say nothing about the replica."""
@@ -176,7 +200,7 @@ class ReplicaPool(Generic[C]):
     def healthy_addresses(self) -> list[str]:
         with self._lock:
             now = self.clock()
-            return [r.address for r in self.replicas if r.healthy(now)]
+            return [r.address for r in self._replicas if r.healthy(now)]
 
 
 @dataclass

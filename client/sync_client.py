@@ -27,7 +27,7 @@ from .base import READY_POLL_S, ClientBase, translated
 from .config import ClientConfig
 from .contract import CONTRACT_ENSEMBLES, ServedEnsemble, verify_contract
 from .errors import NotFoundError, UnavailableError
-from .replicas import Replica
+from .replicas import Endpoint, Replica
 from .requests import (
     AisleRequest,
     InferCall,
@@ -56,7 +56,9 @@ class AisleClient(ClientBase):
 
     def __init__(self, url: str | None = None, *, config: ClientConfig | None = None) -> None:
         super().__init__(url, config)
-        self._pool = self._pool_of(lambda e: grpcclient.InferenceServerClient(**self._connection_kwargs(e)))
+        self._pool = self._pool_of(self._connect)
+        #: Replicas whose address left a resolved name: closed with the client (calls may use them).
+        self._retired: list[Replica[grpcclient.InferenceServerClient]] = []
         self._closing = threading.Event()
         self._prober: threading.Thread | None = None
         if self._pool.probes_needed:
@@ -198,7 +200,7 @@ class AisleClient(ClientBase):
             if self._chunks is not None:
                 self._chunks.shutdown(wait=True)
                 self._chunks = None
-        for replica in self._pool.replicas:
+        for replica in self._pool.replicas + self._retired:
             replica.connection.close()
 
     def __enter__(self) -> AisleClient:
@@ -235,10 +237,14 @@ class AisleClient(ClientBase):
         self._pool.observe(replica, ready)
         return ready
 
+    def _connect(self, endpoint: Endpoint) -> grpcclient.InferenceServerClient:
+        return grpcclient.InferenceServerClient(**self._connection_kwargs(endpoint))
+
     def _probe_loop(self) -> None:
-        """The probe thread: every replica, every health_interval_s, until close()."""
+        """The probe thread: members again (resolve_names), then every replica, every health_interval_s."""
         replicas = self.config.replicas
         while not self._closing.wait(replicas.health_interval_s):
+            self._retired += self._pool.reconcile(self._members_now(), self._connect)
             for replica in self._pool.replicas:
                 self._probe(replica, replicas.probe_timeout_s)
 

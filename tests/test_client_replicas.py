@@ -171,3 +171,27 @@ def test_a_single_replica_keeps_the_plain_backoff_and_no_probes() -> None:
     assert not replicas.probes_needed
     tried, result = run_call(replicas, {"10.0.0.0:8001": [unavailable(), "ok"]}, clock)
     assert (tried, result, clock.sleeps) == (["10.0.0.0:8001"] * 2, "ok", [0.1])
+
+
+def test_membership_follows_the_resolved_addresses_and_keeps_them_when_resolution_finds_none() -> None:
+    from aisle.client.replicas import Endpoint
+
+    replicas = pool(Clock(), count=2)
+    connected: list[str] = []
+
+    def connect(endpoint: Endpoint) -> str:
+        connected.append(endpoint.address)
+        return f"conn-{endpoint.address}"
+
+    left = replicas.reconcile([Endpoint("10.0.0.1:8001"), Endpoint("10.0.0.7:8001")], connect)
+    assert [r.address for r in left] == ["10.0.0.0:8001"]
+    assert [r.address for r in replicas.replicas] == ["10.0.0.1:8001", "10.0.0.7:8001"]
+    assert connected == ["10.0.0.7:8001"]  # only the new address gets a channel
+    assert replicas.reconcile([], connect) == [] and len(replicas) == 2
+    assert {replicas.route().pick().address for _ in range(4)} == {"10.0.0.1:8001", "10.0.0.7:8001"}
+
+
+def test_a_single_name_to_resolve_again_still_needs_probes() -> None:
+    replicas = [Replica("10.0.0.1:8001", "conn")]
+    assert ReplicaPool(replicas, ReplicaConfig(resolve_names=True)).probes_needed
+    assert not ReplicaPool(replicas, ReplicaConfig()).probes_needed

@@ -72,6 +72,18 @@ def test_calls_are_spread_over_every_replica(fleet: Fleet, ids: np.ndarray) -> N
     assert sum(served) == 30 and min(served) >= 8, f"calls per replica: {served}"
 
 
+def test_a_host_name_resolves_to_its_addresses_and_calls_avoid_the_unreachable_ones(
+    fleet: Fleet, ids: np.ndarray
+) -> None:
+    """localhost may resolve to ::1 too, where the loopback-bound server does not listen."""
+    port = fleet.replicas[0].grpc_url.rsplit(":", 1)[1]
+    config = ClientConfig(url=f"localhost:{port}", replicas=ReplicaConfig(resolve_names=True, health_interval_s=0.2))
+    before = counts(fleet.replicas[0], HEAD)[0]
+    with AisleClient(config=config) as client:
+        rank_calls(client, ids, 5)  # none fails, whatever else localhost resolves to
+    assert counts(fleet.replicas[0], HEAD)[0] - before == 5
+
+
 def test_a_draining_replica_gets_no_calls_and_comes_back_when_ready(fleet: Fleet, ids: np.ndarray) -> None:
     draining = fleet.replicas[0]
     # Counted on the head every rank call runs through: it stays loaded while `rank` is unloaded.
