@@ -115,7 +115,9 @@ class LoadPoint:
 
 
 @dataclass
-class _Record:
+class Completion:
+    """One request: perf_counter() start and end, and the error's class name if it failed."""
+
     start: float
     end: float
     error: str | None
@@ -125,7 +127,7 @@ class _Record:
 class _Recorder:
     """Completed requests and the first message of each error kind."""
 
-    records: list[_Record] = field(default_factory=list)
+    records: list[Completion] = field(default_factory=list)
     messages: dict[str, str] = field(default_factory=dict)
 
     async def timed(self, call: Call, request: dict, start: float) -> None:
@@ -135,13 +137,13 @@ class _Recorder:
         except Exception as e:  # a load generator counts failures by kind instead of stopping
             error = type(e).__name__
             self.messages.setdefault(error, str(e)[:300])
-        self.records.append(_Record(start, time.perf_counter(), error))
+        self.records.append(Completion(start, time.perf_counter(), error))
 
-    def between(self, t0: float, t1: float) -> list[_Record]:
+    def between(self, t0: float, t1: float) -> list[Completion]:
         return [r for r in self.records if t0 <= r.end < t1]
 
 
-def _window_stats(records: list[_Record], length_s: float) -> tuple[float, float]:
+def _window_stats(records: list[Completion], length_s: float) -> tuple[float, float]:
     ok = [r.end - r.start for r in records if r.error is None]
     return len(ok) / length_s, float(np.median(ok)) if ok else float("nan")
 
@@ -155,7 +157,13 @@ def _stable(windows: list[tuple[float, float]], pct: float) -> bool:
 
 
 def _point(
-    workload: str, mode: str, level: float, records: list[_Record], length_s: float, stable: bool, recorder: _Recorder
+    workload: str,
+    mode: str,
+    level: float,
+    records: list[Completion],
+    length_s: float,
+    stable: bool,
+    recorder: _Recorder,
 ) -> LoadPoint:
     errors = Counter(r.error for r in records if r.error is not None)
     ok = [r.end - r.start for r in records if r.error is None]
@@ -213,6 +221,30 @@ async def closed_loop(
     start = edges[-1 - config.min_windows]
     measured = recorder.between(start, edges[-1])
     return _point(workload, "concurrency", concurrency, measured, edges[-1] - start, stable, recorder)
+
+
+async def sustained(
+    call: Call, requests: Sequence[dict], concurrency: int, stop: asyncio.Event
+) -> tuple[list[Completion], dict[str, str]]:
+    """Closed loop at `concurrency` until `stop` is set; every completion, and the first message of
+    each error kind.
+
+    For drills and soaks, where what happens over time (a replica killed, memory growing) is the
+    measurement: no warm-up, windows or stability check, the caller buckets the completions.
+    """
+    if concurrency < 1 or not requests:
+        raise BenchmarkError(f"sustained load needs concurrency >= 1 (got {concurrency}) and requests")
+    recorder = _Recorder()
+
+    async def worker(offset: int) -> None:
+        index = offset
+        while not stop.is_set():
+            await recorder.timed(call, requests[index % len(requests)], time.perf_counter())
+            index += concurrency
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return recorder.records, recorder.messages
 
 
 async def single_pass(call: Call, requests: Sequence[dict], concurrency: int, *, workload: str = "") -> LoadPoint:

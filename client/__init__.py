@@ -1,7 +1,7 @@
 """aisle.client: Python gRPC clients for aisle's Triton ensembles (search, recommendation, embeddings).
 
     from aisle.client import AisleClient, Filters
-    with AisleClient("127.0.0.1:8001") as client:
+    with AisleClient("127.0.0.1:8001") as client:  # or "host1:8001,host2:8001": replicas
         found = client.search("running shoes", top_k=5, filters=Filters(max_price=80))
         result = client.rank("running shoes", [12, 7, 301], top_k=2)
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the names below, for type checkers; `as` marks them as re-e
     from .async_client import AsyncAisleClient as AsyncAisleClient
     from .config import ClientConfig as ClientConfig
     from .config import KeepAliveConfig as KeepAliveConfig
+    from .config import ReplicaConfig as ReplicaConfig
     from .config import RetryConfig as RetryConfig
     from .config import TlsConfig as TlsConfig
     from .errors import AisleClientError as AisleClientError
@@ -43,6 +44,7 @@ _EXPORTS = {
     "AsyncAisleClient": "async_client",
     "ClientConfig": "config",
     "KeepAliveConfig": "config",
+    "ReplicaConfig": "config",
     "RetryConfig": "config",
     "TlsConfig": "config",
     "RankResult": "results",

@@ -4,8 +4,9 @@ Why asyncio: one event loop keeps thousands of calls in flight on one gRPC chann
 thread each. A large input's chunks are awaited concurrently (at most
 `config.max_concurrent_chunks` at once) and reassembled in order.
 
-The aio channel binds to the event loop that is running when it is created, so it is opened at
-the first call rather than in `__init__`; create and use a client within one loop.
+The aio channels bind to the event loop that is running when they are created, so they are opened
+at the first call rather than in `__init__`; create and use a client within one loop. With several
+replicas a task of that loop probes their readiness (replicas.py decides what the answers mean).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .base import READY_POLL_S, ClientBase, translated
 from .config import ClientConfig
 from .contract import CONTRACT_ENSEMBLES, ServedEnsemble, verify_contract
 from .errors import NotFoundError, UnavailableError
+from .replicas import Endpoint, Replica, ReplicaPool
 from .requests import (
     AisleRequest,
     InferCall,
@@ -42,6 +44,8 @@ from .results import RankResult, SearchResult, ServerInfo
 from .retry import acall_with_retry
 
 T = TypeVar("T")
+#: One Triton call on a replica's aio client, given the attempt's timeout.
+Send = Callable[[aioclient.InferenceServerClient, float | None], Awaitable[T]]
 
 
 class AsyncAisleClient(ClientBase):
@@ -49,7 +53,10 @@ class AsyncAisleClient(ClientBase):
 
     def __init__(self, url: str | None = None, *, config: ClientConfig | None = None) -> None:
         super().__init__(url, config)
-        self._triton_client: aioclient.InferenceServerClient | None = None
+        self._pool: ReplicaPool[aioclient.InferenceServerClient] | None = None
+        #: Replicas whose address left a resolved name: closed with the client (calls may use them).
+        self._retired: list[Replica[aioclient.InferenceServerClient]] = []
+        self._prober: asyncio.Task[None] | None = None
         self._contract_lock = asyncio.Lock()
 
     # --- Calls ---------------------------------------------------------------------------------
@@ -133,16 +140,8 @@ class AsyncAisleClient(ClientBase):
     async def is_ready(self, *, timeout_s: float | None = None) -> bool:
         """See AisleClient.is_ready."""
         probe_s = self._probe_timeout_s(timeout_s)
-        triton = self._triton()
-        try:
-            if not await triton.is_server_ready(headers=self._headers, client_timeout=probe_s):
-                return False
-            for name in CONTRACT_ENSEMBLES:
-                if not await triton.is_model_ready(name, headers=self._headers, client_timeout=probe_s):
-                    return False
-            return True
-        except InferenceServerException:
-            return False
+        answers = await asyncio.gather(*(self._probe(replica, probe_s) for replica in self._replicas().replicas))
+        return any(answers)
 
     async def wait_until_ready(self, timeout_s: float) -> None:
         """See AisleClient.wait_until_ready."""
@@ -157,10 +156,9 @@ class AsyncAisleClient(ClientBase):
         deadline = self._deadline(timeout_s)
         request_id = request_id or new_request_id()
         schema = await self._verified_schema(request_id, deadline)
-        triton = self._triton()
         metadata = await self._retrying(
             "server metadata",
-            lambda t: triton.get_server_metadata(headers=self._headers, client_timeout=t),
+            lambda triton, t: triton.get_server_metadata(headers=self._headers, client_timeout=t),
             request_id,
             deadline,
         )
@@ -170,10 +168,16 @@ class AsyncAisleClient(ClientBase):
     # --- Lifecycle -----------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Close the channel (if a call opened it)."""
-        if self._triton_client is not None:
-            await self._triton_client.close()
-            self._triton_client = None
+        """Close the channels and the probe task (if a call opened them)."""
+        if self._prober is not None:
+            self._prober.cancel()
+            await asyncio.gather(self._prober, return_exceptions=True)
+            self._prober = None
+        if self._pool is not None:
+            for replica in self._pool.replicas + self._retired:
+                await replica.connection.close()
+            self._pool = None
+            self._retired = []
 
     async def __aenter__(self) -> AsyncAisleClient:
         return self
@@ -185,44 +189,69 @@ class AsyncAisleClient(ClientBase):
 
     # --- Internals -----------------------------------------------------------------------------
 
-    def _triton(self) -> aioclient.InferenceServerClient:
-        """The aio client, created in the running loop on first use."""
-        if self._triton_client is None:
-            self._triton_client = aioclient.InferenceServerClient(**self._connection_kwargs())
-        return self._triton_client
+    def _replicas(self) -> ReplicaPool[aioclient.InferenceServerClient]:
+        """The replicas' aio clients (and the probe task), created in the running loop on first use."""
+        if self._pool is None:
+            self._pool = self._pool_of(self._connect)
+            if self._pool.probes_needed:
+                self._prober = asyncio.create_task(self._probe_loop(self._pool))
+        return self._pool
 
-    async def _retrying(
-        self, what: str, send: Callable[[float | None], Awaitable[T]], request_id: str, deadline: float | None
-    ) -> T:
-        """`await send(timeout_s)` with typed errors and the retry policy."""
+    async def _retrying(self, what: str, send: Send[T], request_id: str, deadline: float | None) -> T:
+        """`await send(replica's aio client, timeout_s)` with typed errors, the replica route and the retry policy."""
+        route = self._replicas().route()
 
         async def attempt(timeout_s: float | None) -> T:
-            with translated(what, request_id):
-                return await send(timeout_s)
+            replica = route.pick()
+            with route.reporting(replica), translated(what, request_id):
+                return await send(replica.connection, timeout_s)
 
-        return await acall_with_retry(attempt, self._attempts(what, request_id, deadline), asyncio.sleep)
+        return await acall_with_retry(attempt, self._attempts(what, request_id, deadline, route), asyncio.sleep)
+
+    async def _probe(self, replica: Replica[aioclient.InferenceServerClient], timeout_s: float | None) -> bool:
+        """See AisleClient._probe."""
+        triton = replica.connection
+        try:
+            ready = await triton.is_server_ready(headers=self._headers, client_timeout=timeout_s)
+            for name in CONTRACT_ENSEMBLES:
+                ready = ready and await triton.is_model_ready(name, headers=self._headers, client_timeout=timeout_s)
+        except InferenceServerException:
+            ready = False
+        self._replicas().observe(replica, ready)
+        return ready
+
+    def _connect(self, endpoint: Endpoint) -> aioclient.InferenceServerClient:
+        return aioclient.InferenceServerClient(**self._connection_kwargs(endpoint))
+
+    async def _probe_loop(self, pool: ReplicaPool[aioclient.InferenceServerClient]) -> None:
+        """The probe task: members again (resolve_names), then every replica, every health_interval_s,
+        until close() cancels it. Name resolution blocks, so it runs in a worker thread."""
+        replicas = self.config.replicas
+        while True:
+            await asyncio.sleep(replicas.health_interval_s)
+            endpoints = await asyncio.to_thread(self._members_now) if replicas.resolve_names else []
+            self._retired += pool.reconcile(endpoints, self._connect)  # in the loop: aio channels bind to it
+            await asyncio.gather(*(self._probe(replica, replicas.probe_timeout_s) for replica in pool.replicas))
 
     async def _ensemble_ready(self, name: str, request_id: str, deadline: float | None) -> bool:
-        triton = self._triton()
         return await self._retrying(
             f"{name} readiness",
-            lambda t: triton.is_model_ready(name, headers=self._headers, client_timeout=t),
+            lambda triton, t: triton.is_model_ready(name, headers=self._headers, client_timeout=t),
             request_id,
             deadline,
         )
 
     async def _served(self, name: str, request_id: str, deadline: float | None) -> ServedEnsemble | None:
-        triton = self._triton()
         try:
             metadata = await self._retrying(
                 f"{name} metadata",
-                lambda t: triton.get_model_metadata(name, headers=self._headers, client_timeout=t),
+                lambda triton, t: triton.get_model_metadata(name, headers=self._headers, client_timeout=t),
                 request_id,
                 deadline,
             )
             config = await self._retrying(
                 f"{name} config",
-                lambda t: triton.get_model_config(name, headers=self._headers, client_timeout=t),
+                lambda triton, t: triton.get_model_config(name, headers=self._headers, client_timeout=t),
                 request_id,
                 deadline,
             )
@@ -244,13 +273,15 @@ class AsyncAisleClient(ClientBase):
         deadline = self._deadline(timeout_s)
         request_id = request_id or new_request_id()
         schema = await self._verified_schema(request_id, deadline)
-        triton = self._triton()
         in_flight = asyncio.Semaphore(self.config.max_concurrent_chunks)
 
         async def send(call: InferCall) -> InferResult:
             async with in_flight:
                 return await self._retrying(
-                    call.model, lambda t: triton.infer(**self._infer_kwargs(call, t)), call.request_id, deadline
+                    call.model,
+                    lambda triton, t: triton.infer(**self._infer_kwargs(call, t)),
+                    call.request_id,
+                    deadline,
                 )
 
         tasks = [asyncio.ensure_future(send(call)) for call in request.calls(schema, request_id)]

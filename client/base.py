@@ -1,7 +1,7 @@
 """What the sync and async clients share, so they differ only in how they wait for the network.
 
-Configuration, connection options, per-call deadlines, each request's retry state, the arguments
-of every Triton call and the translation of tritonclient's exceptions live here; the request
+Configuration, connection options, the replica pool, per-call deadlines, each request's retry
+state, the arguments of every Triton call and the translation of tritonclient's exceptions live here; the request
 objects (requests.py) hold the per-method logic. AisleClient and AsyncAisleClient add only the
 blocking or awaiting I/O loops.
 """
@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from tritonclient.utils import InferenceServerException
@@ -22,7 +22,8 @@ from aisle.schema import Schema
 
 from .config import ClientConfig
 from .contract import CONTRACT_ENSEMBLES
-from .errors import InvalidInputError, from_triton
+from .errors import ConfigError, InvalidInputError, from_triton
+from .replicas import Endpoint, Replica, ReplicaPool, Route, resolve_endpoints
 from .requests import InferCall
 from .results import ServerInfo
 from .retry import Attempts
@@ -30,6 +31,8 @@ from .retry import Attempts
 #: Pause between readiness probes in wait_until_ready: short enough to notice readiness quickly,
 #: long enough not to load a server that is busy loading models.
 READY_POLL_S = 0.25
+
+C = TypeVar("C")
 
 
 @contextmanager
@@ -63,8 +66,32 @@ class ClientBase:
         """The server's verified schema (embedding size, ServingLimits) after the first call; None before."""
         return self._schema
 
-    def _connection_kwargs(self) -> dict[str, Any]:
-        """tritonclient constructor arguments: one channel, TLS credentials, every channel option."""
+    def _endpoints(self) -> list[Endpoint]:
+        """url's endpoints, host names resolved to every address if configured."""
+        return resolve_endpoints(self.config.endpoints, resolve_names=self.config.replicas.resolve_names)
+
+    def _pool_of(self, connect: Callable[[Endpoint], C]) -> ReplicaPool[C]:
+        """One connection per replica endpoint."""
+        return ReplicaPool([Replica(e.address, connect(e)) for e in self._endpoints()], self.config.replicas)
+
+    def _members_now(self) -> list[Endpoint]:
+        """With resolve_names, the endpoints the names resolve to now (this blocks on DNS); [] otherwise.
+
+        A failed resolution (a DNS hiccup) gives [], which keeps the current members (ReplicaPool.
+        reconcile) rather than dropping them all.
+        """
+        if not self.config.replicas.resolve_names:
+            return []
+        try:
+            return self._endpoints()
+        except ConfigError:
+            return []
+
+    def _connection_kwargs(self, endpoint: Endpoint) -> dict[str, Any]:
+        """tritonclient constructor arguments for one replica: TLS credentials, every channel option.
+
+        A replica resolved from a host name checks the server certificate against that name.
+        """
         tls = self.config.tls
         creds = (
             None
@@ -75,7 +102,10 @@ class ClientBase:
                 certificate_chain=tls.pem("certificate_chain"),
             )
         )
-        return {"url": self.config.url, "creds": creds, "channel_args": self.config.channel_args()}
+        args = self.config.channel_args()
+        if tls is not None and endpoint.tls_name and not tls.target_name_override:
+            args.append(("grpc.ssl_target_name_override", endpoint.tls_name))
+        return {"url": endpoint.address, "creds": creds, "channel_args": args}
 
     def _deadline(self, timeout_s: float | None) -> float | None:
         """Absolute monotonic deadline of a call: its own timeout_s, else the configured default."""
@@ -84,8 +114,8 @@ class ClientBase:
         timeout = self.config.timeout_s if timeout_s is None else timeout_s
         return None if timeout is None else time.monotonic() + timeout
 
-    def _attempts(self, what: str, request_id: str, deadline: float | None) -> Attempts:
-        return Attempts(self.config.retry, deadline, what, request_id)
+    def _attempts(self, what: str, request_id: str, deadline: float | None, route: Route[Any]) -> Attempts:
+        return Attempts(self.config.retry, deadline, what, request_id, route=route)
 
     def _infer_kwargs(self, call: InferCall, timeout_s: float | None) -> dict[str, Any]:
         """Keyword arguments of tritonclient's `infer` (the same on the sync and aio clients)."""

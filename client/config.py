@@ -125,6 +125,40 @@ class KeepAliveConfig:
         )
 
 
+@dataclass(frozen=True)
+class ReplicaConfig:
+    """How a client with several replicas (endpoints, or a name resolving to several) spreads calls.
+
+    health_interval_s: pause between readiness probes of every replica (server ready and every
+        aisle ensemble ready: 1 + 5 small gRPC calls). Shorter notices a draining or restarted
+        replica sooner at more probe traffic. Probes run only when there is more than one replica.
+    probe_timeout_s: deadline of each probe call; a replica that does not answer counts as not ready.
+    eject_s / max_eject_s: a replica whose call failed with a retryable error (unreachable,
+        draining, a dead model stub, queue full) gets no calls for eject_s, doubled per consecutive
+        failure up to max_eject_s. Readiness cannot show a dead python stub (Triton keeps answering
+        ready), so this passive ejection is what keeps such a replica out; shorter brings a
+        recovered replica back sooner, longer wastes fewer calls (each retried elsewhere) on a
+        broken one.
+    resolve_names: resolve each endpoint's host name to all its addresses, one replica each (a
+        Kubernetes headless Service), and again every health_interval_s: new addresses join, gone
+        ones leave (their idle channels are closed with the client: a call may still be using one).
+    """
+
+    health_interval_s: float = 1.0
+    probe_timeout_s: float = 1.0
+    eject_s: float = 1.0
+    max_eject_s: float = 30.0
+    resolve_names: bool = False
+
+    def __post_init__(self) -> None:
+        for option in ("health_interval_s", "probe_timeout_s", "eject_s"):
+            value = getattr(self, option)
+            _require(value > 0 and math.isfinite(value), f"replicas.{option}", value, "a positive number of seconds")
+        _require(
+            self.max_eject_s >= self.eject_s, "replicas.max_eject_s", self.max_eject_s, f">= eject_s ({self.eject_s})"
+        )
+
+
 #: gRPC's own message limit is 4 MiB; a 1,000-candidate cold-start request or a large embedding
 #: batch can exceed it, and Triton accepts up to 2 GiB.
 MAX_MESSAGE_BYTES = 2**31 - 1
@@ -132,14 +166,17 @@ MAX_MESSAGE_BYTES = 2**31 - 1
 
 @dataclass(frozen=True)
 class ClientConfig:
-    """How an AisleClient / AsyncAisleClient talks to one aisle Triton server.
+    """How an AisleClient / AsyncAisleClient talks to one aisle Triton server or several replicas.
 
-    url: "host:port" of the server's gRPC endpoint.
+    url: "host:port" of the server's gRPC endpoint, or several separated by commas
+        ("10.0.0.1:8001,10.0.0.2:8001"): replicas serving the same repository, each call going to
+        one of them (see ReplicaConfig and replicas.py).
     timeout_s: default deadline of one call, covering every chunk, retry and backoff of it; a
         call's own `timeout_s=` overrides it. None waits forever, which hides a hung server.
     retry: see RetryConfig.
     tls: see TlsConfig; None for a plaintext channel.
     keepalive: see KeepAliveConfig.
+    replicas: see ReplicaConfig.
     compression_algorithm: "gzip" or "deflate" compresses requests; worth it for large text
         batches over slow links, a CPU cost on loopback. None sends them uncompressed.
     headers: sent with every request, e.g. the key of a server started with
@@ -154,13 +191,20 @@ class ClientConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     tls: TlsConfig | None = None
     keepalive: KeepAliveConfig = field(default_factory=KeepAliveConfig)
+    replicas: ReplicaConfig = field(default_factory=ReplicaConfig)
     compression_algorithm: CompressionAlgorithm | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     max_concurrent_chunks: int = 4
 
     def __post_init__(self) -> None:
-        host, _, port = self.url.rpartition(":")
-        _require(bool(host) and port.isdigit(), "url", self.url, "'host:port' (e.g. '127.0.0.1:8001')")
+        for endpoint in self.endpoints:
+            host, _, port = endpoint.rpartition(":")
+            _require(
+                bool(host) and port.isdigit(),
+                "url",
+                self.url,
+                "'host:port' or several separated by commas (e.g. '127.0.0.1:8001,127.0.0.1:8101')",
+            )
         _require(
             self.timeout_s is None or (self.timeout_s > 0 and math.isfinite(self.timeout_s)),
             "timeout_s",
@@ -174,6 +218,11 @@ class ClientConfig:
             "'gzip', 'deflate' or None",
         )
         _require(self.max_concurrent_chunks >= 1, "max_concurrent_chunks", self.max_concurrent_chunks, ">= 1")
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """The "host:port" endpoints named in `url`, in order, without duplicates."""
+        return tuple(dict.fromkeys(part.strip() for part in self.url.split(",") if part.strip())) or ("",)
 
     def channel_args(self) -> list[tuple[str, int | str]]:
         """gRPC channel options: message limits, keepalive, reconnection and the TLS name override.

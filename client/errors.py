@@ -90,10 +90,14 @@ STATUS_ERRORS: dict[str, type[AisleClientError]] = {
 #: - NOT_FOUND "... has no available versions": a model Triton knows but has not (or no longer)
 #:   loaded, which every call sees while a server drains and unloads its models on shutdown. It is
 #:   unavailable for now, not unknown: the retried UnavailableError.
+#: - INTERNAL "Stub process '<model>_0_0' is not healthy": the model's python stub died; Triton
+#:   keeps answering ready and fails every call to that model. The model is unavailable on that
+#:   server (another replica, or the same one once its stub is restarted, can answer): retried.
 #: - UNAVAILABLE "This protocol is restricted, expecting header ...": the call lacks the header of
 #:   a server started with --grpc-restricted-protocol. Retrying cannot add it: PermissionDeniedError.
 MESSAGE_ERRORS: tuple[tuple[str, str, type[AisleClientError]], ...] = (
     ("NOT_FOUND", "has no available versions", UnavailableError),
+    ("INTERNAL", "is not healthy", UnavailableError),
     ("UNAVAILABLE", "This protocol is restricted", PermissionDeniedError),
 )
 

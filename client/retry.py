@@ -1,11 +1,13 @@
 """The retry policy, in one place for both clients: which errors are retried, how long to pause,
-when to give up.
+when to give up. (Which replica each attempt goes to is replicas.py's decision.)
 
 Why these rules: every aisle call is a read (embed, score), so repeating it is safe. Only answers
 that say "not now" are retried — UNAVAILABLE (server starting, stopping, unreachable) and
 RESOURCE_EXHAUSTED (queue full). INVALID_ARGUMENT and the rest would fail the same way again.
 Pauses grow exponentially with jitter so a fleet of clients does not hammer a recovering server
-in lockstep, and every call stays inside its deadline and the configured total retry time.
+in lockstep, and every call stays inside its deadline and the configured total retry time. With
+several replicas, a retry that goes to a healthy replica the call has not tried yet starts at once:
+the pause is for letting a failed server recover, and the next replica has nothing to recover from.
 
 The policy is a small state object (`Attempts`) that the sync and async loops below drive with
 their own clock and sleep; tests inject both, so timing is checked without waiting.
@@ -17,7 +19,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from .config import RetryConfig
 from .errors import AisleClientError, DeadlineExceededError, ResourceExhaustedError, UnavailableError
@@ -28,12 +30,19 @@ T = TypeVar("T")
 RETRYABLE: tuple[type[AisleClientError], ...] = (UnavailableError, ResourceExhaustedError)
 
 
+class Failover(Protocol):
+    """What the policy asks of a call's replica route (replicas.Route)."""
+
+    def can_fail_over(self) -> bool: ...
+
+
 @dataclass
 class Attempts:
     """The retry state of one request: hands out each attempt's timeout and each pause.
 
     deadline: absolute `clock()` time by which the request must finish (None = no deadline).
     clock: monotonic seconds; uniform: a random number in [0, 1) for jitter.
+    route: the call's replica route; a retry it can send to an untried healthy replica has no pause.
     """
 
     policy: RetryConfig
@@ -42,6 +51,7 @@ class Attempts:
     request_id: str
     clock: Callable[[], float] = time.monotonic
     uniform: Callable[[], float] = random.random
+    route: Failover | None = None
     made: int = 0
     started: float = field(init=False)
 
@@ -76,7 +86,7 @@ class Attempts:
         """The pause before retrying after `error`; raises the error (annotated) when giving up."""
         if not isinstance(error, RETRYABLE):
             raise error
-        pause = self.backoff_s()
+        pause = 0.0 if self.route is not None and self.route.can_fail_over() else self.backoff_s()
         resume = self.clock() + pause
         reason = None
         if self.made >= self.policy.max_attempts:

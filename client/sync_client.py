@@ -1,7 +1,8 @@
-"""AisleClient: the blocking client. One gRPC channel, safe to share between threads.
+"""AisleClient: the blocking client. One gRPC channel per replica, safe to share between threads.
 
 Why one channel: opening a channel per call costs a TCP (and TLS) handshake each time; gRPC
-channels multiplex concurrent calls, so threads share one. Large inputs are split into chunks of
+channels multiplex concurrent calls, so threads share one. With several replicas a daemon thread
+probes their readiness (replicas.py decides what the answers mean). Large inputs are split into chunks of
 the ensemble's max batch size that are sent concurrently from a small thread pool (the chunks are
 in flight together on the one channel) and reassembled in order.
 """
@@ -26,6 +27,7 @@ from .base import READY_POLL_S, ClientBase, translated
 from .config import ClientConfig
 from .contract import CONTRACT_ENSEMBLES, ServedEnsemble, verify_contract
 from .errors import NotFoundError, UnavailableError
+from .replicas import Endpoint, Replica
 from .requests import (
     AisleRequest,
     InferCall,
@@ -40,6 +42,8 @@ from .results import RankResult, SearchResult, ServerInfo
 from .retry import call_with_retry
 
 T = TypeVar("T")
+#: One Triton call on a replica's tritonclient, given the attempt's timeout.
+Send = Callable[[grpcclient.InferenceServerClient, float | None], T]
 
 
 class AisleClient(ClientBase):
@@ -52,10 +56,17 @@ class AisleClient(ClientBase):
 
     def __init__(self, url: str | None = None, *, config: ClientConfig | None = None) -> None:
         super().__init__(url, config)
-        self._triton = grpcclient.InferenceServerClient(**self._connection_kwargs())
+        self._pool = self._pool_of(self._connect)
+        #: Replicas whose address left a resolved name: closed with the client (calls may use them).
+        self._retired: list[Replica[grpcclient.InferenceServerClient]] = []
+        self._closing = threading.Event()
+        self._prober: threading.Thread | None = None
+        if self._pool.probes_needed:
+            self._prober = threading.Thread(target=self._probe_loop, name="aisle-replica-probes", daemon=True)
+            self._prober.start()
         self._contract_lock = threading.Lock()
-        self._pool_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._chunks_lock = threading.Lock()
+        self._chunks: ThreadPoolExecutor | None = None
 
     # --- Calls ---------------------------------------------------------------------------------
 
@@ -148,15 +159,10 @@ class AisleClient(ClientBase):
     # --- Health and metadata -------------------------------------------------------------------
 
     def is_ready(self, *, timeout_s: float | None = None) -> bool:
-        """True when the server is ready and so is every aisle ensemble; False if unreachable."""
+        """True when the server (with several: any replica) is ready and so is every aisle ensemble
+        on it; False if unreachable. Every replica is probed, and its answer steers later calls."""
         probe_s = self._probe_timeout_s(timeout_s)
-        try:
-            return self._triton.is_server_ready(headers=self._headers, client_timeout=probe_s) and all(
-                self._triton.is_model_ready(name, headers=self._headers, client_timeout=probe_s)
-                for name in CONTRACT_ENSEMBLES
-            )
-        except InferenceServerException:
-            return False
+        return any([self._probe(replica, probe_s) for replica in self._pool.replicas])
 
     def wait_until_ready(self, timeout_s: float) -> None:
         """Block until `is_ready()`; UnavailableError if it is not within `timeout_s` seconds."""
@@ -176,7 +182,7 @@ class AisleClient(ClientBase):
         schema = self._verified_schema(request_id, deadline)
         metadata = self._retrying(
             "server metadata",
-            lambda t: self._triton.get_server_metadata(headers=self._headers, client_timeout=t),
+            lambda triton, t: triton.get_server_metadata(headers=self._headers, client_timeout=t),
             request_id,
             deadline,
         )
@@ -186,12 +192,16 @@ class AisleClient(ClientBase):
     # --- Lifecycle -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the channel and the chunk threads; calls in progress fail with an error."""
-        with self._pool_lock:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-                self._pool = None
-        self._triton.close()
+        """Close the channels, the probe thread and the chunk threads; calls in progress fail with an error."""
+        self._closing.set()
+        if self._prober is not None:
+            self._prober.join()
+        with self._chunks_lock:
+            if self._chunks is not None:
+                self._chunks.shutdown(wait=True)
+                self._chunks = None
+        for replica in self._pool.replicas + self._retired:
+            replica.connection.close()
 
     def __enter__(self) -> AisleClient:
         return self
@@ -203,19 +213,45 @@ class AisleClient(ClientBase):
 
     # --- Internals -----------------------------------------------------------------------------
 
-    def _retrying(self, what: str, send: Callable[[float | None], T], request_id: str, deadline: float | None) -> T:
-        """`send(timeout_s)` with typed errors and the retry policy."""
+    def _retrying(self, what: str, send: Send[T], request_id: str, deadline: float | None) -> T:
+        """`send(replica's tritonclient, timeout_s)` with typed errors, the replica route and the retry policy."""
+        route = self._pool.route()
 
         def attempt(timeout_s: float | None) -> T:
-            with translated(what, request_id):
-                return send(timeout_s)
+            replica = route.pick()
+            with route.reporting(replica), translated(what, request_id):
+                return send(replica.connection, timeout_s)
 
-        return call_with_retry(attempt, self._attempts(what, request_id, deadline), time.sleep)
+        return call_with_retry(attempt, self._attempts(what, request_id, deadline, route), time.sleep)
+
+    def _probe(self, replica: Replica[grpcclient.InferenceServerClient], timeout_s: float | None) -> bool:
+        """Probe one replica's readiness (server and every aisle ensemble) and record the answer."""
+        triton = replica.connection
+        try:
+            ready = triton.is_server_ready(headers=self._headers, client_timeout=timeout_s) and all(
+                triton.is_model_ready(name, headers=self._headers, client_timeout=timeout_s)
+                for name in CONTRACT_ENSEMBLES
+            )
+        except InferenceServerException:
+            ready = False
+        self._pool.observe(replica, ready)
+        return ready
+
+    def _connect(self, endpoint: Endpoint) -> grpcclient.InferenceServerClient:
+        return grpcclient.InferenceServerClient(**self._connection_kwargs(endpoint))
+
+    def _probe_loop(self) -> None:
+        """The probe thread: members again (resolve_names), then every replica, every health_interval_s."""
+        replicas = self.config.replicas
+        while not self._closing.wait(replicas.health_interval_s):
+            self._retired += self._pool.reconcile(self._members_now(), self._connect)
+            for replica in self._pool.replicas:
+                self._probe(replica, replicas.probe_timeout_s)
 
     def _ensemble_ready(self, name: str, request_id: str, deadline: float | None) -> bool:
         return self._retrying(
             f"{name} readiness",
-            lambda t: self._triton.is_model_ready(name, headers=self._headers, client_timeout=t),
+            lambda triton, t: triton.is_model_ready(name, headers=self._headers, client_timeout=t),
             request_id,
             deadline,
         )
@@ -224,13 +260,13 @@ class AisleClient(ClientBase):
         try:
             metadata = self._retrying(
                 f"{name} metadata",
-                lambda t: self._triton.get_model_metadata(name, headers=self._headers, client_timeout=t),
+                lambda triton, t: triton.get_model_metadata(name, headers=self._headers, client_timeout=t),
                 request_id,
                 deadline,
             )
             config = self._retrying(
                 f"{name} config",
-                lambda t: self._triton.get_model_config(name, headers=self._headers, client_timeout=t),
+                lambda triton, t: triton.get_model_config(name, headers=self._headers, client_timeout=t),
                 request_id,
                 deadline,
             )
@@ -248,10 +284,10 @@ class AisleClient(ClientBase):
             return self._schema
 
     def _executor(self) -> ThreadPoolExecutor:
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.config.max_concurrent_chunks, thread_name_prefix="aisle-chunks")
-            return self._pool
+        with self._chunks_lock:
+            if self._chunks is None:
+                self._chunks = ThreadPoolExecutor(self.config.max_concurrent_chunks, thread_name_prefix="aisle-chunks")
+            return self._chunks
 
     def _execute(self, request: AisleRequest[T], timeout_s: float | None, request_id: str | None) -> T:
         deadline = self._deadline(timeout_s)
@@ -261,7 +297,7 @@ class AisleClient(ClientBase):
 
         def send(call: InferCall) -> grpcclient.InferResult:
             return self._retrying(
-                call.model, lambda t: self._triton.infer(**self._infer_kwargs(call, t)), call.request_id, deadline
+                call.model, lambda triton, t: triton.infer(**self._infer_kwargs(call, t)), call.request_id, deadline
             )
 
         if len(calls) <= 1:

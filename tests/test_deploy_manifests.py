@@ -1,0 +1,169 @@
+"""deploy/: the Kustomize base and its CPU and GPU overlays render, every object is valid against the
+Kubernetes schemas (offline, kubernetes-validate), and the objects agree with each other and with
+Triton (probe paths, ports, selectors, the HPA's metric and the adapter rule that serves it).
+
+Rendered with `kubectl kustomize`; skipped where kubectl is not installed. Not run on a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+OVERLAYS = ("cpu", "gpu")
+#: The oldest Kubernetes minor still in mainstream cloud support when this was written; the
+#: manifests use only APIs stable since well before it (apps/v1, policy/v1, autoscaling/v2).
+KUBERNETES_VERSION = "1.29.0"
+TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+#: kubectl 1.24 embeds kustomize 4.5, the first with everything deploy/ uses (`labels`, directory
+#: resources, `patches` by path); Debian 12's kubernetes-client is 1.20 (kustomize 2.0).
+MIN_KUBECTL_MINOR = 24
+
+
+def kubectl() -> str:
+    binary = shutil.which("kubectl")
+    if binary is None:
+        pytest.skip("kubectl >= 1.24 is not installed: `kubectl kustomize` renders deploy/")
+    version = subprocess.run([binary, "version", "--client", "-o", "json"], capture_output=True, text=True, timeout=60)
+    minor = re.match(r"\d+", json.loads(version.stdout or "{}").get("clientVersion", {}).get("minor", "0"))
+    if minor is None or int(minor.group()) < MIN_KUBECTL_MINOR:
+        pytest.skip(f"kubectl is older than 1.{MIN_KUBECTL_MINOR}: its kustomize cannot render deploy/")
+    return binary
+
+
+def render(directory: Path) -> list[dict]:
+    result = subprocess.run([kubectl(), "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0 and "unknown command" in result.stderr:
+        pytest.skip(f"this kubectl has no kustomize command: {result.stderr.strip()[:200]}")
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> tuple[str, list[dict]]:
+    return request.param, render(DEPLOY / "overlays" / request.param)
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def the(objects: list[dict], kind: str) -> dict:
+    (found,) = by_kind(objects, kind)
+    return found
+
+
+def tritonserver(objects: list[dict]) -> dict:
+    containers = the(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == "tritonserver")
+
+
+def test_every_rendered_object_is_valid_against_the_kubernetes_schemas(overlay: tuple[str, list[dict]]) -> None:
+    import kubernetes_validate
+
+    name, objects = overlay
+    assert {o["kind"] for o in objects} == {
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ConfigMap",
+    }
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_schema_violation_is_caught() -> None:
+    """The validation above can fail: a misspelt probe field is rejected."""
+    import kubernetes_validate
+
+    objects = render(DEPLOY / "overlays" / "cpu")
+    deployment = the(objects, "Deployment")
+    tritonserver(objects)["readinessProbe"]["httpGett"] = {"path": "/v2/health/ready", "port": "http"}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_probes_are_triton_health_endpoints_on_the_http_port(overlay: tuple[str, list[dict]]) -> None:
+    name, objects = overlay
+    container = tritonserver(objects)
+    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
+    startup = container["startupProbe"]
+    budget_s = startup["periodSeconds"] * startup["failureThreshold"]
+    # TensorRT engine builds on the GPU overlay take minutes per model.
+    assert budget_s >= (15 * 60 if name == "gpu" else 5 * 60)
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == TRITON_PORTS
+
+
+def test_pods_run_as_non_root_without_privilege_escalation(overlay: tuple[str, list[dict]]) -> None:
+    _, objects = overlay
+    pod = the(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+    for container in pod["containers"] + pod["initContainers"]:
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_resources_and_gpu_requests_per_overlay(overlay: tuple[str, list[dict]]) -> None:
+    name, objects = overlay
+    resources = tritonserver(objects)["resources"]
+    assert {"cpu", "memory"} <= set(resources["requests"]) and "memory" in resources["limits"]
+    gpus = resources["limits"].get("nvidia.com/gpu")
+    assert gpus == ("1" if name == "gpu" else None)
+
+
+def test_the_repository_comes_from_a_volume_through_the_init_container(overlay: tuple[str, list[dict]]) -> None:
+    name, objects = overlay
+    pod = the(objects, "Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    target = next(e["value"] for e in init["env"] if e["name"] == "AISLE_REPOSITORY")
+    assert target == {"cpu": "repo_onnxruntime", "gpu": "repo_tensorrt"}[name]
+    mounts = {m["name"]: m["mountPath"] for m in tritonserver(objects)["volumeMounts"]}
+    assert mounts["models"] == "/models"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "persistentVolumeClaim" in volumes["model-source"] and "emptyDir" in volumes["models"]
+    command = tritonserver(objects)["command"] + tritonserver(objects)["args"]
+    assert ("--model-repository=/models" in command) == (name == "cpu")
+    assert (command[0] == "/models/start_tritonserver.sh") == (name == "gpu")
+    assert "--model-control-mode=explicit" in command  # the preStop hook unloads the ensembles
+
+
+def test_services_pdb_and_hpa_select_the_deployments_pods(overlay: tuple[str, list[dict]]) -> None:
+    _, objects = overlay
+    deployment = the(objects, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    for service in by_kind(objects, "Service"):
+        assert service["spec"]["selector"].items() <= labels.items()
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= set(TRITON_PORTS)
+    services = {s["metadata"]["name"]: s for s in by_kind(objects, "Service")}
+    assert {p["name"] for p in services["aisle-triton"]["spec"]["ports"]} == {"grpc", "http", "metrics"}
+    assert services["aisle-triton-pods"]["spec"]["clusterIP"] == "None"  # DNS: one address per ready pod
+    assert the(objects, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    target = the(objects, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and int(annotations["prometheus.io/port"]) == 8002
+
+
+def test_the_hpa_metric_is_the_one_the_adapter_rule_serves_from_triton_counters(
+    overlay: tuple[str, list[dict]],
+) -> None:
+    _, objects = overlay
+    (metric,) = the(objects, "HorizontalPodAutoscaler")["spec"]["metrics"]
+    rules = yaml.safe_load(the(objects, "ConfigMap")["data"]["config.yaml"])["rules"]
+    served = {rule["name"]["as"]: rule for rule in rules}
+    rule = served[metric["pods"]["metric"]["name"]]
+    assert re.fullmatch(rule["name"]["matches"], "nv_inference_queue_duration_us")
+    query = rule["metricsQuery"]
+    assert "rate(nv_inference_queue_duration_us" in query and "rate(nv_inference_request_success" in query
+    assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}

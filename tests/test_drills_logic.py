@@ -1,0 +1,50 @@
+"""The drills' bookkeeping without servers: per-second timelines, the recovery rule, soak periods,
+RSS growth, and the nginx configuration's failover directives."""
+
+from __future__ import annotations
+
+import pytest
+
+from aisle.benchmarks.drills.proxy import ProxyConfig, nginx_conf
+from aisle.benchmarks.drills.replicas import recovered_after_s
+from aisle.benchmarks.drills.soak import SoakConfig, periods_of, rss_growth
+from aisle.benchmarks.drills.timeline import Timeline
+from aisle.benchmarks.errors import BenchmarkError
+from aisle.benchmarks.load import Completion
+
+
+def test_completions_are_bucketed_by_the_second_they_finished_in() -> None:
+    done = [Completion(0.0, 0.5, None), Completion(0.2, 1.1, None), Completion(0.3, 1.9, "UnavailableError")]
+    timeline = Timeline.of(done, t0=0.0)
+    assert (timeline.ok, timeline.errors) == ([1, 1], [0, 1])
+    assert timeline.rate(0, 2) == 1.0
+
+
+def test_recovery_is_the_end_of_the_first_whole_window_after_ready_at_90_percent() -> None:
+    ok = [100] * 10 + [0] * 10 + [50, 60, 95, 95, 95, 95, 95, 100, 100]
+    timeline = Timeline(ok=ok, errors=[0] * len(ok))
+    # Ready at 19.5 s; the first 5-s window from a whole second after it averaging >= 90 is [22, 27).
+    assert recovered_after_s(timeline, 100.0, 19.5) == pytest.approx(27 - 19.5)
+    assert recovered_after_s(Timeline(ok=[100] * 5 + [10] * 20, errors=[0] * 25), 100.0, 5.0) is None
+
+
+def test_soak_periods_leave_out_a_trailing_partial_period_and_count_failures() -> None:
+    done = [Completion(t, t + 0.01 * (1 + t % 3), None if t % 7 else "DeadlineExceededError") for t in range(31)]
+    periods = periods_of(done, 0.0, SoakConfig(duration_s=30.0, period_s=10.0))
+    assert [p.requests for p in periods] == [10, 10, 10]
+    assert [p.failures for p in periods] == [2, 1, 2]  # t = 0, 7 | 14 | 21, 28
+    assert all(p.p99_ms > 0 for p in periods)
+
+
+def test_rss_growth_is_measured_from_the_second_period() -> None:
+    samples = [(0.0, 100), (10.0, 200), (20.0, 205), (30.0, 210)]
+    assert rss_growth(samples, from_s=10.0) == pytest.approx(0.05)
+    with pytest.raises(BenchmarkError, match="two RSS samples"):
+        rss_growth(samples[:2], from_s=10.0)
+
+
+def test_nginx_fails_over_connection_errors_of_non_idempotent_grpc_posts() -> None:
+    conf = nginx_conf(["127.0.0.1:1", "127.0.0.1:2"], 9000, ProxyConfig(fail_timeout_s=2, next_upstream_tries=3))
+    assert "grpc_pass grpc://aisle_replicas;" in conf and "listen 127.0.0.1:9000 http2;" in conf
+    assert "grpc_next_upstream error timeout http_502 http_503 http_504 non_idempotent;" in conf
+    assert conf.count("max_fails=1 fail_timeout=2s") == 2 and "grpc_next_upstream_tries 3;" in conf
