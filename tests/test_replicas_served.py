@@ -21,12 +21,12 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from aisle.benchmarks.drills.fleet import Fleet, Replica
+from aisle.benchmarks.drills.mixed_traffic import workloads_named
 from aisle.benchmarks.drills.proxy import nginx_binary
 from aisle.benchmarks.drills.replicas import WORKLOADS, DrillConfig, run_drill, write_result
 from aisle.benchmarks.drills.soak import WORKLOADS as SOAK_WORKLOADS
 from aisle.benchmarks.drills.soak import SoakConfig, run_soak
 from aisle.benchmarks.drills.soak import write_result as write_soak
-from aisle.benchmarks.drills.mixed_traffic import workloads_named
 from aisle.benchmarks.workloads import WorkloadConfig
 from aisle.client import AisleClient, ClientConfig, InvalidInputError, ReplicaConfig
 from aisle.data.format import ITEMS, read_items

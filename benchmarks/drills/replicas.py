@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Literal
 
 from aisle.benchmarks.drills.fleet import Fleet, Replica
+from aisle.benchmarks.drills.mixed_traffic import interleaved, mixed_call, workloads_named
 from aisle.benchmarks.drills.proxy import NginxGrpcProxy
 from aisle.benchmarks.drills.timeline import Event, Timeline
-from aisle.benchmarks.drills.mixed_traffic import interleaved, mixed_call, workloads_named
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import sustained
 from aisle.benchmarks.workloads import Workload

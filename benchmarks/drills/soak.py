@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from aisle.benchmarks.drills.fleet import Replica
-from aisle.benchmarks.drills.timeline import Timeline
 from aisle.benchmarks.drills.mixed_traffic import interleaved, mixed_call, workloads_named
+from aisle.benchmarks.drills.timeline import Timeline
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import Completion, sustained
 from aisle.benchmarks.workloads import Workload
