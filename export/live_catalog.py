@@ -39,6 +39,7 @@ from aisle.errors import ExportError
 from aisle.export.repo_format import (
     CATALOG_VERSIONS_DIR,
     GRAPH_FILE,
+    KEEP_VERSIONS,
     MODEL_VERSION,
     TOKENIZER_FILE,
     Catalog,
@@ -51,8 +52,6 @@ from aisle.retrieval import ATTRIBUTES_FILE, IndexParams, ItemAttributes
 from aisle.retrieval.attributes import category_path
 from aisle.schema import ITEM_ENCODER, ITEM_TOKENIZER
 
-#: Catalog versions kept on disk: the served one and KEEP_VERSIONS - 1 previous ones to roll back to.
-KEEP_VERSIONS = 3
 #: Texts per embed_item call when embedding through a server.
 REMOTE_BATCH = 64
 LOCK_FILE = ".lock"

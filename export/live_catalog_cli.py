@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from aisle.export.live_catalog import KEEP_VERSIONS
+    from aisle.export.repo_format import KEEP_VERSIONS
 
     parser = subparsers.add_parser(
         "catalog",

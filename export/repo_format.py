@@ -87,6 +87,11 @@ class RepoManifest:
         )
 
 
+#: Catalog versions a live catalog keeps on disk: the served one and KEEP_VERSIONS - 1 previous ones
+#: to roll back to (export/live_catalog.py).
+KEEP_VERSIONS = 3
+
+
 def catalog_dir(repo: Path, version: str = MODEL_VERSION) -> Path:
     """Where a rendered repository keeps its catalog (the item store's version directory)."""
     return Path(repo) / ITEM_STORE / version / CATALOG_DIR

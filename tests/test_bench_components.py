@@ -367,6 +367,9 @@ def _results() -> dict:
             point("embed_query", "python", 16, 100.0, 150.0, 300.0, system="eager-http"),
             point("rank", "perf_analyzer", 4, 100.0, 8.0, 20.0),
             point("rank", "perf_analyzer", 16, 300.0, 40.0, 60.0),
+            point("embed_query", "perf_analyzer", 1, 110.0, 9.0, 12.0),
+            point("search", "perf_analyzer", 1, 70.0, 15.0, 20.0),
+            point("search", "perf_analyzer", 16, 225.0, 70.0, 90.0),
         ],
         "failures": [],
     }
@@ -376,7 +379,8 @@ def test_targets_report_measured_ratios_and_explain_each_failure() -> None:
     from aisle.benchmarks.suite import TargetLevels
     from aisle.benchmarks.targets import evaluate
 
-    ort, eager, p99, buckets, p50, _, rank_rps, gflops = evaluate(_results(), TargetLevels(16, 4))
+    goals = evaluate(_results(), TargetLevels(16, 4))
+    ort, eager, p99, buckets, p50, _, rank_rps, search_p50, search_rps, gflops = goals
     assert ort.name.startswith("embed_query throughput, Triton (perf_analyzer) / raw ORT")
     assert ort.measured == pytest.approx(450 / 500) and ort.passed and ort.note == ""
     assert eager.measured == pytest.approx(3.0) and eager.passed is False
@@ -388,6 +392,9 @@ def test_targets_report_measured_ratios_and_explain_each_failure() -> None:
     assert p50.measured == 8.0 and p50.passed is False
     assert "query_encoder 1.00 ms queue + 3.00 ms compute" in p50.note
     assert rank_rps.passed is True
+    assert search_p50.measured == pytest.approx(15 / 9) and search_p50.passed is False
+    assert "search: client p50 15.00 ms" in search_p50.note and "embed_query: client p50 9.00 ms" in search_p50.note
+    assert search_rps.measured == pytest.approx(225 / 450) and search_rps.passed is False
     assert gflops.measured == pytest.approx(0.5) and gflops.passed is False and "50 GFLOP/s" in gflops.note
 
 
