@@ -89,15 +89,15 @@ def test_a_draining_replica_gets_no_calls_and_comes_back_when_ready(fleet: Fleet
     # Counted on the head every rank call runs through: it stays loaded while `rank` is unloaded.
     with AisleClient(config=ClientConfig(url=",".join(fleet.grpc_urls), replicas=FAST_PROBES)) as client:
         rank_calls(client, ids, 3)
-        with grpcclient.InferenceServerClient(draining.grpc_url) as triton:
-            triton.unload_model(RANK)
-            try:
-                time.sleep(1.0)  # a few probe intervals: the client has seen it is not ready
-                before = counts(draining, HEAD)
-                rank_calls(client, ids, 20)  # none fails, none goes to the drained replica
-                assert counts(draining, HEAD) == before
-            finally:
-                triton.load_model(RANK)
+        control = draining.server.control  # the model-repository API needs the launcher's token
+        control.unload(RANK)
+        try:
+            time.sleep(1.0)  # a few probe intervals: the client has seen it is not ready
+            before = counts(draining, HEAD)
+            rank_calls(client, ids, 20)  # none fails, none goes to the drained replica
+            assert counts(draining, HEAD) == before
+        finally:
+            control.load(RANK)
         time.sleep(1.0)
         before = counts(draining, HEAD)
         rank_calls(client, ids, 12)
