@@ -68,6 +68,16 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def is_ready(http_url: str, timeout_s: float = 2.0) -> bool:
+    """Whether the tritonserver at `http_url` answers GET /v2/health/ready with 200, as a balancer's
+    readiness check asks (refused, timed out or any other answer: not ready)."""
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=timeout_s) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
 def pytriton_home() -> Path:
     """The wheel's tritonserver tree (bin/, backends/, python_backend_stubs/, caches/)."""
     spec = importlib.util.find_spec("pytriton")
@@ -270,11 +280,7 @@ class TritonServer:
 
     def is_ready(self) -> bool:
         """True when the server answers GET /v2/health/ready with 200 (all models loaded and warm)."""
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-            return False
+        return is_ready(self.http_url)
 
     def start(self, timeout_s: float = 240.0) -> None:
         """Start the server and block until it is ready; raise ServerStartError with the log tail if not."""

@@ -18,8 +18,8 @@ from aisle.benchmarks.drills.burst import run_burst
 from aisle.benchmarks.drills.corpus import PROTOCOLS, Case, load_corpus, malformed_corpus, problem, refusal
 from aisle.benchmarks.drills.oversize import huge_text, run_oversize
 from aisle.benchmarks.drills.stub_kill import run_stub_kill
-from aisle.benchmarks.drills.traffic import is_ready, wait_until_idle
-from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
+from aisle.benchmarks.drills.traffic import wait_until_idle
+from aisle.model_repository.server import ServerConfig, TritonServer, free_ports, is_ready
 from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_TEXTS,

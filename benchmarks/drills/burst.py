@@ -24,8 +24,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from aisle.benchmarks.drills.traffic import REQUEST_TIMEOUT_S, is_ready, send, wait_until_idle, wire_inputs
-from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
+from aisle.benchmarks.drills.traffic import REQUEST_TIMEOUT_S, send, wait_until_idle, wire_inputs
+from aisle.model_repository.server import ServerConfig, TritonServer, free_ports, is_ready
 from aisle.schema import EMBED_QUERY, QUERY
 
 QUERY_BODY = json.dumps(

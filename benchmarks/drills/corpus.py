@@ -30,9 +30,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from aisle.benchmarks.drills.traffic import is_ready, wait_until_idle
+from aisle.benchmarks.drills.traffic import wait_until_idle
 from aisle.export.repo_format import RepoManifest, catalog_dir, read_item_ids
-from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
+from aisle.model_repository.server import ServerConfig, TritonServer, free_ports, is_ready
 from aisle.schema import (
     BRANDS,
     CANDIDATE_FEATURES,

@@ -19,6 +19,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from aisle.model_repository.server import is_ready
+
 #: Seconds a drill request may take before the client gives up on it (a stuck server shows as this).
 REQUEST_TIMEOUT_S = 60.0
 
@@ -113,14 +115,6 @@ class ClosedLoop:
         """Requests sent in [t0, t1)."""
         with self._lock:
             return [s for s in self.sent if t0 <= s.sent_at < t1]
-
-
-def is_ready(http_url: str, timeout_s: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=timeout_s) as response:
-            return response.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return False
 
 
 class ReadinessProbe:
