@@ -124,6 +124,8 @@ def model_config(schema: Schema, decl: ModelDecl, target: RenderTarget) -> pb.Mo
     )
     for key, value in decl.parameters:
         config.parameters[key].string_value = value
+    if decl.intra_op_threads is not None and runtime.threads_parameter:
+        config.parameters[runtime.threads_parameter].string_value = str(decl.intra_op_threads)
     if decl.response_cache:
         config.response_cache.enable = True
     if decl.role in GRAPH_ROLES:

@@ -14,6 +14,7 @@ from pathlib import Path
 from aisle.export.repo_format import GRAPH_FILE
 from aisle.model_repository.batching import Outcome, Tensors, run_stacked
 from aisle.model_repository.context import ModelContext
+from aisle.schema import INTRA_OP_THREADS_PARAMETER
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,8 @@ class OrtOptions:
 
     @classmethod
     def from_context(cls, context: ModelContext) -> OrtOptions:
-        """The model config's `intra_op_threads` parameter (the target's choice), else the default."""
-        return cls(intra_op_threads=int(context.parameters.get("intra_op_threads", "0")))
+        """The thread count the schema declared for the model (rendered into its config), else the default."""
+        return cls(intra_op_threads=int(context.parameters.get(INTRA_OP_THREADS_PARAMETER, "0")))
 
 
 class OrtGraph:

@@ -70,7 +70,9 @@ def test_every_model_config_parses_and_matches_its_declaration(target: RenderTar
         else:
             assert config.HasField("dynamic_batching"), decl.name  # a 0 us delay is still a batcher
             assert config.dynamic_batching.max_queue_delay_microseconds == decl.batching.max_queue_delay_us
-        assert dict(decl.parameters) == {k: v.string_value for k, v in config.parameters.items()}
+        threads_key = target.runtime(decl.role).threads_parameter
+        threads = {threads_key: str(decl.intra_op_threads)} if decl.intra_op_threads and threads_key else {}
+        assert dict(decl.parameters) | threads == {k: v.string_value for k, v in config.parameters.items()}
         assert config.response_cache.enable == decl.response_cache, decl.name
 
 

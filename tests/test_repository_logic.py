@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from aisle.export.repo_format import Catalog
+from aisle.export.triton_config import read_config
 from aisle.model_repository.batching import group_by_shape, run_stacked
 from aisle.model_repository.cold_items import ColdItemEncoder
+from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
 from aisle.model_repository.item_store import ItemStore
 from aisle.model_repository.ort_runner import OrtGraph
@@ -22,12 +24,15 @@ from aisle.schema import (
     CANDIDATE_IDS,
     CANDIDATE_TEXTS,
     EMBEDDING,
+    FUSION_HEAD,
     HISTORY_DECAY,
     INPUT_IDS,
+    INTRA_OP_THREADS_PARAMETER,
     ITEM_EMBEDDINGS,
     ITEM_FEATURES_TENSOR,
     ITEM_TOKENIZER,
     QUERY,
+    QUERY_ENCODER,
     QUERY_TOKENIZER,
     TEXT,
     USER_EMBEDDING,
@@ -399,3 +404,14 @@ def test_encoder_graph_gives_a_sample_alone_what_it_gives_it_inside_a_padded_bat
         (alone,) = graph([{INPUT_IDS: alone_ids, ATTENTION_MASK: alone_mask}])
         np.testing.assert_allclose(alone[EMBEDDING][0], batched[EMBEDDING][row], atol=1e-5)
     np.testing.assert_array_equal(batched[EMBEDDING][2], 0.0)
+
+
+def test_a_model_runs_its_graph_on_the_threads_its_rendered_config_declares(embedded_repo: Path) -> None:
+    """The head runs single-threaded where the schema says so; a model without the key gets the default."""
+    config = read_config(embedded_repo / FUSION_HEAD)
+    parameters = {key: value.string_value for key, value in config.parameters.items()}
+    assert parameters[INTRA_OP_THREADS_PARAMETER] == str(build_schema(8).model(FUSION_HEAD).intra_op_threads) == "1"
+    head = OrtGraph.from_context(ModelContext.load(embedded_repo, FUSION_HEAD, parameters=parameters))
+    assert head.session.get_session_options().intra_op_num_threads == 1
+    encoder = OrtGraph.from_context(ModelContext.load(embedded_repo, QUERY_ENCODER))  # none declared
+    assert encoder.session.get_session_options().intra_op_num_threads == 0

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from aisle.errors import ExportError
 from aisle.export.graphs import GRAPH_ROLES
-from aisle.schema import ModelDecl, Role, Schema
+from aisle.schema import INTRA_OP_THREADS_PARAMETER, ModelDecl, Role, Schema
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2 as pb
@@ -35,11 +35,14 @@ class Runtime:
         reports for the model, and what config.pbtxt names when there is no platform.
     platform: set for backends that read a model file (written as `platform` +
         `default_model_filename` instead of `backend`).
+    threads_parameter: the config `parameters` key that sets a model's intra-op threads on this
+        runtime (ModelDecl.intra_op_threads); empty where the runtime has none (TensorRT).
     """
 
     backend: str
     platform: str = ""
     model_file: str = ""
+    threads_parameter: str = ""
 
     @property
     def is_python(self) -> bool:
@@ -51,7 +54,7 @@ class Runtime:
 
 
 #: A model.py run by Triton's python backend (the only backend nvidia-pytriton's tritonserver ships).
-PYTHON = Runtime("python")
+PYTHON = Runtime("python", threads_parameter=INTRA_OP_THREADS_PARAMETER)
 
 #: GPU targets: two tokenizer instances so CPU tokenisation keeps up with the GPU, and two encoder
 #: instances so one copies while the other computes. CPU targets keep one instance of everything:

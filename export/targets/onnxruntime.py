@@ -35,7 +35,10 @@ class OnnxruntimeTarget(RenderTarget):
 
     NAME = "onnxruntime"
     HELP = "for the NGC tritonserver image's onnxruntime backend (CPU, or GPU with --gpu)"
-    GRAPH_RUNTIME = Runtime("onnxruntime", platform="onnxruntime_onnx", model_file=GRAPH_FILE)
+    # intra_op_thread_count: the onnxruntime backend's own key for a session's intra-op threads.
+    GRAPH_RUNTIME = Runtime(
+        "onnxruntime", platform="onnxruntime_onnx", model_file=GRAPH_FILE, threads_parameter="intra_op_thread_count"
+    )
     OPTIONS = (
         TargetOption("--gpu", "run the graphs on a GPU"),
         TargetOption("--trt-accelerator", "with --gpu: onnxruntime's TensorRT execution provider, FP16"),
