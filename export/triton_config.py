@@ -119,7 +119,7 @@ def model_config(schema: Schema, decl: ModelDecl, target: RenderTarget) -> pb.Mo
     config.instance_group.append(
         pb.ModelInstanceGroup(
             kind=pb.ModelInstanceGroup.KIND_GPU if on_gpu else pb.ModelInstanceGroup.KIND_CPU,
-            count=target.instance_count(decl.role),
+            count=target.instance_count(decl),
         )
     )
     for key, value in decl.parameters:

@@ -25,16 +25,24 @@ class ModelContext:
     schema: Schema
     decl: ModelDecl
     parameters: dict[str, str]
+    #: Instances of this model in its config (they share the CPU cores).
+    instances: int = 1
 
     @classmethod
     def load(
-        cls, repo: Path, model_name: str, version: str = "1", parameters: dict[str, str] | None = None
+        cls,
+        repo: Path,
+        model_name: str,
+        version: str = "1",
+        parameters: dict[str, str] | None = None,
+        instances: int = 1,
     ) -> ModelContext:
         """The context of `model_name` in a rendered repository."""
         repo = Path(repo)
         manifest = RepoManifest.load(repo)
         schema = manifest.schema()
-        return cls(repo, repo / model_name / version, manifest, schema, schema.model(model_name), parameters or {})
+        decl = schema.model(model_name)
+        return cls(repo, repo / model_name / version, manifest, schema, decl, parameters or {}, instances)
 
     @classmethod
     def from_triton_args(cls, args: dict[str, Any]) -> ModelContext:
@@ -42,4 +50,5 @@ class ModelContext:
         config = json.loads(args["model_config"])
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         model_dir = Path(args["model_repository"])
-        return cls.load(model_dir.parent, config["name"], str(args["model_version"]), parameters)
+        instances = sum(int(group.get("count", 1)) for group in config.get("instance_group", [])) or 1
+        return cls.load(model_dir.parent, config["name"], str(args["model_version"]), parameters, instances)

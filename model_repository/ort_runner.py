@@ -7,6 +7,7 @@ the three targets differ only in who runs it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,8 +32,14 @@ class OrtOptions:
 
     @classmethod
     def from_context(cls, context: ModelContext) -> OrtOptions:
-        """The thread count the schema declared for the model (rendered into its config), else the default."""
-        return cls(intra_op_threads=int(context.parameters.get(INTRA_OP_THREADS_PARAMETER, "0")))
+        """The thread count the schema declared for the model (rendered into its config); else the
+        instances share the cores this process may run on (one instance: onnxruntime's default)."""
+        declared = context.parameters.get(INTRA_OP_THREADS_PARAMETER)
+        if declared is not None:
+            return cls(intra_op_threads=int(declared))
+        if context.instances <= 1:
+            return cls()
+        return cls(intra_op_threads=max(1, len(os.sched_getaffinity(0)) // context.instances))
 
 
 class OrtGraph:

@@ -1,5 +1,6 @@
 """The python models' logic, without Triton: tokenizer, item store, user profile, cold encoder, ORT runner."""
 
+import os
 import re
 from pathlib import Path
 
@@ -407,11 +408,13 @@ def test_encoder_graph_gives_a_sample_alone_what_it_gives_it_inside_a_padded_bat
 
 
 def test_a_model_runs_its_graph_on_the_threads_its_rendered_config_declares(embedded_repo: Path) -> None:
-    """The head runs single-threaded where the schema says so; a model without the key gets the default."""
+    """The head runs single-threaded where the schema says so; otherwise a model's instances share the cores."""
     config = read_config(embedded_repo / FUSION_HEAD)
     parameters = {key: value.string_value for key, value in config.parameters.items()}
     assert parameters[INTRA_OP_THREADS_PARAMETER] == str(build_schema(8).model(FUSION_HEAD).intra_op_threads) == "1"
     head = OrtGraph.from_context(ModelContext.load(embedded_repo, FUSION_HEAD, parameters=parameters))
     assert head.session.get_session_options().intra_op_num_threads == 1
-    encoder = OrtGraph.from_context(ModelContext.load(embedded_repo, QUERY_ENCODER))  # none declared
-    assert encoder.session.get_session_options().intra_op_num_threads == 0
+    alone = OrtGraph.from_context(ModelContext.load(embedded_repo, QUERY_ENCODER))  # none declared
+    assert alone.session.get_session_options().intra_op_num_threads == 0  # onnxruntime's default
+    shared = OrtGraph.from_context(ModelContext.load(embedded_repo, QUERY_ENCODER, instances=2))
+    assert shared.session.get_session_options().intra_op_num_threads == max(1, len(os.sched_getaffinity(0)) // 2)

@@ -43,7 +43,7 @@ def test_a_new_module_in_the_package_is_a_new_target_for_the_cli_and_the_rendere
         "    GRAPH_RUNTIME = Runtime('onnxruntime', platform='onnxruntime_onnx', model_file='model.onnx')\n"
         "    OPTIONS = (TargetOption('--gpu', 'accepted by this target too'),)\n"
         "    gpu: bool = False\n"
-        "    def instance_count(self, role):\n"
+        "    def instance_count(self, decl):\n"
         "        return 3\n"
         "TARGET = CpuDocker\n"
     )
@@ -101,10 +101,14 @@ def test_unknown_target_names_the_known_ones() -> None:
     ids=["tensorrt", "onnxruntime-gpu", "onnxruntime-cpu", "embedded"],
 )
 def test_gpu_targets_run_two_tokenizer_and_encoder_instances_and_one_of_everything_else(target, doubled: bool) -> None:
+    """On the CPU only the embedded target (graphs in python models, which split the cores between
+    instances) runs the query encoder's declared two instances."""
     configs = render_configs(SCHEMA, target)
     for decl in SCHEMA.models:
         two = doubled and decl.role in (Role.TOKENIZER, Role.ENCODER)
-        assert [g.count for g in configs[decl.name].instance_group] == [2 if two else 1], decl.name
+        cpu_share = not doubled and target.runtime(decl.role).is_python and decl.cpu_instances == 2
+        assert [g.count for g in configs[decl.name].instance_group] == [2 if two or cpu_share else 1], decl.name
+    assert (target.name == "embedded") == (configs[QUERY_ENCODER].instance_group[0].count == 2 and not doubled)
 
 
 @pytest.mark.parametrize("name", ["embedded", "onnxruntime", "tensorrt"])

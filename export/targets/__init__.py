@@ -102,8 +102,13 @@ class RenderTarget:
     def runtime(self, role: Role) -> Runtime:
         return self.GRAPH_RUNTIME if role in GRAPH_ROLES else PYTHON
 
-    def instance_count(self, role: Role) -> int:
-        return GPU_INSTANCE_COUNTS.get(role, 1) if self.graphs_on_gpu else 1
+    def instance_count(self, decl: ModelDecl) -> int:
+        """GPU_INSTANCE_COUNTS on a GPU. On the CPU, the declared cpu_instances where the model runs in
+        a python model (its sessions split the cores between instances), else one: a CPU backend's
+        sessions each take every core, and more instances would fight for them."""
+        if self.graphs_on_gpu:
+            return GPU_INSTANCE_COUNTS.get(decl.role, 1)
+        return decl.cpu_instances if self.runtime(decl.role).is_python else 1
 
     def warmup_batches(self, decl: ModelDecl) -> tuple[int, ...]:
         """Batch sizes a graph model is warmed up with: 1, plus the maximum batch on a GPU.
