@@ -57,8 +57,7 @@ class Runtime:
 PYTHON = Runtime("python", threads_parameter=INTRA_OP_THREADS_PARAMETER)
 
 #: GPU targets: two tokenizer instances so CPU tokenisation keeps up with the GPU, and two encoder
-#: instances so one copies while the other computes. CPU targets keep one instance of everything:
-#: onnxruntime already spreads one execution over all cores, and more instances would fight for them.
+#: instances so one copies while the other computes. On the CPU see RenderTarget.instance_count.
 GPU_INSTANCE_COUNTS: dict[Role, int] = {Role.TOKENIZER: 2, Role.ENCODER: 2}
 
 
