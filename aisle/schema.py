@@ -563,7 +563,9 @@ def catalog_search_model(t: CommonTensors) -> ModelDecl:
     )
 
 
-def validator_model(name: str, inputs: tuple[TensorDecl, ...], extra_outputs: tuple[TensorDecl, ...] = ()) -> ModelDecl:
+def validator_model(
+    name: str, inputs: tuple[TensorDecl, ...], extra_outputs: tuple[TensorDecl, ...] = ()
+) -> ModelDecl:
     """A step that checks every input and passes each on as VALID_<name> (plus `extra_outputs`).
 
     Multi-branch ensembles check every input in one first step, before any branch starts: when a
