@@ -52,7 +52,7 @@ from aisle.schema import ATTENTION_MASK, INPUT_IDS, ITEM_ENCODER, ITEM_TEXT, QUE
 
 #: What each queue-delay sweep changes (models with these roles) and the workload it loads them with.
 SWEEPS = {
-    "encoder": ("embed_query", frozenset({Role.ENCODER})),
+    "encoder": ("embed_query", frozenset({Role.ENCODER, Role.TEXT_ENCODER})),
     "rank": ("rank", frozenset({Role.TOKENIZER, Role.ITEM_STORE, Role.FUSION_HEAD})),
 }
 

@@ -69,8 +69,10 @@ class RepoManifest:
     format_version: int = FORMAT_VERSION
 
     def schema(self) -> Schema:
-        """The served interface; the same call the renderer used, so configs and models agree."""
-        return build_schema(self.embedding_dim, self.limits)
+        """The served models and ensembles; the same calls the renderer made, so configs and models agree."""
+        from aisle.export.targets import target_class
+
+        return target_class(self.target).served_schema(build_schema(self.embedding_dim, self.limits))
 
     def save(self, repo: Path) -> None:
         save_manifest(self, Path(repo) / REPO_MANIFEST)

@@ -4,6 +4,8 @@
     REPO/<tokenizer>/1/model.py           python model + tokenizer.json of its tower
     REPO/<encoder|fusion_head>/1/         model.onnx (+ model.py on embedded; model.plan built at
                                           container start on tensorrt)
+    REPO/<text encoder>/1/, warmup/       embedded target: model.py + tokenizer.json + model.onnx of an
+                                          encoder that tokenizes itself; one text per bucket to warm up
     REPO/item_store/1/                    model.py + catalog.npz (ids, item-tower embeddings, raw features)
     REPO/user_profile/1/, cold_item_encoder/1/, rank_cold_validator/1/   model.py
     REPO/<ensemble>/1/                    empty: ensembles have no files, only a version directory
@@ -36,10 +38,17 @@ from aisle.export.repo_format import (
 )
 from aisle.export.search_index import write_search_files
 from aisle.export.targets import RenderTarget
-from aisle.export.triton_config import GRAPH_ROLES, PYTHON_SOURCES, render_configs, write_config
+from aisle.export.triton_config import (
+    GRAPH_ROLES,
+    PYTHON_SOURCES,
+    render_configs,
+    write_config,
+    write_warmup_files,
+)
 from aisle.schema import (
     ITEM_ENCODER,
     ITEM_TOKENIZER,
+    QUERY_ENCODER,
     QUERY_TOKENIZER,
     Role,
     Schema,
@@ -132,7 +141,13 @@ def write_models(
     from aisle.modeling.checkpoint import ITEM_ENCODER_DIR, QUERY_ENCODER_DIR
     from aisle.tokenization import load_tokenizer
 
-    tower_dirs = {QUERY_TOKENIZER: QUERY_ENCODER_DIR, ITEM_TOKENIZER: ITEM_ENCODER_DIR}
+    # A tower's tokenizer, by the model that tokenizes for it: its tokenizer, or its text encoder.
+    tower_dirs = {
+        QUERY_TOKENIZER: QUERY_ENCODER_DIR,
+        QUERY_ENCODER: QUERY_ENCODER_DIR,
+        ITEM_TOKENIZER: ITEM_ENCODER_DIR,
+        ITEM_ENCODER: ITEM_ENCODER_DIR,
+    }
     configs = render_configs(schema, target)
     for decl in schema.models:
         version_dir = root / decl.name / MODEL_VERSION
@@ -140,12 +155,13 @@ def write_models(
         write_config(configs[decl.name], version_dir.parent)
         if target.runtime(decl.role).is_python:
             shutil.copy2(model_source(PYTHON_SOURCES[decl.role]), version_dir / "model.py")
-        if decl.role in GRAPH_ROLES:
+        if decl.role in GRAPH_ROLES or decl.role is Role.TEXT_ENCODER:
             _copy_graph(graphs[decl.name], version_dir)
-        elif decl.role is Role.TOKENIZER:
+        if decl.role in (Role.TOKENIZER, Role.TEXT_ENCODER):
             max_length = tokenizer_buckets(decl)[-1]
             tokenizer = load_tokenizer(Path(checkpoint_dir) / tower_dirs[decl.name], max_length)
             tokenizer.save(str(version_dir / TOKENIZER_FILE))
+            write_warmup_files(decl, version_dir.parent)
         elif decl.role is Role.ITEM_STORE:
             catalog.save(version_dir / CATALOG_DIR)
     for ensemble in schema.ensembles:
@@ -160,7 +176,9 @@ def render_repository(spec: RepoSpec) -> RepoManifest:
 
     out = Path(spec.out)
     checkpoint_manifest = Manifest.load(spec.checkpoint)
-    schema = build_schema(checkpoint_manifest.embedding_dim, spec.limits or checkpoint_manifest.limits)
+    schema = spec.target.served_schema(
+        build_schema(checkpoint_manifest.embedding_dim, spec.limits or checkpoint_manifest.limits)
+    )
     dataset = load_dataset(spec.data)
     staging = _prepare_out(out)
     try:

@@ -10,6 +10,7 @@ fails here rather than in tritonserver.
     role            tensorrt               onnxruntime                   embedded
     tokenizer       python (CPU)           python (CPU)                  python (CPU)
     encoder, head   tensorrt_plan (GPU)    onnxruntime_onnx (CPU|GPU)    python running onnxruntime
+    text encoder    -                      -                             python: tokenizer + onnxruntime
     store, profile,
     cold encoder,
     validators      python (CPU)           python (CPU)                  python (CPU)
@@ -20,12 +21,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
+from tritonclient.utils import serialize_byte_tensor
 
 from aisle.errors import ExportError
 from aisle.export.graphs import GRAPH_ROLES
-from aisle.schema import DType, EnsembleDecl, ModelDecl, Role, Schema, TensorDecl
+from aisle.schema import TEXT, DType, EnsembleDecl, ModelDecl, Role, Schema, TensorDecl, tokenizer_buckets
 
 if TYPE_CHECKING:
     from aisle.export.targets import RenderTarget
@@ -41,7 +44,10 @@ PYTHON_SOURCES: dict[Role, str] = {
     Role.CATALOG_SEARCH: "catalog_search",
     Role.ENCODER: "onnx_graph",
     Role.FUSION_HEAD: "onnx_graph",
+    Role.TEXT_ENCODER: "text_encoder",
 }
+#: Where Triton reads warmup input files (ModelWarmup.Input.input_data_file), under the model directory.
+WARMUP_DIR = "warmup"
 #: Candidates per request in the fusion head's warmup (a typical rank request).
 WARMUP_CANDIDATES = 100
 
@@ -97,6 +103,35 @@ def model_warmup(schema: Schema, decl: ModelDecl, target: RenderTarget) -> list[
     ]
 
 
+def warmup_texts(decl: ModelDecl) -> dict[str, str]:
+    """A text encoder's warmup texts by file name: one per length bucket, each filling its bucket
+    ("a" is one token in BERT vocabularies, plus the two special tokens), so every sequence length a
+    request can bring has run before the model reports ready. Other models: none."""
+    if decl.role is not Role.TEXT_ENCODER:
+        return {}
+    return {f"bucket{bucket}": " ".join(["a"] * max(bucket - 2, 0)) for bucket in tokenizer_buckets(decl)}
+
+
+def text_warmup(decl: ModelDecl) -> list[pb.ModelWarmup]:
+    """Warmup requests reading warmup_texts from the files write_warmup_files writes."""
+    return [
+        pb.ModelWarmup(
+            name=name,
+            batch_size=1,
+            inputs={TEXT: pb.ModelWarmup.Input(data_type=pb.TYPE_STRING, dims=[1], input_data_file=name)},
+        )
+        for name in warmup_texts(decl)
+    ]
+
+
+def write_warmup_files(decl: ModelDecl, model_dir: Path) -> None:
+    """The files text_warmup names, in Triton's serialized BYTES format (length-prefixed UTF-8)."""
+    for name, text in warmup_texts(decl).items():
+        path = Path(model_dir) / WARMUP_DIR / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(serialize_byte_tensor(np.array([text.encode()], dtype=object)).item())
+
+
 def model_config(schema: Schema, decl: ModelDecl, target: RenderTarget) -> pb.ModelConfig:
     """The config of one composing model on one target."""
     runtime = target.runtime(decl.role)
@@ -130,6 +165,7 @@ def model_config(schema: Schema, decl: ModelDecl, target: RenderTarget) -> pb.Mo
         config.response_cache.enable = True
     if decl.role in GRAPH_ROLES:
         config.model_warmup.extend(model_warmup(schema, decl, target))
+    config.model_warmup.extend(text_warmup(decl))
     target.optimize(decl, config)
     return config
 

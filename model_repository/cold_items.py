@@ -3,7 +3,7 @@
 For candidates the catalog does not hold yet (new listings), rank_cold embeds their texts with the
 item tower on the fly: the texts of all requests of a batch are sorted by length and embedded in
 chunks of the item encoder's maximum batch, with the tokenizer.json and model.onnx that embed_item
-serves (the files of its two steps), so cold and catalog embeddings come from the same tower.
+serves (TextEncoder.serving), so cold and catalog embeddings come from the same tower.
 
 Why in-process and not a BLS call to embed_item: tritonserver refuses every new request, BLS ones
 included, once it starts shutting down, so a rank_cold request caught by SIGTERM between two BLS
@@ -19,18 +19,15 @@ import numpy as np
 
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
-from aisle.model_repository.ort_runner import OrtGraph
-from aisle.model_repository.tokenizer_logic import BatchTokenizer
+from aisle.model_repository.text_encoder import TextEncoder
 from aisle.model_repository.validation import check_count, check_features, cut_texts
 from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_TEXTS,
     EMBED_ITEM,
-    EMBEDDING,
     ITEM_EMBEDDINGS,
     ITEM_FEATURES_TENSOR,
     NUM_ITEM_FEATURES,
-    TEXT,
 )
 
 #: Embeds a 1-D object array of UTF-8 item texts -> [len, D] float32.
@@ -59,14 +56,10 @@ class ColdItemEncoder:
 
     @classmethod
     def from_context(cls, context: ModelContext) -> ColdItemEncoder:
-        """The tokenizer and encoder of embed_item's steps; chunks as large as its max_batch_size."""
+        """What embed_item's steps run; chunks as large as its max_batch_size."""
         schema = context.schema
-        tokenizer_step, encoder_step = schema.ensemble(EMBED_ITEM).steps
-        version = context.version_dir.name
-        tokenizer = BatchTokenizer.from_context(ModelContext.load(context.repo, tokenizer_step.model, version))
-        graph = OrtGraph.from_context(ModelContext.load(context.repo, encoder_step.model, version))
         return cls(
-            tower_embedder(tokenizer, graph),
+            TextEncoder.serving(context, EMBED_ITEM).embed,
             dim=schema.embedding_dim,
             max_candidates=schema.limits.max_candidates,
             num_features=NUM_ITEM_FEATURES,
@@ -106,13 +99,3 @@ class ColdItemEncoder:
         check_count(texts, CANDIDATE_TEXTS, self.max_candidates, "max_candidates", "candidates")
         check_features(features, texts, self.num_features)
         return {CANDIDATE_TEXTS: cut_texts(texts, CANDIDATE_TEXTS, self.max_text_bytes), CANDIDATE_FEATURES: features}
-
-
-def tower_embedder(tokenizer: BatchTokenizer, graph: OrtGraph) -> EmbedTexts:
-    """Texts -> embeddings through a tokenizer model's logic and an encoder graph, in this process."""
-
-    def embed(texts: np.ndarray) -> np.ndarray:
-        (tokens,) = tokenizer([{TEXT: texts.reshape(-1, 1)}])
-        return graph.run(tokens)[EMBEDDING]
-
-    return embed

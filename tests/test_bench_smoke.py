@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aisle.schema import build_schema
+from aisle.export.repo_format import RepoManifest
 
 #: Workloads named otherwise than the ensemble they drive.
 WORKLOAD_ENSEMBLES = {"embed_query_zipf": "embed_query", "recommend": "search"}
@@ -84,9 +84,9 @@ def test_every_generator_mode_and_system_ran_without_errors(bench) -> None:
         assert _finite(p["client_cpu_cores"], p["server_cpu_cores"], p["other_cpu_cores"]), p
 
 
-def test_triton_points_carry_the_per_step_breakdown_of_their_ensemble(bench) -> None:
+def test_triton_points_carry_the_per_step_breakdown_of_their_ensemble(bench, triton_server) -> None:
     results, _ = bench
-    schema = build_schema()
+    schema = RepoManifest.load(triton_server.config.repo).schema()
     for p in results["points"]:
         if p["system"] != "triton":
             continue

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tritonclient.grpc import model_config_pb2 as pb
+from tritonclient.utils import deserialize_bytes_tensor
 
 from aisle.errors import ExportError
 from aisle.export.repo_format import GRAPH_FILE, MODEL_VERSION, TOKENIZER_FILE, Catalog, RepoManifest
@@ -27,9 +28,14 @@ from aisle.schema import (
     ServingLimits,
     TensorDecl,
     build_schema,
+    fuse_tokenizers,
+    tokenizer_buckets,
 )
 
 SCHEMA = build_schema(384)
+#: The declared schema and the one targets whose graphs run in python models serve.
+SCHEMAS = [SCHEMA, fuse_tokenizers(SCHEMA)]
+SCHEMA_IDS = ["declared", "tokenizers-fused"]
 ALL_TARGETS = [
     target_named("tensorrt"),
     target_named("onnxruntime"),
@@ -42,7 +48,7 @@ TARGET_IDS = ["tensorrt", "onnxruntime-cpu", "onnxruntime-gpu-trt", "embedded"]
 def written_and_parsed(target: RenderTarget, tmp_path: Path) -> dict[str, pb.ModelConfig]:
     """Every config written as config.pbtxt and parsed back by protobuf's text_format."""
     parsed = {}
-    for name, config in render_configs(SCHEMA, target).items():
+    for name, config in render_configs(target.served_schema(SCHEMA), target).items():
         (tmp_path / name).mkdir()
         write_config(config, tmp_path / name)
         parsed[name] = read_config(tmp_path / name)
@@ -58,8 +64,9 @@ def assert_tensors(actual, declared: tuple[TensorDecl, ...]) -> None:
 @pytest.mark.parametrize("target", ALL_TARGETS, ids=TARGET_IDS)
 def test_every_model_config_parses_and_matches_its_declaration(target: RenderTarget, tmp_path: Path) -> None:
     configs = written_and_parsed(target, tmp_path)
-    assert set(configs) == {m.name for m in SCHEMA.models} | {e.name for e in SCHEMA.ensembles}
-    for decl in SCHEMA.models:
+    schema = target.served_schema(SCHEMA)
+    assert set(configs) == {m.name for m in schema.models} | {e.name for e in schema.ensembles}
+    for decl in schema.models:
         config = configs[decl.name]
         assert config.name == decl.name
         assert config.max_batch_size == decl.batching.max_batch_size
@@ -79,7 +86,7 @@ def test_every_model_config_parses_and_matches_its_declaration(target: RenderTar
 @pytest.mark.parametrize("target", ALL_TARGETS, ids=TARGET_IDS)
 def test_every_ensemble_config_wires_the_declared_steps(target: RenderTarget, tmp_path: Path) -> None:
     configs = written_and_parsed(target, tmp_path)
-    for decl in SCHEMA.ensembles:
+    for decl in target.served_schema(SCHEMA).ensembles:
         config = configs[decl.name]
         assert config.platform == "ensemble"
         assert config.max_batch_size == decl.max_batch_size
@@ -89,12 +96,13 @@ def test_every_ensemble_config_wires_the_declared_steps(target: RenderTarget, tm
         assert steps == [(s.model, dict(s.input_map), dict(s.output_map)) for s in decl.steps]
 
 
-def test_ensemble_wiring_is_complete_and_type_consistent() -> None:
+@pytest.mark.parametrize("schema", SCHEMAS, ids=SCHEMA_IDS)
+def test_ensemble_wiring_is_complete_and_type_consistent(schema: Schema) -> None:
     """Every step input is an ensemble input or an earlier step's output, with the same dtype and dims."""
-    for ensemble in SCHEMA.ensembles:
+    for ensemble in schema.ensembles:
         available = {t.name: t for t in ensemble.inputs}
         for step in ensemble.steps:
-            decl = SCHEMA.model(step.model)
+            decl = schema.model(step.model)
             assert ensemble.max_batch_size <= decl.batching.max_batch_size, (ensemble.name, step.model)
             for model_tensor, ensemble_tensor in step.input_map:
                 declared = next(t for t in decl.inputs if t.name == model_tensor)
@@ -120,11 +128,12 @@ def step_ancestors(steps: tuple) -> list[set[int]]:
     return ancestors
 
 
-def test_no_step_that_reads_request_inputs_runs_beside_another_step() -> None:
+@pytest.mark.parametrize("schema", SCHEMAS, ids=SCHEMA_IDS)
+def test_no_step_that_reads_request_inputs_runs_beside_another_step(schema: Schema) -> None:
     """tritonserver 2.51 leaks an ensemble request that fails while sibling steps run, so a step that
     sees raw request inputs (and may reject them) must never run concurrently with another step:
     every other step comes strictly before or after it."""
-    for ensemble in SCHEMA.ensembles:
+    for ensemble in schema.ensembles:
         public = {t.name for t in ensemble.inputs}
         ancestors = step_ancestors(ensemble.steps)
         for i, step in enumerate(ensemble.steps):
@@ -134,12 +143,13 @@ def test_no_step_that_reads_request_inputs_runs_beside_another_step() -> None:
                 assert j == i or j in ancestors[i] or i in ancestors[j], (ensemble.name, step.model, j)
 
 
-def test_rank_and_rank_cold_check_every_input_in_their_first_step() -> None:
+@pytest.mark.parametrize("schema", SCHEMAS, ids=SCHEMA_IDS)
+def test_rank_and_rank_cold_check_every_input_in_their_first_step(schema: Schema) -> None:
     for name in ("rank", "rank_cold"):
-        ensemble = SCHEMA.ensemble(name)
+        ensemble = schema.ensemble(name)
         first, *rest = ensemble.steps
         assert {tensor for _, tensor in first.input_map} == {t.name for t in ensemble.inputs}
-        assert SCHEMA.model(first.model).role in {Role.ITEM_STORE, Role.VALIDATOR}
+        assert schema.model(first.model).role in {Role.ITEM_STORE, Role.VALIDATOR}
 
 
 @pytest.mark.parametrize(
@@ -155,8 +165,9 @@ def test_rank_and_rank_cold_check_every_input_in_their_first_step() -> None:
 def test_graph_models_run_on_the_target_backend_and_the_rest_in_python(
     target: RenderTarget, graph_platform: str, graph_kind: int
 ) -> None:
-    configs = render_configs(SCHEMA, target)
-    for decl in SCHEMA.models:
+    schema = target.served_schema(SCHEMA)
+    configs = render_configs(schema, target)
+    for decl in schema.models:
         config = configs[decl.name]
         if decl.role in GRAPH_ROLES and graph_platform:
             assert (config.platform, config.backend) == (graph_platform, "")
@@ -178,16 +189,21 @@ def test_only_the_onnxruntime_gpu_target_asks_for_the_tensorrt_execution_acceler
 
 @pytest.mark.parametrize("target", ALL_TARGETS, ids=TARGET_IDS)
 def test_warmup_covers_every_bucket_and_a_rank_sized_head_request_at_max_batch_on_gpu(target: RenderTarget) -> None:
-    configs = render_configs(SCHEMA, target)
+    schema = target.served_schema(SCHEMA)
+    configs = render_configs(schema, target)
     batches = (1, 64) if target.graphs_on_gpu else (1,)
     for name, buckets in ((QUERY_ENCODER, SCHEMA.limits.query_buckets), (ITEM_ENCODER, SCHEMA.limits.item_buckets)):
+        if schema.model(name).role is Role.TEXT_ENCODER:
+            warmed = {(w.batch_size, w.inputs["TEXT"].input_data_file) for w in configs[name].model_warmup}
+            assert warmed == {(1, f"bucket{bucket}") for bucket in buckets}
+            continue
         warmed = {(w.batch_size, tuple(w.inputs["INPUT_IDS"].dims)) for w in configs[name].model_warmup}
         assert warmed == {(batch, (bucket,)) for bucket in buckets for batch in batches}
     head = configs["fusion_head"].model_warmup
     assert {w.batch_size for w in head} == ({1, 8} if target.graphs_on_gpu else {1})
     assert all(list(w.inputs["ITEM_FEATURES"].dims) == [100, 4] for w in head)
-    for decl in SCHEMA.models:
-        assert bool(configs[decl.name].model_warmup) == (decl.role in GRAPH_ROLES)
+    for decl in schema.models:
+        assert bool(configs[decl.name].model_warmup) == (decl.role in GRAPH_ROLES | {Role.TEXT_ENCODER})
 
 
 def test_encoder_buckets_follow_the_tokenizer_feeding_the_encoder() -> None:
@@ -216,17 +232,27 @@ def test_written_repository_holds_each_models_files_for_its_target(
     target: RenderTarget, serving_checkpoint: Path, onnx_dir: Path, tmp_path: Path
 ) -> None:
     from aisle.export.graphs import graph_file
+    from aisle.tokenization import load_tokenizer
 
+    schema = target.served_schema(SCHEMA)
     graphs = {m.name: onnx_dir / graph_file(m.name) for m in SCHEMA.models if m.role in GRAPH_ROLES}
-    write_models(SCHEMA, target, tmp_path, serving_checkpoint, graphs, synthetic_catalog(SCHEMA))
-    for decl in SCHEMA.models:
+    write_models(schema, target, tmp_path, serving_checkpoint, graphs, synthetic_catalog(SCHEMA))
+    for decl in schema.models:
         version = tmp_path / decl.name / MODEL_VERSION
         python = decl.role not in GRAPH_ROLES or target.name == "embedded"
+        text_encoder = decl.role is Role.TEXT_ENCODER
         assert (version / "model.py").is_file() == python, decl.name
-        assert (version / GRAPH_FILE).is_file() == (decl.role in GRAPH_ROLES), decl.name
-        assert (version / TOKENIZER_FILE).is_file() == (decl.role is Role.TOKENIZER), decl.name
+        assert (version / GRAPH_FILE).is_file() == (decl.role in GRAPH_ROLES or text_encoder), decl.name
+        assert (version / TOKENIZER_FILE).is_file() == (decl.role is Role.TOKENIZER or text_encoder), decl.name
         assert read_config(tmp_path / decl.name).name == decl.name
-    for ensemble in SCHEMA.ensembles:
+        warmup = {w.name: w.inputs["TEXT"].input_data_file for w in read_config(tmp_path / decl.name).model_warmup}
+        if text_encoder:
+            # Each warmup text is a serialized BYTES tensor that fills its bucket exactly.
+            tokenizer = load_tokenizer(version, max_length=1024)
+            for bucket, file_name in zip(tokenizer_buckets(decl), warmup.values(), strict=True):
+                (text,) = deserialize_bytes_tensor((tmp_path / decl.name / "warmup" / file_name).read_bytes())
+                assert len(tokenizer.encode(text.decode()).ids) == bucket, (decl.name, bucket)
+    for ensemble in schema.ensembles:
         assert (tmp_path / ensemble.name / MODEL_VERSION).is_dir()
         assert read_config(tmp_path / ensemble.name).name == ensemble.name
 
@@ -245,11 +271,34 @@ def test_catalog_rejects_duplicate_item_ids() -> None:
         Catalog.build(np.array([1, 1]), np.zeros((2, 4)), np.zeros((2, 4)))
 
 
-def test_repo_manifest_rebuilds_the_rendering_schema(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ALL_TARGETS, ids=TARGET_IDS)
+def test_repo_manifest_rebuilds_the_rendering_schema(target: RenderTarget, tmp_path: Path) -> None:
     limits = ServingLimits(item_buckets=(16, 64), max_history=7)
-    RepoManifest(target="embedded", embedding_dim=32, limits=limits).save(tmp_path)
+    RepoManifest(target=target.name, embedding_dim=32, limits=limits).save(tmp_path)
     schema = RepoManifest.load(tmp_path).schema()
-    assert schema == build_schema(32, limits)
+    assert schema == target.served_schema(build_schema(32, limits))
+
+
+def test_the_embedded_target_folds_the_query_tokenizer_into_the_query_encoder_only() -> None:
+    served = {target.name: target.served_schema(SCHEMA) for target in ALL_TARGETS}
+    assert served["tensorrt"] == served["onnxruntime"] == SCHEMA
+    fused = served["embedded"]
+    query_encoder = fused.model(QUERY_ENCODER)
+    assert query_encoder.role is Role.TEXT_ENCODER
+    assert query_encoder.inputs == SCHEMA.model("query_tokenizer").inputs
+    assert query_encoder.outputs == SCHEMA.model(QUERY_ENCODER).outputs
+    assert (query_encoder.batching, query_encoder.cpu_instances, query_encoder.response_cache) == (
+        SCHEMA.model(QUERY_ENCODER).batching,
+        2,
+        True,
+    )
+    assert fused.encoder_buckets(QUERY_ENCODER) == SCHEMA.limits.query_buckets
+    assert fused.model(ITEM_ENCODER) == SCHEMA.model(ITEM_ENCODER)
+    assert {m.name for m in SCHEMA.models} - {m.name for m in fused.models} == {"query_tokenizer"}
+    for declared, ensemble in zip(SCHEMA.ensembles, fused.ensembles, strict=True):
+        assert (ensemble.name, ensemble.inputs, ensemble.outputs) == (declared.name, declared.inputs, declared.outputs)
+        uses_query_tower = any(step.model == QUERY_ENCODER for step in declared.steps)
+        assert len(ensemble.steps) == len(declared.steps) - uses_query_tower, ensemble.name
 
 
 def test_repo_manifest_load_names_a_missing_manifest(tmp_path: Path) -> None:

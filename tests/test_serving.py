@@ -148,8 +148,11 @@ def rank_inputs(query: str, candidates: list[int], history: list[int]) -> dict[s
 
 
 def test_every_model_and_ensemble_is_ready(triton_server) -> None:
+    from aisle.export.repo_format import RepoManifest
+
     client = grpcclient.InferenceServerClient(triton_server.grpc_url)
-    schema = build_schema()
+    schema = RepoManifest.load(triton_server.config.repo).schema()
+    assert {e.name for e in schema.ensembles} == {e.name for e in build_schema().ensembles}
     for name in [m.name for m in schema.models] + [e.name for e in schema.ensembles]:
         assert client.is_model_ready(name), name
 
