@@ -357,11 +357,15 @@ MOVE_GENERATOR = "run the load generator on another machine"
 def _ort_gap_note(point: dict | None, ort: dict | None, facts: RunFacts) -> str:
     tokenizer, encoder = _step(point, QUERY_TOKENIZER), _step(point, QUERY_ENCODER)
     parts = [f"Profile: {profile(point)}."]
-    if tokenizer and encoder and ort:
+    if encoder and ort:
+        tokenizing = (
+            f"the tokenizer step adds {_busy_ms(tokenizer):.2f} ms per request"
+            if tokenizer
+            else "tokenized them itself (no tokenizer step on this target)"
+        )
         parts.append(
             f"Raw ORT needs {ort['latency']['p50_ms']:.2f} ms per batch of {ort['batch_size']}; Triton's encoder ran "
-            f"batches of {encoder['mean_batch']:.1f} and the tokenizer step adds {_busy_ms(tokenizer):.2f} ms per "
-            "request."
+            f"batches of {encoder['mean_batch']:.1f} and {tokenizing}."
         )
     if facts.python_encoder:
         parts.append(

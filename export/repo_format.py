@@ -43,7 +43,9 @@ GRAPH_FILE = "model.onnx"
 PLAN_FILE = "model.plan"
 #: Version directory every rendered model uses.
 MODEL_VERSION = "1"
-FORMAT_VERSION = 1
+#: The repository layout this aisle renders and serves. 2: on the embedded target the query encoder
+#: tokenizes its own texts (no query_tokenizer model); a version-1 repository must be re-rendered.
+FORMAT_VERSION = 2
 
 
 class RepositoryError(ExportError):

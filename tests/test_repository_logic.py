@@ -24,6 +24,7 @@ from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_IDS,
     CANDIDATE_TEXTS,
+    EMBED_QUERY,
     EMBEDDING,
     FUSION_HEAD,
     HISTORY_DECAY,
@@ -38,6 +39,7 @@ from aisle.schema import (
     TEXT,
     USER_EMBEDDING,
     USER_HISTORY_IDS,
+    Role,
     ServingLimits,
     build_schema,
     validated,
@@ -405,6 +407,26 @@ def test_encoder_graph_gives_a_sample_alone_what_it_gives_it_inside_a_padded_bat
         (alone,) = graph([{INPUT_IDS: alone_ids, ATTENTION_MASK: alone_mask}])
         np.testing.assert_allclose(alone[EMBEDDING][0], batched[EMBEDDING][row], atol=1e-5)
     np.testing.assert_array_equal(batched[EMBEDDING][2], 0.0)
+
+
+def test_the_embedded_query_encoder_tokenizes_a_mixed_batch_as_each_request_alone(embedded_repo: Path) -> None:
+    """Requests of different buckets in one batch, and a rejected one, each get what they get alone."""
+    from aisle.model_repository.text_encoder import TextEncoder
+
+    context = ModelContext.load(embedded_repo, QUERY_ENCODER)
+    assert context.decl.role is Role.TEXT_ENCODER
+    encoder = TextEncoder.from_context(context)
+    requests = [text_request("red shoes"), text_request("ok", b"caf\xe9"), text_request("word " * 20, "")]
+    outcomes = encoder(requests)
+    assert isinstance(outcomes[1], InvalidInput) and "QUERY" in str(outcomes[1])
+    for request, outcome in zip(requests[::2], outcomes[::2], strict=True):
+        (alone,) = encoder([request])
+        assert outcome[EMBEDDING].shape == (len(request[TEXT]), context.schema.embedding_dim)
+        np.testing.assert_allclose(outcome[EMBEDDING], alone[EMBEDDING], atol=1e-5)
+    np.testing.assert_array_equal(outcomes[2][EMBEDDING][1], 0.0)
+    # The same tower as the ensemble's wiring gives anywhere in the repository (cold items use this).
+    via_ensemble = TextEncoder.serving(context, EMBED_QUERY).embed(np.array([b"red shoes"], dtype=object))
+    np.testing.assert_allclose(via_ensemble, outcomes[0][EMBEDDING], atol=1e-5)
 
 
 def test_a_model_runs_its_graph_on_the_threads_its_rendered_config_declares(embedded_repo: Path) -> None:
