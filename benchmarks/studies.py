@@ -8,6 +8,7 @@ README reports, and prints one JSON report:
     python -m aisle.benchmarks.studies queue-delay --repo REPO --data DATA \\
         --encoder-us 0 500 1000 2000 --rank-us 0 250 500 1000
     python -m aisle.benchmarks.studies response-cache --repo REPO --data DATA --cache-mb 64
+    python -m aisle.benchmarks.studies client-cpu --repo REPO --data DATA
 
 latency: embed_query (one query) and rank (100 candidates, a session's history), one caller.
 buckets: the item encoder on the same item texts tokenised to their length bucket vs padded to the
@@ -15,6 +16,9 @@ buckets: the item encoder on the same item texts tokenised to their length bucke
 queue-delay: each max_queue_delay_us setting on its own server: one caller, and `--concurrency`.
 response-cache: Zipf-repeated queries, each sent once from an empty cache, on a server without a
     response cache and on one with `--cache-mb` MiB; the query encoder's cache hits.
+client-cpu: the client's own CPU per embed_query call, one caller: aisle's AsyncAisleClient against
+    tritonclient's bare aio client on the same requests, alternating; on a machine shared with the
+    server, what the client spends is taken from the server.
 
 Requests go straight to the named model over gRPC (callers.raw_call): the server's cost without
 the SDK's checks. latency and buckets use the server at --url, else start one on --repo;
@@ -30,12 +34,13 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aisle.benchmarks.callers import batch_of_one, raw_call
+from aisle.benchmarks.callers import batch_of_one, raw_call, sdk_call
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import Call, LoadConfig, LoadPoint, closed_loop, single_pass
 from aisle.benchmarks.targets import UNKNOWN
@@ -50,6 +55,8 @@ from aisle.benchmarks.workloads import (
 from aisle.errors import AisleError
 from aisle.schema import ATTENTION_MASK, INPUT_IDS, ITEM_ENCODER, ITEM_TEXT, QUERY, QUERY_ENCODER, Role
 
+#: Calls each client makes before the client-cpu study starts timing it (channel set-up, first calls).
+WARMUP_CALLS = 20
 #: What each queue-delay sweep changes (models with these roles) and the workload it loads them with.
 SWEEPS = {
     "encoder": ("embed_query", frozenset({Role.ENCODER, Role.TEXT_ENCODER})),
@@ -257,6 +264,47 @@ def _queue_delay(args: argparse.Namespace) -> dict:
     return report
 
 
+def client_cpu(url: str, workload: Workload, *, calls: int, rounds: int = 2) -> dict[str, list[dict[str, float]]]:
+    """Client CPU ms and wall ms per call (the process's CPU time, gRPC's own threads included), for
+    `calls` sequential calls of `workload` by each client, alternating `rounds` times."""
+    from tritonclient.grpc.aio import InferenceServerClient
+
+    from aisle.client import AsyncAisleClient
+
+    async def timed(call: Call) -> dict[str, float]:
+        requests = [workload.requests[i % len(workload.requests)] for i in range(calls)]
+        for request in requests[:WARMUP_CALLS]:
+            await call(request)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for request in requests:
+            await call(request)
+        return {
+            "client_cpu_ms": (time.process_time() - cpu) / calls * 1e3,
+            "wall_ms": (time.perf_counter() - wall) / calls * 1e3,
+        }
+
+    async def main() -> dict[str, list[dict[str, float]]]:
+        bare = InferenceServerClient(url)
+        report: dict[str, list[dict[str, float]]] = {"tritonclient_aio": [], "aisle_sdk": []}
+        try:
+            async with AsyncAisleClient(url) as sdk:
+                raw = raw_call(bare, workload.ensemble)
+                for _ in range(rounds):
+                    report["tritonclient_aio"].append(await timed(lambda request: raw(batch_of_one(request))))
+                    report["aisle_sdk"].append(await timed(sdk_call(sdk, workload.ensemble)))
+        finally:
+            await bare.close()
+        return report
+
+    return asyncio.run(main())
+
+
+def _client_cpu(args: argparse.Namespace) -> dict:
+    workload = query_workload(_dataset(args), WorkloadConfig())
+    with serving(args.url, args.repo) as url:
+        return {"client_cpu": client_cpu(url, workload, calls=args.calls)}
+
+
 def _response_cache(args: argparse.Namespace) -> dict:
     workload = zipf_query_workload(_dataset(args), WorkloadConfig(requests=args.draws))
     report = response_cache_comparison(args.repo, workload, args.cache_mb, concurrency=args.concurrency)
@@ -294,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     cache = study("response-cache", _response_cache, "embed_query without and with a response cache", url=False)
     cache.add_argument("--cache-mb", type=int, required=True, help="size of the cache to compare with none")
     cache.add_argument("--draws", type=int, default=2000, help="Zipf-distributed queries sent (default 2000)")
+    cpu = study(
+        "client-cpu", _client_cpu, "client CPU per call: aisle's SDK vs bare tritonclient", url=True, loaded=False
+    )
+    cpu.add_argument("--calls", type=int, default=1000, help="sequential calls per client and round (default 1000)")
     return parser
 
 
