@@ -279,8 +279,9 @@ class ModelDecl:
     #: Encoders only: where the target runs its graphs in python models (the embedded target), the
     #: tokenizer step feeding this encoder is folded into it (fuse_tokenizers), saving one process
     #: hop per request. The query tower's, which every latency-bound ensemble passes through:
-    #: embed_query at concurrency 16 served 600 vs 426 requests/s on 2 cores, its p50 alone 6.6 vs
-    #: 7.7 ms (perf_analyzer). The item tower keeps its step: embed_item carries catalog texts in
+    #: embed_query at concurrency 16 served 579 / 546 vs 538 / 459 requests/s on 2 cores, its p50
+    #: alone 6.4 / 6.1 vs 7.2 / 6.9 ms (perf_analyzer, two interleaved pairs of runs, folded vs
+    #: not). The item tower keeps its step: embed_item carries catalog texts in
     #: bulk, where one hop per batch weighs little, and its encoder stays addressable by token ids
     #: (the bucket study sends those).
     fuse_tokenizer: bool = False

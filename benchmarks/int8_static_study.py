@@ -16,6 +16,7 @@ faster before it earned a place in the export.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import tempfile
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="a shop dataset; its queries calibrate and judge")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
+    graph = args.graph.resolve()  # read from inside the scratch directory
 
     buckets = ServingLimits().query_buckets
     tokenizer = load_tokenizer(args.tokenizer, buckets[-1])
@@ -150,20 +152,22 @@ def main(argv: list[str] | None = None) -> int:
         ids, mask = encode_batch(tokenizer, calibration_texts[start : start + 16], Bucketing(buckets[-1:]))
         calibration.append({INPUT_IDS: ids, ATTENTION_MASK: mask})
     gate = TOWER_GATES[Variant.INT8].min_cosine
-    reference = embed(session(args.graph, 2), tokenizer, held_out, bucketing, 16)
+    reference = embed(session(graph, 2), tokenizer, held_out, bucketing, 16)
     keep = np.linalg.norm(reference, axis=1) > 0
     results = []
-    with tempfile.TemporaryDirectory() as scratch:
+    # chdir: onnxruntime's quantiser saves large intermediate graphs with their weights in
+    # uuid-named *.data files in the working directory; they belong in the scratch directory.
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch):
         prepared = Path(scratch) / "prepared.onnx"
         # Symbolic shape inference cannot type every node of the exported graph; ONNX's own suffices.
-        quant_pre_process(str(args.graph), str(prepared), skip_symbolic_shape=True)
+        quant_pre_process(str(graph), str(prepared), skip_symbolic_shape=True)
         for config in CONFIGS:
             int8 = Path(scratch) / "int8.onnx"
             quantize(prepared, int8, config, calibration)
             quantised = embed(session(int8, 2), tokenizer, held_out, bucketing, 16)
             a, b = reference[keep], quantised[keep]
             cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
-            ratios = speed(args.graph, int8, tokenizer, held_out[:TIMED_QUERIES], bucketing)
+            ratios = speed(graph, int8, tokenizer, held_out[:TIMED_QUERIES], bucketing)
             result = {"config": config.name, "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean())}
             results.append({**result, "passes_gate": bool(cosine.min() >= gate), "int8_over_fp32": ratios})
             speeds = ", ".join(f"{k} x{v:.2f}" for k, v in ratios.items())
