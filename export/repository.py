@@ -161,9 +161,9 @@ def write_models(
             max_length = tokenizer_buckets(decl)[-1]
             tokenizer = load_tokenizer(Path(checkpoint_dir) / tower_dirs[decl.name], max_length)
             tokenizer.save(str(version_dir / TOKENIZER_FILE))
-            write_warmup_files(decl, version_dir.parent)
         elif decl.role is Role.ITEM_STORE:
             catalog.save(version_dir / CATALOG_DIR)
+        write_warmup_files(decl, version_dir.parent)  # the files its config's text warmup reads, if any
     for ensemble in schema.ensembles:
         (root / ensemble.name / MODEL_VERSION).mkdir(parents=True)
         write_config(configs[ensemble.name], root / ensemble.name)
