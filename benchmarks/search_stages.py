@@ -37,7 +37,7 @@ def stage_times(repo: Path, workload: Workload, query_embeddings: np.ndarray) ->
         for request in requests:
             checked = search.retriever.check(request)
             start = time.perf_counter()
-            candidates = search.retriever.retrieve(checked)
+            (candidates,) = search.retriever.retrieve([checked])
             middle = time.perf_counter()
             search.rank([candidates])
             end = time.perf_counter()

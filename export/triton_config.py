@@ -56,8 +56,14 @@ def data_type(dtype: DType) -> int:
     return pb.DataType.Value(dtype.config_name)
 
 
-def model_input(tensor: TensorDecl) -> pb.ModelInput:
-    return pb.ModelInput(name=tensor.name, data_type=data_type(tensor.dtype), dims=list(tensor.dims))
+def model_input(tensor: TensorDecl, ragged: bool = False) -> pb.ModelInput:
+    """`ragged`: the model takes requests one by one, so requests may differ in its variable dims."""
+    return pb.ModelInput(
+        name=tensor.name,
+        data_type=data_type(tensor.dtype),
+        dims=list(tensor.dims),
+        allow_ragged_batch=ragged and -1 in tensor.dims,
+    )
 
 
 def model_output(tensor: TensorDecl) -> pb.ModelOutput:
@@ -135,10 +141,14 @@ def write_warmup_files(decl: ModelDecl, model_dir: Path) -> None:
 def model_config(schema: Schema, decl: ModelDecl, target: RenderTarget) -> pb.ModelConfig:
     """The config of one composing model on one target."""
     runtime = target.runtime(decl.role)
+    if decl.batching.ragged and not runtime.is_python:
+        raise ValueError(
+            f"{decl.name}: ragged batching needs a python model, {target.name} runs it on {runtime.backend}"
+        )
     config = pb.ModelConfig(
         name=decl.name,
         max_batch_size=decl.batching.max_batch_size,
-        input=[model_input(t) for t in decl.inputs],
+        input=[model_input(t, decl.batching.ragged) for t in decl.inputs],
         output=[model_output(t) for t in decl.outputs],
     )
     if runtime.platform:

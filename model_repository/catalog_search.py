@@ -61,7 +61,7 @@ class CatalogSearch:
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         outcomes, valid, checked = validate_each(requests, self.retriever.check)
-        return merge(outcomes, valid, self.rank([self.retriever.retrieve(c) for c in checked]))
+        return merge(outcomes, valid, self.rank(self.retriever.retrieve(checked)))
 
     def rank(self, batch: Sequence[Candidates]) -> list[Tensors]:
         """Stage 2: one head run per group of requests with the same candidate count."""

@@ -16,6 +16,7 @@ the catalog does not hold excludes nothing (it may have been delisted already).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,18 +141,33 @@ class Retriever:
             "mask": request_mask(request, self.attributes, self.limits),
         }
 
-    def candidate_rows(self, query: np.ndarray, user: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
-        """[N] catalog rows to rank (PAD_ROW past the last match) for one request's vectors."""
-        depth = self.depth(query)
-        vectors, has_vector = retrieval_vectors(query, user)
-        if has_vector[0]:
-            rows, _ = self.index.search(vectors, depth, mask)
-            return rows[0]
-        rows, _ = self.popularity.top(depth, mask)
-        return rows
+    def retrieve(self, batch: Sequence[Tensors]) -> list[Candidates]:
+        """Stage 1 for a dynamic batch of checked requests, in order.
 
-    def retrieve(self, checked: Tensors) -> Candidates:
-        """Stage 1 for one checked request."""
-        user = user_embeddings(self.store.catalog, checked["history"], self.limits.history_decay)
-        rows = self.candidate_rows(checked["query"], user, checked["mask"])
-        return Candidates(rows, user, checked["query"], int(checked["top_k"].reshape(-1)[0]))
+        Requests that search with a vector and share a depth and whether they filter go to the
+        index in one call: for the exact index that is one [B, D] x [D, N] product, so the
+        catalog's embeddings stream from memory once per batch rather than once per request (a
+        pass over them costs more once the query encoder has evicted them from the caches).
+        """
+        queries = np.concatenate([checked["query"] for checked in batch])
+        users = np.concatenate(
+            [user_embeddings(self.store.catalog, checked["history"], self.limits.history_decay) for checked in batch]
+        )
+        vectors, has_vector = retrieval_vectors(queries, users)
+        rows: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(batch)
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for i, checked in enumerate(batch):
+            depth = self.depth(queries[i : i + 1])
+            if has_vector[i]:
+                groups.setdefault((depth, checked["mask"] is None), []).append(i)
+            else:
+                rows[i] = self.popularity.top(depth, checked["mask"])[0]
+        for (depth, unfiltered), members in groups.items():
+            mask = None if unfiltered else np.stack([batch[i]["mask"] for i in members])
+            found, _ = self.index.search(vectors[members], depth, mask)
+            for i, found_rows in zip(members, found):
+                rows[i] = found_rows
+        return [
+            Candidates(rows[i], users[i : i + 1], checked["query"], int(checked["top_k"].reshape(-1)[0]))
+            for i, checked in enumerate(batch)
+        ]

@@ -1,5 +1,6 @@
 """Rendered configs, for every target (even those that cannot run here), agree with the schema."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from aisle.export.targets.tensorrt import START_SCRIPT, write_start_script
 from aisle.export.triton_config import (
     CONFIG_FILE,
     GRAPH_ROLES,
+    model_config,
     read_config,
     render_configs,
     write_config,
@@ -81,6 +83,19 @@ def test_every_model_config_parses_and_matches_its_declaration(target: RenderTar
         threads = {threads_key: str(decl.intra_op_threads)} if decl.intra_op_threads and threads_key else {}
         assert dict(decl.parameters) | threads == {k: v.string_value for k, v in config.parameters.items()}
         assert config.response_cache.enable == decl.response_cache, decl.name
+        ragged = [t.name for t in config.input if t.allow_ragged_batch]
+        assert ragged == [t.name for t in decl.inputs if decl.batching.ragged and -1 in t.dims], decl.name
+
+
+def test_the_models_that_take_requests_one_by_one_merge_requests_of_any_history_length() -> None:
+    """Only python logic that reads each request on its own is rendered ragged, and a ragged model on
+    a graph backend (which would concatenate the requests) is refused."""
+    ragged = {decl.name for decl in SCHEMA.models if decl.batching.ragged}
+    assert ragged == {"catalog_search", "item_store", "user_profile", "rank_cold_validator"}
+    head = SCHEMA.model("fusion_head")
+    assert not head.batching.ragged
+    with pytest.raises(ValueError, match="fusion_head: ragged batching needs a python model, onnxruntime runs it"):
+        model_config(SCHEMA, replace(head, batching=replace(head.batching, ragged=True)), target_named("onnxruntime"))
 
 
 @pytest.mark.parametrize("target", ALL_TARGETS, ids=TARGET_IDS)

@@ -58,7 +58,8 @@ def request(dim: int, *, query: np.ndarray | None = None, max_price: float = np.
 
 
 def candidate_ids(retriever: Retriever, request: dict[str, np.ndarray]) -> np.ndarray:
-    rows = retriever.retrieve(retriever.check(request)).rows
+    (candidates,) = retriever.retrieve([retriever.check(request)])
+    rows = candidates.rows
     return np.where(rows != PAD_ROW, retriever.store.catalog.item_ids[rows], PAD_ROW)
 
 
@@ -85,28 +86,33 @@ def test_a_query_retrieves_its_nearest_items_and_pads_what_a_filter_leaves_out(r
 def test_catalog_search_scores_each_requests_candidates_with_the_head(
     retriever: Retriever, embedded_repo: Path
 ) -> None:
-    """A batch mixing a search, a feed and a narrow filter: each gets its own depth, the head's
-    scores for its candidates, best first, without padding rows."""
+    """A batch mixing searches, a feed and filters (two requests sharing each retrieval call):
+    each gets what it gets alone, its own depth, the head's scores for its candidates, best first,
+    without padding rows."""
     head = OrtGraph(graph_file(embedded_repo, FUSION_HEAD))
     search = CatalogSearch(retriever, head)
     catalog = retriever.store.catalog
     query = np.asarray(catalog.embeddings[7])
     history = {USER_HISTORY_IDS: catalog.item_ids[None, :3]}
     cheapest = float(np.nanmin(catalog.features[:, 0]))
+    median = float(np.nanmedian(catalog.features[:, 0]))
+    other = np.asarray(catalog.embeddings[11])
     batch = [
         request(catalog.dim, query=query) | history,
+        request(catalog.dim, query=other),
         request(catalog.dim) | history,
         request(catalog.dim, query=query, max_price=cheapest),
+        request(catalog.dim, query=other, max_price=median) | history,
     ]
     outcomes = search(batch)
     for req, outcome in zip(batch, outcomes):
-        candidates = retriever.retrieve(retriever.check(req))
+        (candidates,) = retriever.retrieve([retriever.check(req)])
         scores = head.run(search.head_inputs([candidates]))[SCORES][0]
         ids, best = best_first(scores, search.ids(candidates.rows), 3)
         np.testing.assert_array_equal(outcome[ITEM_IDS][0], ids)
         np.testing.assert_allclose(outcome[SCORES][0], best, rtol=0, atol=1e-6)
         assert np.all(np.diff(outcome[SCORES][0]) <= 0) and PAD_ROW not in outcome[ITEM_IDS][0]
-    assert [len(o[ITEM_IDS][0]) for o in outcomes] == [3, 3, 1]
+    assert [len(o[ITEM_IDS][0]) for o in outcomes] == [3, 3, 3, 1, 3]
 
 
 @pytest.mark.server

@@ -6,6 +6,7 @@ exactly min(top_k, allowed) items however few the filter allows.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import urllib.request
@@ -20,7 +21,7 @@ from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from aisle.cli import main as aisle_main
-from aisle.client import AisleClient, Filters, InvalidInputError
+from aisle.client import AisleClient, AsyncAisleClient, Filters, InvalidInputError
 from aisle.data.format import ITEMS, Item, read_items
 from aisle.export.repo_format import RepoManifest
 from aisle.model_repository.server import TritonServer
@@ -198,6 +199,44 @@ def test_a_burst_of_bad_searches_leaves_the_server_ready_with_nothing_in_flight(
     pending = pending_requests(triton_server)
     assert SEARCH in pending and CATALOG_SEARCH in pending
     assert all(count == 0 for count in pending.values()), pending
+
+
+def search_executions(server: TritonServer) -> tuple[int, int]:
+    """catalog_search's (inferences, executions) so far, from Triton's statistics."""
+    with grpcclient.InferenceServerClient(server.grpc_url) as raw:
+        (stats,) = raw.get_inference_statistics(CATALOG_SEARCH, as_json=True)["model_stats"]
+    return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
+
+
+def test_concurrent_searches_of_different_shapes_batch_together_and_answer_as_alone(
+    triton_server: TritonServer, client: AisleClient, items: dict[int, Item]
+) -> None:
+    """Requests whose history and filter lengths differ are merged into one catalog_search execution
+    (ragged batching) and each gets exactly what it gets when sent alone."""
+    ids = sorted(items)
+    brands = sorted({item.brand for item in items.values()})
+    calls = [
+        {
+            "query": ("running shoes", "wireless headphones", "")[k % 3],
+            "user_history_ids": tuple(ids[k : k + k % 5]),
+            "top_k": 3 + k % 4,
+            "filters": Filters(exclude_brands=tuple(brands[: k % 3]), exclude_ids=tuple(ids[:k % 4])),
+        }
+        for k in range(24)
+    ]
+    alone = [client.search(**call) for call in calls]
+    before = search_executions(triton_server)
+
+    async def together() -> list:
+        async with AsyncAisleClient(triton_server.grpc_url) as aio:
+            return await asyncio.gather(*(aio.search(**call) for call in calls))
+
+    merged = asyncio.run(together())
+    inferences, executions = (now - then for now, then in zip(search_executions(triton_server), before))
+    assert inferences == len(calls) and executions < inferences, (inferences, executions)
+    for single, batched in zip(alone, merged):
+        np.testing.assert_array_equal(batched.ids, single.ids)
+        np.testing.assert_allclose(batched.scores, single.scores, rtol=0, atol=1e-5)
 
 
 def test_the_client_refuses_what_the_server_limits_before_sending(client: AisleClient) -> None:
