@@ -75,6 +75,19 @@ def test_exact_index_returns_the_brute_force_answer(k: int) -> None:
             np.testing.assert_allclose(scores[i], embeddings[rows[i]] @ query, rtol=1e-5, atol=1e-6)
 
 
+def test_exact_index_breaks_ties_by_row_and_pads_past_the_allowed_rows() -> None:
+    rng = np.random.default_rng(3)
+    embeddings = np.repeat(unit_rows(rng, 10), 3, axis=0)  # rows 3i, 3i+1, 3i+2 are equal
+    query = embeddings[4:5]
+    rows, scores = ExactIndex(embeddings).search(query, 5)
+    assert rows[0, :3].tolist() == [3, 4, 5] and scores[0, 0] == scores[0, 2]
+    allowed = np.zeros(30, dtype=bool)
+    allowed[[5, 4, 17]] = True
+    rows, scores = ExactIndex(embeddings).search(query, 5, allowed)
+    assert rows[0, :2].tolist() == [4, 5] and rows[0, 3:].tolist() == [PAD_ROW, PAD_ROW]
+    assert np.isneginf(scores[0, 3:]).all() and np.isfinite(scores[0, :3]).all()
+
+
 def test_ivf_recall_at_the_chosen_parameters_reaches_target() -> None:
     """The default IVF parameters of a 20k catalog vs exact, on the benchmark's clustered vectors."""
     rng = np.random.default_rng(0)

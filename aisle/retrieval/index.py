@@ -162,13 +162,6 @@ def _check_search(queries: np.ndarray, k: int, mask: np.ndarray | None, n: int, 
         raise RetrievalError(f"mask: expected bool [{n}] or [{len(queries)}, {n}], got {mask.dtype} {list(mask.shape)}")
 
 
-def _masks(mask: np.ndarray | None, batch: int, n: int) -> np.ndarray:
-    """The mask as [B, N] (a view when it is shared)."""
-    if mask is None:
-        return np.ones((batch, n), dtype=bool)
-    return np.broadcast_to(mask, (batch, n))
-
-
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Best `k` columns per row of `scores` [B, M], best first; -inf columns become padding.
 
@@ -202,21 +195,59 @@ def exact_search_rows(
     return np.append(allowed, PAD_ROW)[cols], values
 
 
+def brute_force_search(
+    embeddings: np.ndarray, queries: np.ndarray, k: int, mask: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by inner product over every row `mask` [N] allows (None: all), best first,
+    ties to the lower row; PAD_ROW / PAD_SCORE past the last allowed row.
+
+    faiss's brute-force kernel reads `embeddings` in place (a memory map stays shared), computes
+    each query's dot products with SIMD and keeps its best k in a heap as it goes. A numpy product
+    plus top-k cost more: BLAS packs the whole catalog before a multi-query product, and the full
+    [B, N] score matrix is written and read again. On the small shop's 5,000 x 384 catalog with
+    one thread, after a pass over 120 MB had evicted the caches (as the query encoder does between
+    searches): 0.45 vs 0.70 ms for one query (the product alone), 1.03 vs 1.43-1.79 for five.
+    """
+    faiss = _faiss()
+    n, d = embeddings.shape
+    batch = len(queries)
+    kk = min(k, n)
+    scores = np.empty((batch, kk), dtype=np.float32)
+    rows = np.empty((batch, kk), dtype=np.int64)
+    selector = None if mask is None else faiss.IDSelectorBitmap(np.packbits(mask, bitorder="little"))
+    faiss.knn_inner_product(
+        faiss.swig_ptr(queries), faiss.swig_ptr(embeddings), d, batch, n, kk,
+        faiss.swig_ptr(scores), faiss.swig_ptr(rows), selector,
+    )  # fmt: skip
+    found = rows >= 0
+    order = np.lexsort((np.where(found, rows, n), -np.where(found, scores, -np.inf)), axis=1)
+    rows, scores, found = (np.take_along_axis(a, order, axis=1) for a in (rows, scores, found))
+    padded_rows = np.full((batch, k), PAD_ROW, dtype=np.int64)
+    padded_scores = np.full((batch, k), PAD_SCORE, dtype=np.float32)
+    padded_rows[:, :kk] = np.where(found, rows, PAD_ROW)
+    padded_scores[:, :kk] = np.where(found, scores, PAD_SCORE)
+    return padded_rows, padded_scores
+
+
 @dataclass
 class ExactIndex:
-    """Exact inner-product search: one [B, D] x [D, N] product, masked, then top-k."""
+    """Exact inner-product search over the whole catalog, filtered inside the scan."""
 
     embeddings: np.ndarray  # float32 [N, D], the catalog's own matrix (not copied)
     params: IndexParams = IndexParams(kind=EXACT)
 
+    def __post_init__(self) -> None:
+        self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+
     def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         n, d = self.embeddings.shape
-        queries = np.asarray(queries, dtype=np.float32)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         _check_search(queries, k, mask, n, d)
-        scores = queries @ self.embeddings.T
-        if mask is not None:
-            scores = np.where(_masks(mask, len(queries), n), scores, -np.inf)
-        return top_k(scores, k)
+        if mask is None or mask.ndim == 1:
+            return brute_force_search(self.embeddings, queries, k, mask)
+        # A selector applies to a whole call: one per query.
+        results = [brute_force_search(self.embeddings, queries[i : i + 1], k, mask[i]) for i in range(len(queries))]
+        return np.concatenate([r for r, _ in results]), np.concatenate([s for _, s in results])
 
 
 class FaissIndex:
