@@ -37,15 +37,16 @@ class PythonModel:
         raise NotImplementedError(f"{type(self).__name__} must say which logic it runs")
 
     def initialize(self, args: dict[str, Any]) -> None:
+        context = ModelContext.from_triton_args(args)
+        self.input_names = [tensor.name for tensor in context.decl.inputs]
+        self.logic = self.build(context)
         # One thread for numpy's BLAS and faiss's OpenMP in this stub. Left at one per core, they
         # spread each small product over every core and busy-wait between calls, burning the CPU
         # that the other stubs on the same cores need: catalog_search at concurrency 16 spent
         # 4.6 ms of CPU per search that way, 2.3 ms on one thread. onnxruntime's threads are
-        # set per model instead (ModelDecl.intra_op_threads).
+        # set per model instead (ModelDecl.intra_op_threads). threadpoolctl limits the libraries
+        # loaded so far, so this runs after the logic is built (and has imported what it uses).
         threadpool_limits(1)
-        context = ModelContext.from_triton_args(args)
-        self.input_names = [tensor.name for tensor in context.decl.inputs]
-        self.logic = self.build(context)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         inputs = [

@@ -138,8 +138,8 @@ def choose_index(catalog_size: int, override: str | None = None) -> IndexParams:
 
 
 def _faiss() -> Any:
-    """faiss, imported on first use (exact-only callers never load it), typed loosely: its bundled
-    stubs lack the SWIG conveniences used here (SearchParameters keywords, IDSelectorBitmap(array))."""
+    """faiss, typed loosely: its bundled stubs lack the SWIG conveniences used here
+    (SearchParameters keywords, IDSelectorBitmap(array), swig_ptr)."""
     import faiss
 
     return faiss
@@ -238,6 +238,7 @@ class ExactIndex:
 
     def __post_init__(self) -> None:
         self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
+        _faiss()  # loaded now, so a caller limiting its threads after building the index covers it
 
     def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         n, d = self.embeddings.shape
