@@ -149,6 +149,8 @@ class Retriever:
         catalog's embeddings stream from memory once per batch rather than once per request (a
         pass over them costs more once the query encoder has evicted them from the caches).
         """
+        if not batch:  # every request of the dynamic batch failed its checks
+            return []
         queries = np.concatenate([checked["query"] for checked in batch])
         users = np.concatenate(
             [user_embeddings(self.store.catalog, checked["history"], self.limits.history_decay) for checked in batch]

@@ -139,3 +139,11 @@ def test_an_ivf_index_round_trips_through_export_and_serves_the_exact_results(
             got, want = ivf.search(query, top_k=10, filters=filters), exact.search(query, top_k=10, filters=filters)
             np.testing.assert_array_equal(got.ids, want.ids)
             np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-5)
+
+
+def test_a_batch_of_only_invalid_requests_gets_one_error_each(retriever: Retriever, embedded_repo: Path) -> None:
+    search = CatalogSearch(retriever, OrtGraph(graph_file(embedded_repo, FUSION_HEAD)))
+    dim = retriever.store.catalog.dim
+    outcomes = search([request(dim) | {TOP_K: np.array([[0]], np.int64)}, request(dim, max_price=-1.0)])
+    assert [type(o).__name__ for o in outcomes] == ["InvalidInput", "InvalidInput"]
+    assert TOP_K in str(outcomes[0]) and "PRICE_RANGE" in str(outcomes[1])
