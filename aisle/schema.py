@@ -57,6 +57,10 @@ def _parse_limit(name: str, text: str, default: object) -> object:
         raise ValueError(f"{name}={text!r}: not a number") from e
 
 
+#: Room in ServingLimits.max_request_bytes for the small tensors and the protocol's framing.
+REQUEST_HEADROOM_BYTES = 2**20
+
+
 @dataclass(frozen=True)
 class ServingLimits:
     """Every limit and size a served repository enforces, declared once.
@@ -149,6 +153,26 @@ class ServingLimits:
     def max_item_text_bytes(self) -> int:
         """Bytes of an item or candidate text the item tokenizer reads."""
         return self.max_text_bytes(self.item_buckets)
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body a proxy in front of the servers should admit.
+
+        The largest request that carries nothing the server would throw away is a rank_cold at
+        max_candidates texts cut to max_item_text_bytes (plus their 4-byte length prefixes and
+        features) with a full history and excluded-id list; REQUEST_HEADROOM_BYTES covers the
+        query, the filters and the protocol's framing. Every other useful request is smaller.
+
+        Why a cap in front: tritonserver 2.51 has no request-size limit for gRPC, and a 10 MB query
+        costs ~36 ms of server CPU (receiving it, copying it into the tokenizing stub, decoding it)
+        before the cut by bytes can act, so a client sending them back to back slows everyone.
+        A proxy that refuses bodies over this size stops such requests before they reach Triton.
+        Texts longer than the cut stay legal: only a whole request above the cap is refused.
+        """
+        texts = self.max_candidates * (self.max_item_text_bytes + 4)
+        features = self.max_candidates * NUM_ITEM_FEATURES * 4
+        ids = (self.max_history + self.max_excluded_ids) * 8
+        return texts + features + ids + REQUEST_HEADROOM_BYTES
 
     def to_dict(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

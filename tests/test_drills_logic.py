@@ -11,6 +11,7 @@ from aisle.benchmarks.drills.soak import SoakConfig, periods_of, rss_growth
 from aisle.benchmarks.drills.timeline import Timeline
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import Completion
+from aisle.schema import ServingLimits
 
 
 def test_completions_are_bucketed_by_the_second_they_finished_in() -> None:
@@ -48,3 +49,13 @@ def test_nginx_fails_over_connection_errors_of_non_idempotent_grpc_posts() -> No
     assert "grpc_pass grpc://aisle_replicas;" in conf and "listen 127.0.0.1:9000 http2;" in conf
     assert "grpc_next_upstream error timeout http_502 http_503 http_504 non_idempotent;" in conf
     assert conf.count("max_fails=1 fail_timeout=2s") == 2 and "grpc_next_upstream_tries 3;" in conf
+    assert "client_max_body_size 0;" in conf  # no cap unless asked
+
+
+def test_nginx_caps_bodies_at_the_repositorys_max_request_bytes_and_answers_as_grpc() -> None:
+    cap = ServingLimits().max_request_bytes
+    conf = nginx_conf(["127.0.0.1:1"], 9000, ProxyConfig(max_body_bytes=cap))
+    assert f"client_max_body_size {cap};" in conf and "error_page 413 = @too_large;" in conf
+    assert "add_header grpc-status 8 always;" in conf  # RESOURCE_EXHAUSTED, not an HTTP 413 page
+    # It admits the largest useful request: rank_cold's candidate texts at their cut size.
+    assert cap > ServingLimits().max_candidates * ServingLimits().max_item_text_bytes

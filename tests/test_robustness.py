@@ -13,12 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from aisle.benchmarks.drills.burst import run_burst
 from aisle.benchmarks.drills.corpus import PROTOCOLS, Case, load_corpus, malformed_corpus, problem, refusal
-from aisle.benchmarks.drills.oversize import huge_text, run_oversize
+from aisle.benchmarks.drills.oversize import capped_proxy, huge_text, run_oversize
+from aisle.benchmarks.drills.proxy import nginx_binary
 from aisle.benchmarks.drills.stub_kill import run_stub_kill
 from aisle.benchmarks.drills.traffic import wait_until_idle
+from aisle.export.repo_format import RepoManifest
 from aisle.model_repository.server import ServerConfig, TritonServer, free_ports, is_ready
 from aisle.schema import (
     CANDIDATE_FEATURES,
@@ -60,10 +63,10 @@ def test_after_the_corpus_the_server_is_ready_with_nothing_pending(triton_server
     assert is_ready(triton_server.http_url)
 
 
-def embed(server: TritonServer, text: bytes) -> tuple[np.ndarray, float]:
+def embed(server: TritonServer, text: bytes, url: str | None = None) -> tuple[np.ndarray, float]:
     tensor = grpcclient.InferInput(QUERY, [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[text]], dtype=object))
-    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+    with grpcclient.InferenceServerClient(url or server.grpc_url) as client:
         start = time.monotonic()
         result = client.infer(EMBED_QUERY, [tensor], client_timeout=60)
         return result.as_numpy(EMBEDDING), time.monotonic() - start
@@ -91,6 +94,27 @@ def test_ordinary_queries_keep_their_latency_while_another_client_sends_10mb_tex
     assert all(v["status"] == "INVALID_ARGUMENT" and v["ms"] < 2000 for v in result.huge_ids.values())
 
 
+@pytest.mark.skipif(nginx_binary() is None, reason="nginx is not installed (Debian: apt-get install nginx-light)")
+def test_behind_nginx_capped_at_max_request_bytes_a_text_flood_never_reaches_the_server(
+    triton_server: TritonServer,
+) -> None:
+    cap = RepoManifest.load(triton_server.config.repo).schema().limits.max_request_bytes
+    text = huge_text(10)
+    with capped_proxy(triton_server) as proxy:
+        under, _ = embed(triton_server, text[: cap - 2**16], proxy.url)
+        np.testing.assert_array_equal(under, embed(triton_server, text[:1024])[0])
+        with pytest.raises(InferenceServerException) as caught:
+            embed(triton_server, text[: cap + 1], proxy.url)
+        assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED", caught.value
+        assert f"over {cap} bytes (max_request_bytes)" in caught.value.message()
+        result = run_oversize(triton_server, text_mb=10, duration_s=2.0, url=proxy.url)
+    print(result.summary())
+    assert result.ordinary_failures == 0 and result.flood_requests >= 3
+    assert result.flood_statuses == {"RESOURCE_EXHAUSTED": result.flood_requests}
+    assert all(v["status"] == "INVALID_ARGUMENT" for v in result.huge_ids.values())  # 800 KB: under the cap
+    assert is_ready(triton_server.http_url)
+
+
 def rank_cold_scores(server: TritonServer, features: np.ndarray) -> np.ndarray:
     arrays = {
         QUERY: np.array([[b"running shoes"]], dtype=object),
@@ -110,8 +134,6 @@ def rank_cold_scores(server: TritonServer, features: np.ndarray) -> np.ndarray:
 
 
 def test_rank_cold_scores_nan_features_as_unknown_and_refuses_infinite_ones(triton_server: TritonServer) -> None:
-    from tritonclient.utils import InferenceServerException
-
     features = np.array([[[19.9, 4.5, 120, 3.0], [np.nan, np.nan, np.nan, np.nan]]], np.float32)
     assert np.isfinite(rank_cold_scores(triton_server, features)).all()
     features[0, 0, 0] = np.inf

@@ -192,6 +192,7 @@ class Fleet:
     def __init__(self, repo: Path, count: int) -> None:
         if count < 1:
             raise BenchmarkError(f"a fleet needs at least one replica (got count={count})")
+        self.repo = Path(repo)
         self.replicas = [Replica(repo, f"replica{k}") for k in range(count)]
 
     @property

@@ -1,6 +1,6 @@
 """Drill: one client floods the server with 10 MB query texts; does anyone else notice?
 
-    python -m aisle.benchmarks.drills.oversize --repo REPO [--text-mb 10] [--duration 10]
+    python -m aisle.benchmarks.drills.oversize --repo REPO [--text-mb 10] [--duration 10] [--via-nginx]
 
 Measures, in one run, the latency of an ordinary client's embed_query requests alone, beside a
 second client of ordinary queries (the same contention without the size), and while a second
@@ -8,6 +8,10 @@ client sends multi-MB texts back to back (goal: p99 within 2x of alone), what th
 own requests cost, and how long a rank request carrying 100,000 candidate or history ids takes to
 be refused. Texts are cut to ServingLimits.max_text_bytes before tokenizing, so a 10 MB query
 costs its transfer and a few ms, not seconds of tokenizer time that every other query waits behind.
+
+--via-nginx sends every client's requests through nginx in front of the server (what an ingress
+does), capped at the repository's ServingLimits.max_request_bytes: a text flood larger than the
+largest useful request is refused there (RESOURCE_EXHAUSTED) and never reaches Triton.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from aisle.benchmarks.drills.proxy import NginxGrpcProxy, ProxyConfig
 from aisle.benchmarks.drills.traffic import ClosedLoop, Sent, percentile_ms, send, wire_inputs
 from aisle.export.repo_format import catalog_dir, read_item_ids
 from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
@@ -114,20 +119,24 @@ def _timed_window(loop: ClosedLoop, duration_s: float) -> list[Sent]:
     return loop.between(start, time.monotonic())
 
 
-def run_oversize(server: TritonServer, *, text_mb: float = 10.0, duration_s: float = 10.0) -> OversizeResult:
+def run_oversize(
+    server: TritonServer, *, text_mb: float = 10.0, duration_s: float = 10.0, url: str | None = None
+) -> OversizeResult:
     """Ordinary traffic for `duration_s` each: alone, beside a second client of ordinary queries,
-    and beside a client sending `text_mb` MB texts back to back."""
+    and beside a client sending `text_mb` MB texts back to back; every client talks to `url` (a
+    proxy in front of `server`), or to the server itself."""
+    url = url or server.grpc_url
     # Serialised once: the flood client stands for a remote one, not for this machine's CPU.
     flood_request = wire_inputs({QUERY: np.array([[huge_text(text_mb)]], dtype=object)})
-    with ClosedLoop(server.grpc_url, ordinary) as loop:
+    with ClosedLoop(url, ordinary) as loop:
         time.sleep(1.0)  # warm-up: first requests pay connection set-up
         alone = _timed_window(loop, duration_s)
-        with ClosedLoop(server.grpc_url, lambda i: ordinary(i + 3)):
+        with ClosedLoop(url, lambda i: ordinary(i + 3)):
             paired = _timed_window(loop, duration_s)
-        with ClosedLoop(server.grpc_url, lambda i: (EMBED_QUERY, flood_request)) as flood:
+        with ClosedLoop(url, lambda i: (EMBED_QUERY, flood_request)) as flood:
             time.sleep(0.5)  # let the flood reach a steady state
             flooded = _timed_window(loop, duration_s)
-    with grpcclient.InferenceServerClient(server.grpc_url) as client:
+    with grpcclient.InferenceServerClient(url) as client:
         huge = {name: send(client, RANK, arrays) for name, arrays in huge_id_requests(Path(server.config.repo)).items()}
     return OversizeResult(
         text_mb=text_mb,
@@ -147,17 +156,29 @@ def run_oversize(server: TritonServer, *, text_mb: float = 10.0, duration_s: flo
     )
 
 
+def capped_proxy(server: TritonServer) -> NginxGrpcProxy:
+    """nginx in front of `server`, refusing bodies over the repository's max_request_bytes."""
+    return NginxGrpcProxy([server.grpc_url], ProxyConfig.for_repository(Path(server.config.repo)))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, required=True, help="rendered model repository (embedded target)")
     parser.add_argument("--text-mb", type=float, default=10.0, help="size of each flood text in MB")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds measured alone and flooded")
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument(
+        "--via-nginx", action="store_true", help="send through nginx capped at the repository's max_request_bytes"
+    )
     args = parser.parse_args(argv)
     grpc_port, http_port, metrics_port = free_ports(3)
     config = ServerConfig(args.repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
     with TritonServer(config) as server:
-        result = run_oversize(server, text_mb=args.text_mb, duration_s=args.duration)
+        if args.via_nginx:
+            with capped_proxy(server) as proxy:
+                result = run_oversize(server, text_mb=args.text_mb, duration_s=args.duration, url=proxy.url)
+        else:
+            result = run_oversize(server, text_mb=args.text_mb, duration_s=args.duration)
     print(result.summary())
     payload = asdict(result) | {"p99_ratio": result.p99_ratio, "paired_ratio": result.paired_ratio}
     print(json.dumps(payload, indent=2))

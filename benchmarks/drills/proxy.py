@@ -24,6 +24,7 @@ from types import TracebackType
 
 from aisle.benchmarks.drills.fleet import dying_with_parent
 from aisle.benchmarks.errors import BenchmarkError
+from aisle.export.repo_format import RepoManifest
 from aisle.model_repository.server import free_port
 
 START_TIMEOUT_S = 10.0
@@ -37,11 +38,19 @@ class ProxyConfig:
         request probes it); shorter brings a restarted replica back sooner.
     next_upstream_tries: attempts per request across replicas (the first included).
     connect_timeout_s: a replica that does not accept the connection within this is skipped.
+    max_body_bytes: larger request bodies are refused with RESOURCE_EXHAUSTED before they reach a
+        replica (0 = no cap); ServingLimits.max_request_bytes is the cap a repository declares.
     """
 
     fail_timeout_s: float = 2.0
     next_upstream_tries: int = 3
     connect_timeout_s: float = 1.0
+    max_body_bytes: int = 0
+
+    @classmethod
+    def for_repository(cls, repo: Path) -> ProxyConfig:
+        """The defaults, with bodies capped at the repository's ServingLimits.max_request_bytes."""
+        return cls(max_body_bytes=RepoManifest.load(repo).schema().limits.max_request_bytes)
 
 
 def nginx_binary() -> str | None:
@@ -59,7 +68,7 @@ http {{
     access_log off;
     client_body_temp_path tmp/body;
     proxy_temp_path tmp/proxy;
-    client_max_body_size 0;
+    client_max_body_size {config.max_body_bytes};
     # Request bodies stay in memory: run as root, nginx's workers (user nobody) cannot write the
     # private temporary directory this process created.
     client_body_buffer_size 8m;
@@ -76,6 +85,15 @@ http {{
             grpc_connect_timeout {config.connect_timeout_s:g}s;
             grpc_read_timeout 120s;
             grpc_send_timeout 120s;
+        }}
+        # A body over client_max_body_size, answered as gRPC (grpc-status 8) rather than as an
+        # HTTP 413 page, which gRPC clients report as UNKNOWN.
+        error_page 413 = @too_large;
+        location @too_large {{
+            default_type application/grpc;
+            add_header grpc-status 8 always;
+            add_header grpc-message "request body over {config.max_body_bytes} bytes (max_request_bytes)" always;
+            return 204;
         }}
     }}
 }}

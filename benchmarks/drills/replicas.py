@@ -27,7 +27,7 @@ from typing import Literal
 
 from aisle.benchmarks.drills.fleet import Fleet, Replica
 from aisle.benchmarks.drills.mixed_traffic import interleaved, mixed_call, workloads_named
-from aisle.benchmarks.drills.proxy import NginxGrpcProxy
+from aisle.benchmarks.drills.proxy import NginxGrpcProxy, ProxyConfig
 from aisle.benchmarks.drills.timeline import Event, Timeline
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import sustained
@@ -139,7 +139,7 @@ async def run_drill(fleet: Fleet, workloads: list[Workload], proxy: Proxy, confi
     """One run against a started fleet (the victim is running again when it returns)."""
     from aisle.client import AsyncAisleClient, ClientConfig
 
-    nginx = NginxGrpcProxy(fleet.grpc_urls) if proxy == "nginx" else None
+    nginx = NginxGrpcProxy(fleet.grpc_urls, ProxyConfig.for_repository(fleet.repo)) if proxy == "nginx" else None
     if nginx is not None:
         nginx.start()
     try:
