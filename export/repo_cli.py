@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     manifest = render_repository(spec)
     print(
         f"rendered {manifest.target} repository {args.out}: {manifest.catalog_items} catalog items, "
-        f"embedding dim {manifest.embedding_dim}"
+        f"embedding dim {manifest.embedding_dim}; a proxy or ingress in front should refuse request bodies over "
+        f"{manifest.schema().limits.max_request_bytes} bytes (ServingLimits.max_request_bytes)"
     )
     return 0

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
+from aisle.benchmarks.cpu import process_tree_cpu_s
 from aisle.benchmarks.drills.proxy import NginxGrpcProxy, ProxyConfig
 from aisle.benchmarks.drills.traffic import ClosedLoop, Sent, percentile_ms, send, wire_inputs
 from aisle.export.repo_format import catalog_dir, read_item_ids
@@ -54,6 +55,11 @@ class OversizeResult:
     alone_p50_ms: float
     alone_p99_ms: float
     paired_p99_ms: float
+    #: CPU cores the server (tritonserver and its stubs) used in each window: what the flood costs
+    #: the server itself, whoever else (a proxy, the flooding client) shares the machine.
+    alone_server_cores: float
+    paired_server_cores: float
+    flooded_server_cores: float
     flooded_requests: int
     flooded_p50_ms: float
     flooded_p99_ms: float
@@ -86,7 +92,9 @@ class OversizeResult:
             f"{self.flooded_p50_ms:.1f}/{self.flooded_p99_ms:.1f} ms ({self.flooded_requests} requests, "
             f"{self.ordinary_failures} failed): p99 ratio {self.p99_ratio:.2f} to alone, "
             f"{self.paired_ratio:.2f} to paired (goal <= 2 to alone: "
-            f"{'met' if self.met_goal else 'NOT met'}); the flood: {self.flood_requests} requests, "
+            f"{'met' if self.met_goal else 'NOT met'}); server cores alone / paired / flooded "
+            f"{self.alone_server_cores:.2f} / {self.paired_server_cores:.2f} / {self.flooded_server_cores:.2f}; "
+            f"the flood: {self.flood_requests} requests, "
             f"p50 {self.flood_p50_ms:.0f} ms, {self.flood_statuses}; {HUGE_ID_COUNT:,} ids: {ids}"
         )
 
@@ -113,10 +121,12 @@ def huge_id_requests(repo: Path) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
-def _timed_window(loop: ClosedLoop, duration_s: float) -> list[Sent]:
-    start = time.monotonic()
+def _timed_window(loop: ClosedLoop, duration_s: float, server_pid: int) -> tuple[list[Sent], float]:
+    """The loop's requests sent in the next `duration_s`, and the server's CPU cores meanwhile."""
+    cpu, start = process_tree_cpu_s(server_pid), time.monotonic()
     time.sleep(duration_s)
-    return loop.between(start, time.monotonic())
+    end = time.monotonic()
+    return loop.between(start, end), (process_tree_cpu_s(server_pid) - cpu) / (end - start)
 
 
 def run_oversize(
@@ -130,12 +140,12 @@ def run_oversize(
     flood_request = wire_inputs({QUERY: np.array([[huge_text(text_mb)]], dtype=object)})
     with ClosedLoop(url, ordinary) as loop:
         time.sleep(1.0)  # warm-up: first requests pay connection set-up
-        alone = _timed_window(loop, duration_s)
+        alone, alone_cores = _timed_window(loop, duration_s, server.pid)
         with ClosedLoop(url, lambda i: ordinary(i + 3)):
-            paired = _timed_window(loop, duration_s)
+            paired, paired_cores = _timed_window(loop, duration_s, server.pid)
         with ClosedLoop(url, lambda i: (EMBED_QUERY, flood_request)) as flood:
             time.sleep(0.5)  # let the flood reach a steady state
-            flooded = _timed_window(loop, duration_s)
+            flooded, flooded_cores = _timed_window(loop, duration_s, server.pid)
     with grpcclient.InferenceServerClient(url) as client:
         huge = {name: send(client, RANK, arrays) for name, arrays in huge_id_requests(Path(server.config.repo)).items()}
     return OversizeResult(
@@ -145,6 +155,9 @@ def run_oversize(
         alone_p50_ms=percentile_ms(alone, 50),
         alone_p99_ms=percentile_ms(alone, 99),
         paired_p99_ms=percentile_ms(paired, 99),
+        alone_server_cores=alone_cores,
+        paired_server_cores=paired_cores,
+        flooded_server_cores=flooded_cores,
         flooded_requests=len(flooded),
         flooded_p50_ms=percentile_ms(flooded, 50),
         flooded_p99_ms=percentile_ms(flooded, 99),
