@@ -145,9 +145,8 @@ class Retriever:
         """Stage 1 for a dynamic batch of checked requests, in order.
 
         Requests that search with a vector and share a depth and whether they filter go to the
-        index in one call: for the exact index that is one [B, D] x [D, N] product, so the
-        catalog's embeddings stream from memory once per batch rather than once per request (a
-        pass over them costs more once the query encoder has evicted them from the caches).
+        index in one call (a filtered group is then searched query by query inside it, each with
+        its own mask); the rest take the most popular allowed items.
         """
         if not batch:  # every request of the dynamic batch failed its checks
             return []
