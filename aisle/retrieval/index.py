@@ -48,13 +48,13 @@ HNSW = "hnsw"
 KINDS = (EXACT, IVF, HNSW)
 
 #: Catalogs of at least this many items get the ANN index by default; below it exact search wins.
-#: `python -m aisle.benchmarks.ann --out artifacts/ann --sizes 2000 5000 10000 50000 200000 1000000`
-#: (2 CPU cores shared with 4 busy processes, so disturbed; k=300, batch 1, IVF at its defaults,
-#: recall@100 1.000 at every size): exact vs IVF queries/s 1305 vs 1895 at 2k, 269 vs 404 at 5k,
-#: 114 vs 544 at 10k, 45 vs 721 at 50k, 14 vs 904 at 200k, 2.5 vs 398 at 1M. IVF's C++ scan beats
-#: numpy's product even on tiny catalogs, but by 1.5x (noise here) until 10k, where it is 4.8x:
-#: the threshold asks for 2x (benchmarks/ann.py CROSSOVER_SPEEDUP), since exact search has exact
-#: results, no build and no index file for free.
+#: `python -m aisle.benchmarks.ann --out artifacts/ann-bf --sizes 2000 5000 10000 20000 50000`
+#: (quiet 2-core machine; k=300, batch 1, warm caches, IVF at its defaults, recall@100 1.000 at
+#: every size; exact = faiss's brute-force kernel): exact vs IVF queries/s 5569 vs 4153 at 2k,
+#: 2976 vs 3542 at 5k, 571 vs 2652 at 10k, 279 vs 2100 at 20k, 118 vs 2039 at 50k. IVF is within
+#: 1.2x of exact up to 5k and 4.6x faster from 10k: the threshold asks for 2x (benchmarks/ann.py
+#: CROSSOVER_SPEEDUP), since exact search has exact results, no build and no index file for free.
+#: (The numpy product the exact index used before crossed at the same size: 114 vs 544 q/s at 10k.)
 ANN_MIN_ITEMS = 10_000
 
 #: A filtered query whose mask allows at most this many rows searches those rows exactly. Same run,
