@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 OVERLAYS = ("cpu", "gpu")
 #: The oldest Kubernetes minor still in mainstream cloud support when this was written; the
-#: manifests use only APIs stable since well before it (apps/v1, policy/v1, autoscaling/v2).
+#: manifests use only APIs stable since well before it (apps/v1, policy/v1, autoscaling/v2,
+#: networking.k8s.io/v1).
 KUBERNETES_VERSION = "1.29.0"
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 #: kubectl 1.24 embeds kustomize 4.5, the first with everything deploy/ uses (`labels`, directory
@@ -76,6 +77,7 @@ def test_every_rendered_object_is_valid_against_the_kubernetes_schemas(overlay: 
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
         "ConfigMap",
+        "Ingress",
     }
     for obj in objects:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -167,3 +169,19 @@ def test_the_hpa_metric_is_the_one_the_adapter_rule_serves_from_triton_counters(
     query = rule["metricsQuery"]
     assert "rate(nv_inference_queue_duration_us" in query and "rate(nv_inference_request_success" in query
     assert rule["resources"]["overrides"]["pod"] == {"resource": "pod"}
+
+
+def test_the_ingress_sends_grpc_to_the_service_and_caps_bodies_at_max_request_bytes(
+    overlay: tuple[str, list[dict]],
+) -> None:
+    from aisle.schema import ServingLimits
+
+    _, objects = overlay
+    ingress = the(objects, "Ingress")
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    assert int(annotations["nginx.ingress.kubernetes.io/proxy-body-size"]) == ServingLimits().max_request_bytes
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    assert path["backend"]["service"] == {"name": "aisle-triton", "port": {"name": "grpc"}}
+    assert rule["host"] in ingress["spec"]["tls"][0]["hosts"]
