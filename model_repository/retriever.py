@@ -128,9 +128,9 @@ class Retriever:
         attributes = ItemAttributes.load(store.directory / ATTRIBUTES_FILE)
         return cls(store, attributes, index, context.schema.limits)
 
-    def depth(self, query: np.ndarray) -> int:
-        """Candidates for a request with this query embedding (zero: no query), at most the catalog."""
-        return min(self.limits.retrieval_depth(bool(has_query(query)[0])), len(self.store.catalog.item_ids))
+    def depth(self, with_query: bool) -> int:
+        """Candidates for a request with or without a query, at most the catalog."""
+        return min(self.limits.retrieval_depth(with_query), len(self.store.catalog.item_ids))
 
     def check(self, request: Tensors) -> Tensors:
         """The request's tensors checked and decoded (InvalidInput names the first bad one)."""
@@ -155,10 +155,11 @@ class Retriever:
             [user_embeddings(self.store.catalog, checked["history"], self.limits.history_decay) for checked in batch]
         )
         vectors, has_vector = retrieval_vectors(queries, users)
+        with_query = has_query(queries)
         rows: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(batch)
         groups: dict[tuple[int, bool], list[int]] = {}
         for i, checked in enumerate(batch):
-            depth = self.depth(queries[i : i + 1])
+            depth = self.depth(bool(with_query[i]))
             if has_vector[i]:
                 groups.setdefault((depth, checked["mask"] is None), []).append(i)
             else:
