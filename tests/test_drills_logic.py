@@ -3,12 +3,16 @@ RSS growth, and the nginx configuration's failover directives."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import deserialize_bytes_tensor
 
 from aisle.benchmarks.drills.proxy import ProxyConfig, nginx_conf
 from aisle.benchmarks.drills.replicas import recovered_after_s
 from aisle.benchmarks.drills.soak import SoakConfig, periods_of, rss_growth
 from aisle.benchmarks.drills.timeline import Timeline
+from aisle.benchmarks.drills.traffic import infer_request_bytes
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import Completion
 from aisle.schema import ServingLimits
@@ -59,3 +63,21 @@ def test_nginx_caps_bodies_at_the_repositorys_max_request_bytes_and_answers_as_g
     assert "add_header grpc-status 8 always;" in conf  # RESOURCE_EXHAUSTED, not an HTTP 413 page
     # It admits the largest useful request: rank_cold's candidate texts at their cut size.
     assert cap > ServingLimits().max_candidates * ServingLimits().max_item_text_bytes
+
+
+def test_a_client_process_request_is_a_model_infer_request_carrying_the_arrays() -> None:
+    texts = np.array([[b"running shoes", "é".encode()]], dtype=object)
+    ids = np.array([[3, -1, 7]], np.int64)
+    request = service_pb2.ModelInferRequest.FromString(
+        infer_request_bytes("rank", {"QUERY": texts, "EMPTY": np.zeros((1, 0), object), "IDS": ids})
+    )
+    assert request.model_name == "rank"
+    assert [(i.name, i.datatype, list(i.shape)) for i in request.inputs] == [
+        ("QUERY", "BYTES", [1, 2]),
+        ("EMPTY", "BYTES", [1, 0]),
+        ("IDS", "INT64", [1, 3]),
+    ]
+    query, empty, raw_ids = request.raw_input_contents
+    assert list(deserialize_bytes_tensor(query)) == list(texts.ravel())
+    assert empty == b""
+    np.testing.assert_array_equal(np.frombuffer(raw_ids, np.int64), ids.ravel())

@@ -88,8 +88,8 @@ def test_ordinary_queries_keep_their_latency_while_another_client_sends_10mb_tex
     assert result.ordinary_failures == 0 and result.flood_statuses == {"OK": result.flood_requests}
     assert result.flood_requests >= 3
     # Before the cut, an ordinary query waited behind ~10 s of tokenizing. The drill's goal (p99
-    # within 2x) is a measured figure (README), not asserted here: CI's 2 shared cores also run the
-    # flood client, and its 10 MB serialisation competes with the measured one.
+    # within 2x) is a measured figure (README), not asserted here: on CI's 2 shared cores the
+    # flooding client's process sends its 10 MB requests from the same cores, beside other tests.
     assert result.flooded_p99_ms < 1000, result.summary()
     assert all(v["status"] == "INVALID_ARGUMENT" and v["ms"] < 2000 for v in result.huge_ids.values())
 

@@ -29,7 +29,7 @@ import tritonclient.grpc as grpcclient
 
 from aisle.benchmarks.cpu import process_tree_cpu_s
 from aisle.benchmarks.drills.proxy import NginxGrpcProxy, ProxyConfig
-from aisle.benchmarks.drills.traffic import ClosedLoop, Sent, percentile_ms, send, wire_inputs
+from aisle.benchmarks.drills.traffic import ClientProcess, ClosedLoop, Sent, percentile_ms, send
 from aisle.export.repo_format import catalog_dir, read_item_ids
 from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
 from aisle.schema import CANDIDATE_IDS, EMBED_QUERY, QUERY, RANK, USER_HISTORY_IDS
@@ -136,14 +136,16 @@ def run_oversize(
     and beside a client sending `text_mb` MB texts back to back; every client talks to `url` (a
     proxy in front of `server`), or to the server itself."""
     url = url or server.grpc_url
-    # Serialised once: the flood client stands for a remote one, not for this machine's CPU.
-    flood_request = wire_inputs({QUERY: np.array([[huge_text(text_mb)]], dtype=object)})
+    # The other clients run in processes of their own (other applications) and send requests
+    # serialised once: the flood stands for a remote client, not for this machine's CPU.
+    others = [ordinary(i + 3) for i in range(len(ORDINARY_QUERIES))]
+    flood_request = (EMBED_QUERY, {QUERY: np.array([[huge_text(text_mb)]], dtype=object)})
     with ClosedLoop(url, ordinary) as loop:
         time.sleep(1.0)  # warm-up: first requests pay connection set-up
         alone, alone_cores = _timed_window(loop, duration_s, server.pid)
-        with ClosedLoop(url, lambda i: ordinary(i + 3)):
+        with ClientProcess(url, others):
             paired, paired_cores = _timed_window(loop, duration_s, server.pid)
-        with ClosedLoop(url, lambda i: (EMBED_QUERY, flood_request)) as flood:
+        with ClientProcess(url, [flood_request]) as flood:
             time.sleep(0.5)  # let the flood reach a steady state
             flooded, flooded_cores = _timed_window(loop, duration_s, server.pid)
     with grpcclient.InferenceServerClient(url) as client:

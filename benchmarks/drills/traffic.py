@@ -1,12 +1,17 @@
-"""What the drills share: closed-loop client threads that record every request, a readiness probe
-that records every answer, raw gRPC requests, and Triton's pending-request gauge.
+"""What the drills share: closed-loop client threads that record every request, closed-loop clients
+in processes of their own, a readiness probe that records every answer, raw gRPC requests, and
+Triton's pending-request gauge.
 
 Threads, not asyncio: a drill kills, floods or stalls one part of the server while the other
 clients keep going, and each client must wait for its own answer as an application would.
+A client that stands for another application (a flood beside the measured one) runs in its own
+process: as a thread it would hold the measured client's GIL while it copies its requests, and
+the drill would time its own harness instead of the server.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 import re
 import threading
 import time
@@ -15,14 +20,20 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype, serialize_byte_tensor
 
 from aisle.model_repository.server import is_ready
 
 #: Seconds a drill request may take before the client gives up on it (a stuck server shows as this).
 REQUEST_TIMEOUT_S = 60.0
+#: Triton's gRPC ModelInfer method, called by ClientProcess with requests serialised beforehand.
+MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+#: Seconds a ClientProcess may take to start and have its first request answered.
+CLIENT_START_TIMEOUT_S = 30.0
 
 
 #: A request's tensors: arrays by name, or InferInputs already serialised (see send()).
@@ -115,6 +126,81 @@ class ClosedLoop:
         """Requests sent in [t0, t1)."""
         with self._lock:
             return [s for s in self.sent if t0 <= s.sent_at < t1]
+
+
+def infer_request_bytes(model: str, arrays: Mapping[str, np.ndarray]) -> bytes:
+    """A ModelInferRequest (Triton's own protobuf) for `arrays`, serialised: BYTES tensors in
+    Triton's length-prefixed layout, the others as their raw little-endian bytes."""
+    request = service_pb2.ModelInferRequest(model_name=model)
+    for name, array in arrays.items():
+        request.inputs.add(name=name, datatype=np_to_triton_dtype(array.dtype), shape=array.shape)
+        if array.dtype == np.object_:
+            request.raw_input_contents.append(serialize_byte_tensor(array).item() if array.size else b"")
+        else:
+            request.raw_input_contents.append(np.ascontiguousarray(array).tobytes())
+    return request.SerializeToString()
+
+
+def _client_process(
+    url: str, payloads: Sequence[bytes], started: threading.Event, stop: threading.Event, results
+) -> None:
+    """ClientProcess's body: send payloads in turn until `stop`, then put [(sent_at, done_at, status)]."""
+    sent: list[tuple[float, float, str]] = []
+    with grpc.insecure_channel(url) as channel:
+        # bytes in, bytes out: the payload goes out as is and the answer is not even parsed.
+        infer = channel.unary_unary(MODEL_INFER_METHOD)
+        i = 0
+        while not stop.is_set():
+            start = time.monotonic()
+            try:
+                infer(payloads[i % len(payloads)], timeout=REQUEST_TIMEOUT_S)
+                status = "OK"
+            except grpc.RpcError as e:
+                status = e.code().name
+            sent.append((start, time.monotonic(), status))
+            started.set()
+            i += 1
+            if status != "OK":
+                time.sleep(0.005)  # a refused request returns at once: do not spin a core on it
+    results.put(sent)
+
+
+class ClientProcess:
+    """A closed-loop client in a process of its own, standing for another application: it sends
+    `requests` (model, arrays) in turn, each serialised once here, so neither it nor its copies
+    share the measured client's GIL. `sent` holds its requests once the context exits."""
+
+    def __init__(self, url: str, requests: Sequence[tuple[str, Mapping[str, np.ndarray]]]) -> None:
+        context = multiprocessing.get_context("spawn")  # not fork: the parent runs gRPC threads
+        self._started, self._stop, self._results = context.Event(), context.Event(), context.Queue()
+        payloads = [infer_request_bytes(model, arrays) for model, arrays in requests]
+        self._process = context.Process(
+            target=_client_process, args=(url, payloads, self._started, self._stop, self._results), daemon=True
+        )
+        self.sent: list[Sent] = []
+
+    def __enter__(self) -> ClientProcess:
+        """Starts the process and returns once its first request was answered."""
+        self._process.start()
+        if not self._started.wait(CLIENT_START_TIMEOUT_S):
+            self._end()
+            raise TimeoutError(f"client process {self._process.pid}: no answer in {CLIENT_START_TIMEOUT_S:g} s")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        try:
+            self.sent = [Sent(*s) for s in self._results.get(timeout=REQUEST_TIMEOUT_S + 10)]
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        """Stop the process by its PID if it has not ended by itself."""
+        self._stop.set()
+        self._process.join(5)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
 
 
 class ReadinessProbe:
