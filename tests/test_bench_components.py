@@ -332,11 +332,11 @@ def _results() -> dict:
             "extra": {"encoder_useful_gflops": 50.0, "encoder_executed_gflops": 90.0},
         }
 
-    def ort(padding: str, seqs: float) -> dict:
+    def ort(padding: str, seqs: float, batch: int = 16) -> dict:
         latency = {"p50_ms": 10.0, "p90_ms": 10.0, "p95_ms": 10.0, "p99_ms": 10.0, "mean_ms": 10.0, "count": 5}
         return {
             "name": padding,
-            "batch_size": 16,
+            "batch_size": batch,
             "padding": padding,
             "threads": 2,
             "throughput_seqs": seqs,
@@ -360,9 +360,10 @@ def _results() -> dict:
             "versions": {"python": "3.11"},
         },
         "machine": {"gemm_gflops": 100.0, "threads": 2},
-        "ort": [ort("buckets", 500.0), ort("max (128)", 60.0)],
+        "ort": [ort("buckets", 400.0, batch=4), ort("buckets", 500.0), ort("max (128)", 60.0)],
         "points": [
             point("embed_query", "perf_analyzer", 16, 450.0, 30.0, 60.0),
+            point("embed_query", "perf_analyzer", 4, 300.0, 12.0, 20.0),
             point("embed_query", "python", 16, 300.0, 40.0, 80.0),
             point("embed_query", "python", 16, 100.0, 150.0, 300.0, system="eager-http"),
             point("rank", "perf_analyzer", 4, 100.0, 8.0, 20.0),
@@ -380,8 +381,10 @@ def test_targets_report_measured_ratios_and_explain_each_failure() -> None:
     from aisle.benchmarks.targets import evaluate
 
     goals = evaluate(_results(), TargetLevels(16, 4))
-    ort, eager, p99, buckets, p50, _, rank_rps, search_p50, search_rps, gflops = goals
-    assert ort.name.startswith("embed_query throughput, Triton (perf_analyzer) / raw ORT")
+    ort4, ort, eager, p99, buckets, p50, _, rank_rps, search_p50, search_rps, gflops = goals
+    assert ort4.name == "embed_query throughput, Triton (perf_analyzer) / raw ORT (batch 4), concurrency 4"
+    assert ort4.measured == pytest.approx(300 / 400) and ort4.passed is False and "Raw ORT needs" in ort4.note
+    assert ort.name == "embed_query throughput, Triton (perf_analyzer) / raw ORT (batch 16), concurrency 16"
     assert ort.measured == pytest.approx(450 / 500) and ort.passed and ort.note == ""
     assert eager.measured == pytest.approx(3.0) and eager.passed is False
     assert "Eager: client p50 150.00 ms" in eager.note and "cores" in eager.note
