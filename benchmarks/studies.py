@@ -17,8 +17,9 @@ queue-delay: each max_queue_delay_us setting on its own server: one caller, and 
 response-cache: Zipf-repeated queries, each sent once from an empty cache, on a server without a
     response cache and on one with `--cache-mb` MiB; the query encoder's cache hits.
 client-cpu: the client's own CPU per embed_query call, one caller: aisle's AsyncAisleClient against
-    tritonclient's bare aio client on the same requests, alternating; on a machine shared with the
-    server, what the client spends is taken from the server.
+    tritonclient's bare aio client on the same requests, and against gRPC's own floor (grpc.aio
+    sending requests serialised beforehand, the answer left unparsed), alternating; on a machine
+    shared with the server, what the client spends is taken from the server.
 
 Requests go straight to the named model over gRPC (callers.raw_call): the server's cost without
 the SDK's checks. latency and buckets use the server at --url, else start one on --repo;
@@ -40,7 +41,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import grpc
+
 from aisle.benchmarks.callers import batch_of_one, raw_call, sdk_call
+from aisle.benchmarks.drills.traffic import MODEL_INFER_METHOD, infer_request_bytes
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import Call, LoadConfig, LoadPoint, closed_loop, single_pass
 from aisle.benchmarks.targets import UNKNOWN
@@ -264,6 +268,19 @@ def _queue_delay(args: argparse.Namespace) -> dict:
     return report
 
 
+def prebuilt_call(channel, workload: Workload) -> Call:
+    """ModelInfer on a grpc.aio channel with each request serialised beforehand and the answer left
+    as bytes: what a Python gRPC call costs with no client library around it."""
+    # Keyed by the workload's own request objects, which are what the study's calls pass in.
+    payloads = {id(r): infer_request_bytes(workload.ensemble, batch_of_one(r)) for r in workload.requests}
+    infer = channel.unary_unary(MODEL_INFER_METHOD)
+
+    async def call(request: dict) -> object:
+        return await infer(payloads[id(request)])
+
+    return call
+
+
 def client_cpu(url: str, workload: Workload, *, calls: int, rounds: int = 2) -> dict[str, list[dict[str, float]]]:
     """Client CPU ms and wall ms per call (the process's CPU time, gRPC's own threads included), for
     `calls` sequential calls of `workload` by each client, alternating `rounds` times."""
@@ -285,15 +302,19 @@ def client_cpu(url: str, workload: Workload, *, calls: int, rounds: int = 2) -> 
 
     async def main() -> dict[str, list[dict[str, float]]]:
         bare = InferenceServerClient(url)
-        report: dict[str, list[dict[str, float]]] = {"tritonclient_aio": [], "aisle_sdk": []}
+        channel = grpc.aio.insecure_channel(url)
+        report: dict[str, list[dict[str, float]]] = {"grpc_aio_floor": [], "tritonclient_aio": [], "aisle_sdk": []}
         try:
             async with AsyncAisleClient(url) as sdk:
                 raw = raw_call(bare, workload.ensemble)
+                floor = prebuilt_call(channel, workload)
                 for _ in range(rounds):
+                    report["grpc_aio_floor"].append(await timed(floor))
                     report["tritonclient_aio"].append(await timed(lambda request: raw(batch_of_one(request))))
                     report["aisle_sdk"].append(await timed(sdk_call(sdk, workload.ensemble)))
         finally:
             await bare.close()
+            await channel.close()
         return report
 
     return asyncio.run(main())
