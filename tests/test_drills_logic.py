@@ -3,6 +3,8 @@ RSS growth, and the nginx configuration's failover directives."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2
@@ -12,9 +14,10 @@ from aisle.benchmarks.drills.proxy import ProxyConfig, nginx_conf
 from aisle.benchmarks.drills.replicas import recovered_after_s
 from aisle.benchmarks.drills.soak import SoakConfig, periods_of, rss_growth
 from aisle.benchmarks.drills.timeline import Timeline
-from aisle.benchmarks.drills.traffic import infer_request_bytes
+from aisle.benchmarks.drills.traffic import ClientProcess, infer_request_bytes
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import Completion
+from aisle.model_repository.server import free_port
 from aisle.schema import ServingLimits
 
 
@@ -81,3 +84,14 @@ def test_a_client_process_request_is_a_model_infer_request_carrying_the_arrays()
     assert list(deserialize_bytes_tensor(query)) == list(texts.ravel())
     assert empty == b""
     np.testing.assert_array_equal(np.frombuffer(raw_ids, np.int64), ids.ravel())
+
+
+def test_a_client_process_with_no_server_records_unavailable_and_is_stopped() -> None:
+    request = ("embed_query", {"QUERY": np.array([[b"running shoes"]], dtype=object)})
+    with ClientProcess(f"127.0.0.1:{free_port()}", [request]) as client:  # nothing listens there
+        assert client.pid is not None
+        os.kill(client.pid, 0)  # running
+    assert client.sent and {s.status for s in client.sent} == {"UNAVAILABLE"}
+    assert all(s.done_at >= s.sent_at for s in client.sent)
+    with pytest.raises(ProcessLookupError):  # stopped and reaped
+        os.kill(client.pid, 0)

@@ -12,6 +12,7 @@ the drill would time its own harness instead of the server.
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import re
 import threading
 import time
@@ -179,20 +180,39 @@ class ClientProcess:
         )
         self.sent: list[Sent] = []
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
     def __enter__(self) -> ClientProcess:
         """Starts the process and returns once its first request was answered."""
         self._process.start()
-        if not self._started.wait(CLIENT_START_TIMEOUT_S):
-            self._end()
-            raise TimeoutError(f"client process {self._process.pid}: no answer in {CLIENT_START_TIMEOUT_S:g} s")
+        deadline = time.monotonic() + CLIENT_START_TIMEOUT_S
+        while not self._started.wait(0.2):
+            if not self._process.is_alive() or time.monotonic() > deadline:
+                pid, code = self._process.pid, self._process.exitcode
+                self._end()
+                raise RuntimeError(f"client process {pid} (exit code {code}): no answer to its first request")
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         try:
-            self.sent = [Sent(*s) for s in self._results.get(timeout=REQUEST_TIMEOUT_S + 10)]
+            self.sent = [Sent(*s) for s in self._collect()]
         finally:
             self._end()
+
+    def _collect(self) -> list[tuple[float, float, str]]:
+        """The process's records, once its last request is answered; an error if it died first."""
+        deadline = time.monotonic() + REQUEST_TIMEOUT_S + 10
+        while time.monotonic() < deadline:
+            try:
+                return self._results.get(timeout=0.5)
+            except queue.Empty:
+                if not self._process.is_alive():
+                    pid, code = self._process.pid, self._process.exitcode
+                    raise RuntimeError(f"client process {pid} ended (exit code {code}) without its records") from None
+        raise TimeoutError(f"client process {self._process.pid}: no records {REQUEST_TIMEOUT_S + 10:g} s after stop")
 
     def _end(self) -> None:
         """Stop the process by its PID if it has not ended by itself."""
