@@ -4,7 +4,8 @@
 
 Measures, in one run, the latency of an ordinary client's embed_query requests alone, beside a
 second client of ordinary queries (the same contention without the size), and while a second
-client sends multi-MB texts back to back (goal: p99 within 2x of alone), what the flood's
+client sends multi-MB texts back to back (goal: p99 within 2x of alone; both second clients run
+in processes of their own, as other applications would), what the flood's
 own requests cost, and how long a rank request carrying 100,000 candidate or history ids takes to
 be refused. Texts are cut to ServingLimits.max_text_bytes before tokenizing, so a 10 MB query
 costs its transfer and a few ms, not seconds of tokenizer time that every other query waits behind.
