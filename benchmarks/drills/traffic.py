@@ -20,6 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing.synchronize import Event as ProcessEvent
 
 import grpc
 import numpy as np
@@ -33,6 +34,8 @@ from aisle.model_repository.server import is_ready
 REQUEST_TIMEOUT_S = 60.0
 #: Triton's gRPC ModelInfer method, called by ClientProcess with requests serialised beforehand.
 MODEL_INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
+#: Pause after a refused request, which returns at once: a closed loop must not spin a core on it.
+REFUSED_PAUSE_S = 0.005
 #: Seconds a ClientProcess may take to start and have its first request answered.
 CLIENT_START_TIMEOUT_S = 30.0
 
@@ -87,6 +90,19 @@ def send(
     return Sent(start, time.monotonic(), status)
 
 
+def repeat_until(
+    stop: threading.Event | ProcessEvent, send_one: Callable[[int], Sent], record: Callable[[Sent], None]
+) -> None:
+    """A closed loop: send request i, record its answer, send request i + 1, until `stop`."""
+    i = 0
+    while not stop.is_set():
+        result = send_one(i)
+        record(result)
+        i += 1
+        if not result.ok:
+            time.sleep(REFUSED_PAUSE_S)
+
+
 class ClosedLoop:
     """`clients` threads, each sending the next request as soon as the previous one is answered.
 
@@ -113,15 +129,11 @@ class ClosedLoop:
 
     def _run(self) -> None:
         with grpcclient.InferenceServerClient(self.url) as client:
-            i = 0
-            while not self._stop.is_set():
-                model, arrays = self.requests(i)
-                result = send(client, model, arrays)
-                with self._lock:
-                    self.sent.append(result)
-                i += 1
-                if not result.ok:
-                    time.sleep(0.005)  # a refused request returns at once: do not spin a core on it
+            repeat_until(self._stop, lambda i: send(client, *self.requests(i)), self._record)
+
+    def _record(self, result: Sent) -> None:
+        with self._lock:
+            self.sent.append(result)
 
     def between(self, t0: float, t1: float = float("inf")) -> list[Sent]:
         """Requests sent in [t0, t1)."""
@@ -142,27 +154,28 @@ def infer_request_bytes(model: str, arrays: Mapping[str, np.ndarray]) -> bytes:
     return request.SerializeToString()
 
 
-def _client_process(
-    url: str, payloads: Sequence[bytes], started: threading.Event, stop: threading.Event, results
-) -> None:
-    """ClientProcess's body: send payloads in turn until `stop`, then put [(sent_at, done_at, status)]."""
-    sent: list[tuple[float, float, str]] = []
+def _client_process(url: str, payloads: Sequence[bytes], started: ProcessEvent, stop: ProcessEvent, results) -> None:
+    """ClientProcess's body: send payloads in turn until `stop`, then put the list of Sent."""
+    sent: list[Sent] = []
+
+    def record(result: Sent) -> None:
+        sent.append(result)
+        started.set()
+
     with grpc.insecure_channel(url) as channel:
         # bytes in, bytes out: the payload goes out as is and the answer is not even parsed.
         infer = channel.unary_unary(MODEL_INFER_METHOD)
-        i = 0
-        while not stop.is_set():
+
+        def send_one(i: int) -> Sent:
             start = time.monotonic()
             try:
                 infer(payloads[i % len(payloads)], timeout=REQUEST_TIMEOUT_S)
                 status = "OK"
             except grpc.RpcError as e:
                 status = e.code().name
-            sent.append((start, time.monotonic(), status))
-            started.set()
-            i += 1
-            if status != "OK":
-                time.sleep(0.005)  # a refused request returns at once: do not spin a core on it
+            return Sent(start, time.monotonic(), status)
+
+        repeat_until(stop, send_one, record)
     results.put(sent)
 
 
@@ -198,11 +211,11 @@ class ClientProcess:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         try:
-            self.sent = [Sent(*s) for s in self._collect()]
+            self.sent = self._collect()
         finally:
             self._end()
 
-    def _collect(self) -> list[tuple[float, float, str]]:
+    def _collect(self) -> list[Sent]:
         """The process's records, once its last request is answered; an error if it died first."""
         deadline = time.monotonic() + REQUEST_TIMEOUT_S + 10
         while time.monotonic() < deadline:
