@@ -4,6 +4,10 @@ Why buckets: Triton's dynamic batcher merges only requests of identical shape. P
 request to the smallest declared bucket that fits its longest text keeps most of the speed of
 no padding while letting same-bucket requests merge.
 
+Where no batcher needs same shapes (a batch already formed, run in-process by onnxruntime), a
+batch is cut to its longest text (`longest_width`): padding sits on the right and is masked out of
+attention and pooling, so the extra columns change no embedding, only the cost.
+
 Why empty text gets an all-zero mask: mean pooling over an empty mask yields the zero vector, so
 an empty query (pure recommendation) encodes to "no query" in PyTorch, ONNX and Triton alike.
 """
@@ -81,3 +85,9 @@ def encode_batch(tokenizer: Tokenizer, texts: list[str], bucketing: Bucketing) -
         if text.strip():
             mask[row, :n] = 1
     return ids, mask
+
+
+def longest_width(mask: np.ndarray) -> int:
+    """Columns a right-padded batch needs: its longest text's token count (at least one column,
+    so a batch of blank texts, all-zero masks, still has a shape; it encodes to zero vectors)."""
+    return max(int(mask.sum(axis=1).max(initial=0)), 1)

@@ -23,7 +23,7 @@ import numpy as np
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import Latency
 from aisle.schema import ATTENTION_MASK, INPUT_IDS
-from aisle.tokenization import Bucketing, encode_batch
+from aisle.tokenization import Bucketing, encode_batch, longest_width
 
 Batch = tuple[np.ndarray, np.ndarray]
 
@@ -79,21 +79,27 @@ def gemm_gflops(*, threads: int = 2, size: int = 1024, duration_s: float = 2.0) 
     return 2.0 * size**3 / best / 1e9
 
 
-def pretokenize(texts: Sequence[str], tokenizer, bucketing: Bucketing, batch_size: int) -> list[Batch]:
-    """Tokenise `texts` once into batches of one length bucket each, padded to that bucket.
+def pretokenize(texts: Sequence[str], tokenizer, bucketing: Bucketing, batch_size: int, *, cut: bool) -> list[Batch]:
+    """Tokenise `texts` once into batches of one length bucket each, padded to that bucket, or with
+    `cut` cut to the batch's longest text, as the served text encoder runs them.
 
-    Why group by bucket: Triton's dynamic batcher merges only same-shape requests, so a served batch
-    never mixes buckets; batching the texts in arrival order would pad whole batches to their
-    longest member and understate what buckets buy.
+    Why group by bucket: the served encoder runs each bucket of a dynamic batch on its own, so a
+    served run never mixes buckets; batching the texts in arrival order would pad whole batches to
+    their longest member and understate what buckets buy.
     """
     groups: dict[int, list[str]] = {}
     for text, encoding in zip(texts, tokenizer.encode_batch(list(texts))):
         groups.setdefault(bucketing.bucket_for(len(encoding.ids)), []).append(text)
     return [
-        encode_batch(tokenizer, group[i : i + batch_size], bucketing)
+        _cut(*encode_batch(tokenizer, group[i : i + batch_size], bucketing), cut)
         for _, group in sorted(groups.items())
         for i in range(0, len(group), batch_size)
     ]
+
+
+def _cut(ids: np.ndarray, mask: np.ndarray, cut: bool) -> Batch:
+    width = longest_width(mask) if cut else mask.shape[1]
+    return ids[:, :width], mask[:, :width]
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,7 @@ def bucket_vs_padding(
     report: dict[str, object] = {"texts": len(texts), "bucket_share": {b: found.count(b) / len(found) for b in buckets}}
     for label, size in (("single_text_requests", 1), (f"batch{batch}_requests", batch)):
         for name, scheme in (("buckets", bucketing), ("pad_to_max", Bucketing((buckets[-1],)))):
-            batches = pretokenize(texts, tokenizer, scheme, size)
+            batches = pretokenize(texts, tokenizer, scheme, size, cut=False)
             requests = [{INPUT_IDS: ids, ATTENTION_MASK: mask} for ids, mask in batches]
             point = closed(url, ITEM_ENCODER, requests, concurrency, load, f"{label}/{name}")
             report[f"{label}/{name}"] = {

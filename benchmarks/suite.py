@@ -179,7 +179,8 @@ def query_graph(config: SuiteConfig, out: Path) -> Path:
 
 def ort_baselines(config: SuiteConfig, schema: Schema, workload: Workload, graph: Path) -> list[OrtResult]:
     """Raw ORT on the embed_query texts: buckets at each embed_query concurrency as the batch size
-    (1, 4, 16: the in-process reference of the same-concurrency goals), pad-to-max at batch C."""
+    (1, 4, 16: the in-process reference of the same-concurrency goals), each batch cut to its
+    longest text as the served encoder cuts its runs; pad-to-max at batch C."""
     from aisle.modeling.checkpoint import QUERY_ENCODER_DIR
     from aisle.tokenization import Bucketing, load_tokenizer
 
@@ -194,7 +195,7 @@ def ort_baselines(config: SuiteConfig, schema: Schema, workload: Workload, graph
     runs = [("buckets", buckets, size) for size in config.levels.query_levels] + [("max", Bucketing((pad_to,)), batch)]
     results = []
     for padding, bucketing, size in runs:
-        batches = pretokenize(texts, tokenizer, bucketing, size)
+        batches = pretokenize(texts, tokenizer, bucketing, size, cut=padding == "buckets")
         label = padding if padding == "buckets" else f"max ({pad_to})"
         with CpuMeter(None) as meter:
             result = ort_throughput(
@@ -207,7 +208,8 @@ def ort_baselines(config: SuiteConfig, schema: Schema, workload: Workload, graph
 
 def query_tokens(config: SuiteConfig, schema: Schema, workload: Workload) -> dict:
     """Token statistics of the embed_query requests: mean encoder FLOPs per request, useful (real
-    tokens) and executed (padded to the request's bucket), and the share of requests per bucket."""
+    tokens) and executed at most (padded to the request's bucket: the served encoder cuts each run
+    to its longest text, so it executes between the two), and the share of requests per bucket."""
     from aisle.modeling.checkpoint import QUERY_ENCODER_DIR
     from aisle.tokenization import Bucketing, load_tokenizer
 

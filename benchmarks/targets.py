@@ -503,8 +503,9 @@ def _gflops_note(point: dict | None, gemm: float, facts: RunFacts) -> str:
     return " ".join(
         p
         for p in (
-            f"The encoder achieved {useful:.0f} GFLOP/s on real tokens, {executed:.0f} counting bucket padding "
-            f"({padding:.0%} of the executed work is padding), vs {gemm:.0f} GFLOP/s fp32 GEMM; mean batch "
+            f"The encoder achieved {useful:.0f} GFLOP/s on real tokens, at most {executed:.0f} counting bucket "
+            f"padding (runs are cut to their longest text, so at most {padding:.0%} of the executed work is "
+            f"padding), vs {gemm:.0f} GFLOP/s fp32 GEMM; mean batch "
             f"{encoder['mean_batch']:.1f} at concurrency {point['level']:g}.",
             cpu.describe("Triton"),
             _fixes(

@@ -6,8 +6,9 @@ with) on texts tokenised by the serving code (aisle.tokenization: the same ids, 
 tokenizer model's largest bucket), so a catalog id scores as its text does through embed_item, and
 no PyTorch is loaded. Texts of the same token length run together in large batches, unpadded: the
 towers mask padding out, so only its cost differs, and on the small shop bucket padding would
-add 54% (mean 38.7 tokens, mean bucket 59.7). Texts shorter than the smallest bucket are padded
-to it, as serving pads them; blank texts (all-zero mask) give the zero vector, as served.
+add 54% (mean 38.7 tokens, mean bucket 59.7). The served text encoder likewise cuts each run to
+its longest text (aisle.tokenization.longest_width); blank texts (all-zero mask) give the zero
+vector, as served.
 The result is a Catalog directory (export/repo_format.py) the item store serves.
 """
 
@@ -70,7 +71,7 @@ def embed_texts_with(
     with tqdm(total=len(texts), desc="embedding catalog", unit="item", disable=not progress) as bar:
         for chunk in range(0, len(texts), TOKENIZE_CHUNK):
             ids, mask = encode_batch(tokenizer, list(texts[chunk : chunk + TOKENIZE_CHUNK]), bucketing)
-            widths = np.maximum(mask.sum(axis=1), bucketing.buckets[0])
+            widths = np.maximum(mask.sum(axis=1), 1)
             for width, rows in same_length_batches(widths, batch_size):
                 outputs = session.run({INPUT_IDS: ids[rows, :width], ATTENTION_MASK: mask[rows, :width]})
                 embeddings[chunk + rows] = outputs[EMBEDDING]

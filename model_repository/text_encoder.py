@@ -5,6 +5,12 @@ fuse_tokenizers): the tokenizer logic (tokenizer_logic.BatchTokenizer, each requ
 length bucket) feeds the graph (ort_runner.OrtGraph, one run per bucket) without a stub process in
 between. The same pairing embeds cold candidates in-process (cold_items), whichever form the
 embedding ensemble's steps take.
+
+Each run is cut to its longest text (aisle.tokenization.longest_width) rather than padded to the
+bucket: with the batch formed, padding would only add cost. Shop queries average 7 tokens, so most
+sit well inside bucket 8 or 16; measured with perf_analyzer (embed_query, small shop, two
+interleaved pairs, bucket-padded vs cut) p50 at concurrency 1 7.38 / 7.00 vs 6.86 / 6.78 ms and
+503 / 538 vs 586 / 572 req/s at 16.
 """
 
 from __future__ import annotations
@@ -13,16 +19,18 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aisle.model_repository.batching import Outcome, Tensors, merge
+from aisle.model_repository.batching import Outcome, Tensors, merge, run_stacked
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
 from aisle.model_repository.ort_runner import OrtGraph
 from aisle.model_repository.tokenizer_logic import BatchTokenizer
-from aisle.schema import EMBEDDING, TEXT
+from aisle.schema import ATTENTION_MASK, EMBEDDING, TEXT
+from aisle.tokenization import longest_width
 
 
 class TextEncoder:
-    """Tokenizes a dynamic batch's texts together, then runs the graph once per length bucket."""
+    """Tokenizes a dynamic batch's texts together, then runs the graph once per length bucket,
+    each run cut to its longest text."""
 
     def __init__(self, tokenizer: BatchTokenizer, graph: OrtGraph) -> None:
         self.tokenizer = tokenizer
@@ -45,9 +53,14 @@ class TextEncoder:
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         tokens = self.tokenizer(requests)
         valid = [index for index, outcome in enumerate(tokens) if not isinstance(outcome, InvalidInput)]
-        return merge(tokens, valid, self.graph([tokens[index] for index in valid]))
+        return merge(tokens, valid, run_stacked([tokens[index] for index in valid], self.run))
+
+    def run(self, tokens: Tensors) -> Tensors:
+        """One graph run over a stacked batch of token tensors, cut to its longest text."""
+        width = longest_width(tokens[ATTENTION_MASK])
+        return self.graph.run({name: array[:, :width] for name, array in tokens.items()})
 
     def embed(self, texts: np.ndarray) -> np.ndarray:
         """Already-checked texts (a 1-D object array) -> [len, D] float32, as one graph run."""
         (tokens,) = self.tokenizer([{TEXT: texts.reshape(-1, 1)}])
-        return self.graph.run(tokens)[EMBEDDING]
+        return self.run(tokens)[EMBEDDING]

@@ -172,14 +172,25 @@ def test_raw_ort_on_buckets_executes_fewer_tokens_than_pad_to_max(
     texts = workloads["embed_query"].texts(QUERY)[:16]
     results = {
         padding: ort_throughput(
-            session, pretokenize(texts, tokenizer, bucketing, 8), shape, name=padding, padding=padding, duration_s=0.05
+            session,
+            pretokenize(texts, tokenizer, bucketing, 8, cut=padding == "buckets"),
+            shape,
+            name=padding,
+            padding=padding,
+            duration_s=0.05,
         )
         for padding, bucketing in (("buckets", Bucketing((8, 16, 32))), ("max", Bucketing((128,))))
     }
     assert results["max"].mean_padded_tokens == 128
-    buckets = [ids.shape[1] for ids, _ in pretokenize(texts, tokenizer, Bucketing((8, 16, 32)), 8)]
+    padded = pretokenize(texts, tokenizer, Bucketing((8, 16, 32)), 8, cut=False)
+    buckets = [ids.shape[1] for ids, _ in padded]
     lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
     assert sorted(buckets) == buckets and set(buckets) == {Bucketing((8, 16, 32)).bucket_for(n) for n in lengths}
+    # Cut, each batch is as wide as its longest text, never wider than its bucket.
+    cut = pretokenize(texts, tokenizer, Bucketing((8, 16, 32)), 8, cut=True)
+    assert [ids.shape[1] for ids, _ in cut] == [int(mask.sum(axis=1).max()) for _, mask in cut]
+    assert all(ids.shape[1] <= bucket for (ids, _), bucket in zip(cut, buckets, strict=True))
+    assert sum(ids.size for ids, _ in cut) < sum(ids.size for ids, _ in padded)
     assert results["buckets"].mean_padded_tokens < 128
     assert results["buckets"].mean_tokens == pytest.approx(results["max"].mean_tokens)
     for result in results.values():

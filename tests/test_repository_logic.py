@@ -429,6 +429,37 @@ def test_the_embedded_query_encoder_tokenizes_a_mixed_batch_as_each_request_alon
     np.testing.assert_allclose(via_ensemble, outcomes[0][EMBEDDING], atol=1e-5)
 
 
+def test_the_embedded_query_encoder_cuts_each_run_to_its_longest_text_and_embeds_as_bucket_padding_does(
+    embedded_repo: Path,
+) -> None:
+    """Each bucket's run is as wide as its longest text (padding only adds cost), and every text,
+    blank included, gets the embedding the full bucket padding gives it."""
+    from aisle.model_repository.text_encoder import TextEncoder
+
+    encoder = TextEncoder.from_context(ModelContext.load(embedded_repo, QUERY_ENCODER))
+    graph_run, widths = encoder.graph.run, []
+
+    def recording_run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        widths.append(feeds[INPUT_IDS].shape[1])
+        return graph_run(feeds)
+
+    encoder.graph.run = recording_run
+    texts = ["red shoes", "shoes", "", "waterproof hiking boots for winter with extra grip"]
+    outcomes = encoder([text_request(text) for text in texts])
+    tokenizer, bucketing = encoder.tokenizer.tokenizer, encoder.tokenizer.bucketing
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(texts)]
+    by_bucket: dict[int, list[int]] = {}
+    for text, n in zip(texts, lengths):
+        by_bucket.setdefault(bucketing.bucket_for(n), []).append(n if text else 0)
+    assert widths == [max(group) for group in by_bucket.values()]
+    assert len(by_bucket) == 2 and all(w < b for w, b in zip(widths, by_bucket))  # both runs cut
+    for text, outcome in zip(texts, outcomes, strict=True):
+        ids, mask = encode_batch(tokenizer, [text], bucketing)
+        padded = graph_run({INPUT_IDS: ids, ATTENTION_MASK: mask})[EMBEDDING]
+        np.testing.assert_allclose(outcome[EMBEDDING], padded, atol=1e-5)
+    np.testing.assert_array_equal(outcomes[2][EMBEDDING], 0.0)
+
+
 def test_a_model_runs_its_graph_on_the_threads_its_rendered_config_declares(embedded_repo: Path) -> None:
     """The head runs single-threaded where the schema says so; otherwise a model's instances share the cores."""
     config = read_config(embedded_repo / FUSION_HEAD)
