@@ -156,6 +156,7 @@ class StubWatchdog:
         self.recoveries: list[Recovery] = []
         self._stop = threading.Event()
         self._watched: dict[int, tuple[int, str]] = {}  # pidfd -> (pid, model)
+        self._retired: set[int] = set()  # stubs our unloads are ending: never watched again
         self._thread = threading.Thread(target=self._run, name="aisle-stub-watchdog", daemon=True)
 
     def start(self) -> None:
@@ -188,8 +189,10 @@ class StubWatchdog:
     def _rescan(self) -> None:
         """Open a pidfd for every stub not yet watched (new ones appear after each reload)."""
         known = {pid for pid, _ in self._watched.values()}
-        for pid, model in server_stubs(self.server_pid).items():
-            if pid in known:
+        stubs = server_stubs(self.server_pid)
+        self._retired &= stubs.keys()  # gone for good: its pid may be reused
+        for pid, model in stubs.items():
+            if pid in known or pid in self._retired:
                 continue
             try:
                 fd = os.pidfd_open(pid)
@@ -231,6 +234,14 @@ class StubWatchdog:
             self._reload(record)
 
     def _unload(self, record: Recovery) -> None:
+        # Unloading ends every stub of the model (its other instances too): those exits are the
+        # watchdog's own doing, not deaths to recover from, so those stubs are retired (never
+        # watched again, however long they take to exit). Watched, a sibling that exited after
+        # DEATH_SETTLE_S was taken for a new death once the model was back, and unloading the
+        # fresh model for it ended the new stubs in turn: a reload loop (seen in the stub-kill
+        # drill under CPU contention: query_encoder's two instances reloaded eight times in 18 s).
+        for fd in [fd for fd, (_, model) in self._watched.items() if model == record.model]:
+            self._retired.add(self._forget(fd)[0])
         try:
             self.control.unload(record.model)
         except (urllib.error.URLError, OSError) as e:

@@ -7,13 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from aisle.model_repository.watchdog import STUB_NAME, StubWatchdog, server_stubs, stub_model
+from aisle.model_repository.watchdog import DEATH_SETTLE_S, STUB_NAME, StubWatchdog, server_stubs, stub_model
 
 MODELS = ("query_encoder", "item_store", "catalog_search")
 
@@ -31,23 +32,23 @@ class FakeControl:
         self.calls.append(("load", model))
 
 
-@pytest.fixture
-def fake_server(tmp_path: Path) -> Iterator[subprocess.Popen]:
-    """A process with one sleeping 'stub' child per model in MODELS."""
+def spawn_fake_server(tmp_path: Path, stubs: tuple[str, ...]) -> Iterator[subprocess.Popen]:
+    """A process with one sleeping 'stub' child per entry of `stubs` (a model named twice has two
+    instances)."""
     stub = tmp_path / STUB_NAME
     stub.symlink_to(sys.executable)
-    for model in MODELS:
+    for model in set(stubs):
         (tmp_path / model / "1").mkdir(parents=True)
         (tmp_path / model / "1" / "model.py").write_text("import time\ntime.sleep(120)\n")
     spawn = (
         "import subprocess, sys, time\n"
-        f"stubs = [subprocess.Popen([{str(stub)!r}, {str(tmp_path)!r} + f'/{{m}}/1/model.py']) for m in {MODELS!r}]\n"
+        f"stubs = [subprocess.Popen([{str(stub)!r}, {str(tmp_path)!r} + f'/{{m}}/1/model.py']) for m in {stubs!r}]\n"
         "time.sleep(120)\n"
     )
     server = subprocess.Popen([sys.executable, "-c", spawn])
     try:
         deadline = time.monotonic() + 20
-        while len(server_stubs(server.pid)) < len(MODELS) and time.monotonic() < deadline:
+        while len(server_stubs(server.pid)) < len(stubs) and time.monotonic() < deadline:
             time.sleep(0.05)
         yield server
     finally:
@@ -55,6 +56,18 @@ def fake_server(tmp_path: Path) -> Iterator[subprocess.Popen]:
             os.kill(pid, signal.SIGKILL)
         server.kill()
         server.wait()
+
+
+@pytest.fixture
+def fake_server(tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """One stub per model in MODELS."""
+    yield from spawn_fake_server(tmp_path, MODELS)
+
+
+@pytest.fixture
+def two_instance_server(tmp_path: Path) -> Iterator[subprocess.Popen]:
+    """query_encoder with two instances (two stubs), item_store with one."""
+    yield from spawn_fake_server(tmp_path, ("query_encoder", "query_encoder", "item_store"))
 
 
 def wait_for(condition, timeout_s: float = 10.0) -> bool:
@@ -119,3 +132,38 @@ def test_a_stopped_watchdog_leaves_exiting_stubs_alone(fake_server: subprocess.P
         os.kill(pid, signal.SIGKILL)
     time.sleep(0.3)
     assert control.calls == []
+
+
+class SlowUnloadControl(FakeControl):
+    """Like Triton's unload, ends every stub of the model, here well after DEATH_SETTLE_S (as a
+    stub busy on a loaded machine exits late)."""
+
+    def __init__(self, server_pid: int, delay_s: float) -> None:
+        super().__init__()
+        self.server_pid = server_pid
+        self.delay_s = delay_s
+
+    def unload(self, model: str) -> None:
+        super().unload(model)
+        pids = [pid for pid, m in server_stubs(self.server_pid).items() if m == model]
+        threading.Timer(self.delay_s, lambda: [os.kill(pid, signal.SIGKILL) for pid in pids]).start()
+
+
+def test_the_stubs_an_unload_ends_are_not_taken_for_new_deaths(two_instance_server: subprocess.Popen) -> None:
+    """One instance killed: the model is unloaded and loaded once, though its other stub exits
+    (ended by the unload) only after the model is back."""
+    control = SlowUnloadControl(two_instance_server.pid, delay_s=DEATH_SETTLE_S + 0.4)
+    watchdog = StubWatchdog(two_instance_server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None)
+    watchdog.start()
+    try:
+        assert wait_for(lambda: len(watchdog._watched) == 3)
+        first = next(p for p, m in server_stubs(two_instance_server.pid).items() if m == "query_encoder")
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: ("load", "query_encoder") in control.calls)
+        assert wait_for(lambda: "query_encoder" not in server_stubs(two_instance_server.pid).values())
+        time.sleep(0.5)  # the sibling's exit has been seen by now, were it still watched
+        assert control.calls == [("unload", "query_encoder"), ("load", "query_encoder")]
+        assert [r.pid for r in watchdog.recoveries] == [first]
+        assert watchdog.watched_models == ["item_store"]
+    finally:
+        watchdog.stop()
