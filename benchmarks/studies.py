@@ -9,6 +9,7 @@ README reports, and prints one JSON report:
         --encoder-us 0 500 1000 2000 --rank-us 0 250 500 1000
     python -m aisle.benchmarks.studies response-cache --repo REPO --data DATA --cache-mb 64
     python -m aisle.benchmarks.studies client-cpu --repo REPO --data DATA
+    python -m aisle.benchmarks.studies first-calls --repo REPO --data DATA
 
 latency: embed_query (one query) and rank (100 candidates, a session's history), one caller.
 buckets: the item encoder on the same item texts tokenised to their length bucket vs padded to the
@@ -20,6 +21,9 @@ client-cpu: the client's own CPU per embed_query call, one caller: aisle's Async
     tritonclient's bare aio client on the same requests, and against gRPC's own floor (grpc.aio
     sending requests serialised beforehand, the answer left unparsed), alternating; on a machine
     shared with the server, what the client spends is taken from the server.
+first-calls: on a server just started, each ensemble's first `--calls` requests one by one (wall ms,
+    and each composing model's compute ms from Triton's statistics): what warmup leaves for the
+    first shoppers after a start or a reload.
 
 Requests go straight to the named model over gRPC (callers.raw_call): the server's cost without
 the SDK's checks. latency and buckets use the server at --url, else start one on --repo;
@@ -51,6 +55,7 @@ from aisle.benchmarks.targets import UNKNOWN
 from aisle.benchmarks.workloads import (
     Workload,
     WorkloadConfig,
+    build_workloads,
     item_workload,
     query_workload,
     rank_workload,
@@ -326,6 +331,51 @@ def _client_cpu(args: argparse.Namespace) -> dict:
         return {"client_cpu": client_cpu(url, workload, calls=args.calls)}
 
 
+def first_calls(url: str, workloads: Sequence[Workload], calls: int) -> dict[str, list[dict]]:
+    """Per workload, its first `calls` requests one at a time: wall ms and the compute ms of each
+    composing model they reached (Triton's statistics before and after each call)."""
+    import tritonclient.grpc as grpcclient
+
+    from aisle.benchmarks.server_stats import PHASES, delta, snapshot
+
+    stats = grpcclient.InferenceServerClient(url)
+
+    async def one(call: Call, request: dict, ensemble: str) -> dict:
+        before, start = snapshot(stats), time.perf_counter()
+        await call(batch_of_one(request))
+        wall_ms = (time.perf_counter() - start) * 1e3
+        window = delta(before, snapshot(stats))
+        compute = {
+            model: sum(c.phase_ns[p] for p in PHASES if p != "queue") / 1e6
+            for model, c in window.items()
+            if c.requests and model != ensemble
+        }
+        return {"wall_ms": wall_ms, "compute_ms": compute}
+
+    async def main() -> dict[str, list[dict]]:
+        from tritonclient.grpc.aio import InferenceServerClient
+
+        client = InferenceServerClient(url)
+        try:
+            return {
+                w.name: [await one(raw_call(client, w.ensemble), r, w.ensemble) for r in w.requests[:calls]]
+                for w in workloads
+            }
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(main())
+    finally:
+        stats.close()
+
+
+def _first_calls(args: argparse.Namespace) -> dict:
+    workloads = build_workloads(_dataset(args), WorkloadConfig())
+    with serving(None, args.repo) as url:
+        return {"first_calls": first_calls(url, list(workloads.values()), args.calls)}
+
+
 def _response_cache(args: argparse.Namespace) -> dict:
     workload = zipf_query_workload(_dataset(args), WorkloadConfig(requests=args.draws))
     report = response_cache_comparison(args.repo, workload, args.cache_mb, concurrency=args.concurrency)
@@ -367,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
         "client-cpu", _client_cpu, "client CPU per call: aisle's SDK vs bare tritonclient", url=True, loaded=False
     )
     cpu.add_argument("--calls", type=int, default=1000, help="sequential calls per client and round (default 1000)")
+    first = study("first-calls", _first_calls, "each ensemble's first calls on a fresh server", url=False, loaded=False)
+    first.add_argument("--calls", type=int, default=3, help="calls per ensemble, one at a time (default 3)")
     return parser
 
 

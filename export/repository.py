@@ -6,8 +6,9 @@
                                           container start on tensorrt)
     REPO/<text encoder>/1/, warmup/       embedded target: model.py + tokenizer.json + model.onnx of an
                                           encoder that tokenizes itself; one text per bucket to warm up
-    REPO/item_store/1/                    model.py + catalog.npz (ids, item-tower embeddings, raw features)
+    REPO/item_store/1/                    model.py + catalog/ (ids, item-tower embeddings, raw features)
     REPO/user_profile/1/, cold_item_encoder/1/, rank_cold_validator/1/   model.py
+    REPO/catalog_search/warmup/           the non-zero inputs of its empty warmup request (TOP_K, PRICE_RANGE)
     REPO/<ensemble>/1/                    empty: ensembles have no files, only a version directory
     REPO/*/config.pbtxt                   rendered from aisle.schema by triton_config, for the target
     REPO/...                              files of the target (aisle.export.targets), e.g. tensorrt's
@@ -163,7 +164,7 @@ def write_models(
             tokenizer.save(str(version_dir / TOKENIZER_FILE))
         elif decl.role is Role.ITEM_STORE:
             catalog.save(version_dir / CATALOG_DIR)
-        write_warmup_files(decl, version_dir.parent)  # the files its config's text warmup reads, if any
+        write_warmup_files(decl, version_dir.parent)  # the files its config's warmup reads, if any
     for ensemble in schema.ensembles:
         (root / ensemble.name / MODEL_VERSION).mkdir(parents=True)
         write_config(configs[ensemble.name], root / ensemble.name)

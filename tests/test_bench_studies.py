@@ -129,3 +129,21 @@ def test_client_cpu_study_times_each_client_on_the_same_calls(triton_server, dat
     assert set(report) == {"grpc_aio_floor", "tritonclient_aio", "aisle_sdk"}
     for (run,) in report.values():
         assert run["client_cpu_ms"] > 0 and run["wall_ms"] > 0 and math.isfinite(run["client_cpu_ms"])
+
+
+def test_first_calls_study_reports_each_call_and_the_models_it_reached(triton_server, dataset) -> None:
+    from aisle.benchmarks.studies import first_calls
+    from aisle.benchmarks.workloads import build_workloads
+    from aisle.export.repo_format import RepoManifest
+
+    schema = RepoManifest.load(Path(triton_server.config.repo)).schema()
+    workloads = build_workloads(dataset, SMALL)
+    report = first_calls(triton_server.grpc_url, list(workloads.values()), calls=2)
+    assert set(report) == set(workloads)
+    for name, calls in report.items():
+        steps = {step.model for step in schema.ensemble(workloads[name].ensemble).steps}
+        assert len(calls) == 2, name
+        for call in calls:
+            # Each call reached every step of its ensemble, and nothing else.
+            assert call["wall_ms"] > 0 and set(call["compute_ms"]) == steps, name
+            assert all(ms > 0 for ms in call["compute_ms"].values()), name

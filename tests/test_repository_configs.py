@@ -16,12 +16,15 @@ from aisle.export.targets.tensorrt import START_SCRIPT, write_start_script
 from aisle.export.triton_config import (
     CONFIG_FILE,
     GRAPH_ROLES,
+    WARMUP_DIR,
+    WARMUP_VALUES,
     model_config,
     read_config,
     render_configs,
     write_config,
 )
 from aisle.schema import (
+    CATALOG_SEARCH,
     ITEM_ENCODER,
     NUM_ITEM_FEATURES,
     QUERY_ENCODER,
@@ -218,7 +221,17 @@ def test_warmup_covers_every_bucket_and_a_rank_sized_head_request_at_max_batch_o
     assert {w.batch_size for w in head} == ({1, 8} if target.graphs_on_gpu else {1})
     assert all(list(w.inputs["ITEM_FEATURES"].dims) == [100, 4] for w in head)
     for decl in schema.models:
-        assert bool(configs[decl.name].model_warmup) == (decl.role in GRAPH_ROLES | {Role.TEXT_ENCODER})
+        if decl.role in GRAPH_ROLES | {Role.TEXT_ENCODER}:
+            continue
+        # Every other (python) model: one empty request over all its inputs, zero or WARMUP_VALUES.
+        (warm,) = configs[decl.name].model_warmup
+        assert warm.batch_size == 1 and set(warm.inputs) == {t.name for t in decl.inputs}, decl.name
+        for tensor in decl.inputs:
+            sample = warm.inputs[tensor.name]
+            assert list(sample.dims) == [0 if d == -1 else d for d in tensor.dims], (decl.name, tensor.name)
+            assert sample.input_data_file == (tensor.name if tensor.name in WARMUP_VALUES else "")
+            assert sample.zero_data == (tensor.name not in WARMUP_VALUES)
+    assert {"TOP_K", "PRICE_RANGE"} <= {i for i in configs[CATALOG_SEARCH].model_warmup[0].inputs}
 
 
 def test_encoder_buckets_follow_the_tokenizer_feeding_the_encoder() -> None:
@@ -260,13 +273,21 @@ def test_written_repository_holds_each_models_files_for_its_target(
         assert (version / GRAPH_FILE).is_file() == (decl.role in GRAPH_ROLES or text_encoder), decl.name
         assert (version / TOKENIZER_FILE).is_file() == (decl.role is Role.TOKENIZER or text_encoder), decl.name
         assert read_config(tmp_path / decl.name).name == decl.name
-        warmup = {w.name: w.inputs["TEXT"].input_data_file for w in read_config(tmp_path / decl.name).model_warmup}
+        warmup_dir = tmp_path / decl.name / WARMUP_DIR
         if text_encoder:
+            warmup = {w.name: w.inputs["TEXT"].input_data_file for w in read_config(tmp_path / decl.name).model_warmup}
             # Each warmup text is a serialized BYTES tensor that fills its bucket exactly.
             tokenizer = load_tokenizer(version, max_length=1024)
             for bucket, file_name in zip(tokenizer_buckets(decl), warmup.values(), strict=True):
-                (text,) = deserialize_bytes_tensor((tmp_path / decl.name / "warmup" / file_name).read_bytes())
+                (text,) = deserialize_bytes_tensor((warmup_dir / file_name).read_bytes())
                 assert len(tokenizer.encode(text.decode()).ids) == bucket, (decl.name, bucket)
+        else:
+            # The values of an empty warmup request that may not be zero, as raw arrays of their dtype.
+            valued = {t.name: t for t in decl.inputs if t.name in WARMUP_VALUES}
+            assert {p.name for p in warmup_dir.glob("*")} == set(valued), decl.name
+            for name, tensor in valued.items():
+                read = np.frombuffer((warmup_dir / name).read_bytes(), dtype=tensor.dtype.numpy_name)
+                np.testing.assert_array_equal(read, WARMUP_VALUES[name])
     for ensemble in schema.ensembles:
         assert (tmp_path / ensemble.name / MODEL_VERSION).is_dir()
         assert read_config(tmp_path / ensemble.name).name == ensemble.name
