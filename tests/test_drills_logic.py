@@ -14,7 +14,7 @@ from aisle.benchmarks.drills.proxy import ProxyConfig, nginx_conf
 from aisle.benchmarks.drills.replicas import recovered_after_s
 from aisle.benchmarks.drills.soak import SoakConfig, periods_of, rss_growth
 from aisle.benchmarks.drills.timeline import Timeline
-from aisle.benchmarks.drills.traffic import ClientProcess, infer_request_bytes
+from aisle.benchmarks.drills.traffic import ClientProcess, ReadinessProbe, infer_request_bytes
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import Completion
 from aisle.model_repository.server import free_port
@@ -95,3 +95,11 @@ def test_a_client_process_with_no_server_records_unavailable_and_is_stopped() ->
     assert all(s.done_at >= s.sent_at for s in client.sent)
     with pytest.raises(ProcessLookupError):  # stopped and reaped
         os.kill(client.pid, 0)
+
+
+def test_readiness_probe_reports_each_change_of_answer_from_an_instant_on() -> None:
+    probe = ReadinessProbe("127.0.0.1:1")  # never started: its answers are set here
+    probe.answers = [(0.5, True), (1.0, False), (1.02, False), (1.5, True), (2.0, True), (2.5, False)]
+    assert probe.transitions(1.0) == [(0.0, False), (0.5, True), (1.5, False)]
+    assert probe.transitions(1.6) == [(0.4, True), (0.9, False)]
+    assert probe.flips(1.0) == 2 and probe.transitions(3.0) == []

@@ -62,6 +62,9 @@ class StubKillResult:
     flips_after_ready: int
     statuses: dict[str, int]
     watchdog: list[dict]
+    #: (seconds after the kill, answer) at each change of the readiness probe's answer, from the kill
+    #: on: what to read when a run misses its goals.
+    readiness: list[tuple[float, bool]]
 
     @property
     def met_goals(self) -> bool:
@@ -87,6 +90,7 @@ class StubKillResult:
             f"({self.failed_in_flight_at_kill} in flight at the kill); "
             f"readiness flips after recovery: {self.flips_after_ready}; "
             f"goals {'met' if self.met_goals else 'NOT met'}"
+            + ("" if self.met_goals else f"; readiness changes {self.readiness}; watchdog {self.watchdog}")
         )
 
 
@@ -167,6 +171,7 @@ def run_stub_kill(
         flips_after_ready=probe.flips(end_ready) if ready_at is not None else 0,
         statuses=dict(Counter(s.status for s in load.sent)),
         watchdog=watchdog,
+        readiness=probe.transitions(killed_at),
     )
 
 

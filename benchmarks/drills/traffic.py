@@ -272,6 +272,14 @@ class ReadinessProbe:
             time.sleep(self.interval_s)
         return None
 
+    def transitions(self, since: float) -> list[tuple[float, bool]]:
+        """(seconds after `since`, answer) for the first answer from `since` on and each change after it."""
+        changes: list[tuple[float, bool]] = []
+        for t, ready in list(self.answers):
+            if t >= since and (not changes or changes[-1][1] != ready):
+                changes.append((round(t - since, 3), ready))
+        return changes
+
     def flips(self, after: float) -> int:
         """How often the answer changed after `after`."""
         answers = [r for t, r in list(self.answers) if t >= after]
