@@ -62,7 +62,7 @@ from aisle.benchmarks.workloads import (
     zipf_query_workload,
 )
 from aisle.errors import AisleError
-from aisle.schema import ATTENTION_MASK, INPUT_IDS, ITEM_ENCODER, ITEM_TEXT, QUERY, QUERY_ENCODER, Role
+from aisle.schema import ATTENTION_MASK, INPUT_IDS, ITEM_ENCODER, ITEM_TEXT, QUERY, QUERY_ENCODER, Role, Schema
 
 #: Calls each client makes before the client-cpu study starts timing it (channel set-up, first calls).
 WARMUP_CALLS = 20
@@ -331,12 +331,12 @@ def _client_cpu(args: argparse.Namespace) -> dict:
         return {"client_cpu": client_cpu(url, workload, calls=args.calls)}
 
 
-def first_calls(url: str, workloads: Sequence[Workload], calls: int) -> dict[str, list[dict]]:
+def first_calls(url: str, schema: Schema, workloads: Sequence[Workload], calls: int) -> dict[str, list[dict]]:
     """Per workload, its first `calls` requests one at a time: wall ms and the compute ms of each
-    composing model they reached (Triton's statistics before and after each call)."""
+    composing model they reached (server_stats.step_times over Triton's statistics around each call)."""
     import tritonclient.grpc as grpcclient
 
-    from aisle.benchmarks.server_stats import PHASES, delta, snapshot
+    from aisle.benchmarks.server_stats import delta, snapshot, step_times
 
     stats = grpcclient.InferenceServerClient(url)
 
@@ -344,13 +344,8 @@ def first_calls(url: str, workloads: Sequence[Workload], calls: int) -> dict[str
         before, start = snapshot(stats), time.perf_counter()
         await call(batch_of_one(request))
         wall_ms = (time.perf_counter() - start) * 1e3
-        window = delta(before, snapshot(stats))
-        compute = {
-            model: sum(c.phase_ns[p] for p in PHASES if p != "queue") / 1e6
-            for model, c in window.items()
-            if c.requests and model != ensemble
-        }
-        return {"wall_ms": wall_ms, "compute_ms": compute}
+        steps = step_times(schema.ensemble(ensemble), delta(before, snapshot(stats)))
+        return {"wall_ms": wall_ms, "compute_ms": {step.model: step.compute_ms for step in steps}}
 
     async def main() -> dict[str, list[dict]]:
         from tritonclient.grpc.aio import InferenceServerClient
@@ -371,9 +366,12 @@ def first_calls(url: str, workloads: Sequence[Workload], calls: int) -> dict[str
 
 
 def _first_calls(args: argparse.Namespace) -> dict:
+    from aisle.export.repo_format import RepoManifest
+
     workloads = build_workloads(_dataset(args), WorkloadConfig())
+    schema = RepoManifest.load(args.repo).schema()
     with serving(None, args.repo) as url:
-        return {"first_calls": first_calls(url, list(workloads.values()), args.calls)}
+        return {"first_calls": first_calls(url, schema, list(workloads.values()), args.calls)}
 
 
 def _response_cache(args: argparse.Namespace) -> dict:

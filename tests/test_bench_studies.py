@@ -138,7 +138,7 @@ def test_first_calls_study_reports_each_call_and_the_models_it_reached(triton_se
 
     schema = RepoManifest.load(Path(triton_server.config.repo)).schema()
     workloads = build_workloads(dataset, SMALL)
-    report = first_calls(triton_server.grpc_url, list(workloads.values()), calls=2)
+    report = first_calls(triton_server.grpc_url, schema, list(workloads.values()), calls=2)
     assert set(report) == set(workloads)
     for name, calls in report.items():
         steps = {step.model for step in schema.ensemble(workloads[name].ensemble).steps}
