@@ -297,10 +297,10 @@ class ModelDecl:
     #: started with a cache (`aisle serve --response-cache-mb N`, tritonserver `--cache-config`).
     response_cache: bool = False
     #: Threads one execution of the model's graph may use on the CPU; None = the runtime's default
-    #: (one per core). A small graph run at batch 1 gains no time from a second thread but spends
-    #: ~70% more CPU (the fusion head over 100 candidates: 0.84 ms on one thread, 0.94 ms wall and
-    #: 1.45 ms CPU on two), which a saturated server takes from its other models; over a merged
-    #: batch of several requests a second thread pays (catalog_search).
+    #: (one per core), or in a python model with several instances cores // instances. A small
+    #: graph run at batch 1 gains no time from a second thread but spends ~70% more CPU (the fusion
+    #: head over 100 candidates: 0.84 ms on one thread, 0.94 ms wall and 1.45 ms CPU on two), which
+    #: a saturated server takes from its other models.
     intra_op_threads: int | None = None
     #: Instances on CPU targets whose graphs run in python models, sharing the cores: each session
     #: takes cores // instances threads (model_repository/ort_runner.py). Two for the query encoder:
@@ -318,6 +318,26 @@ class ModelDecl:
     #: bulk, where one hop per batch weighs little, and its encoder stays addressable by token ids
     #: (the bucket study sends those).
     fuse_tokenizer: bool = False
+    #: Where the target runs its graphs in python models, the text encoder step feeding this model's
+    #: first input (an embedding) is folded into it (fold_for_python_graphs): the model takes that
+    #: encoder's text and embeds it in-process, one process hop fewer per request.
+    fuse_encoder: bool = False
+    #: Set by that fold on the served schema: which encoder the model runs, and for which input.
+    folded_encoder: FoldedEncoder | None = None
+
+
+@dataclass(frozen=True)
+class FoldedEncoder:
+    """A text encoder folded into the model that consumed its embedding.
+
+    encoder: the text encoder model whose tokenizer and graph files the model loads.
+    text: the model's input carrying the text (named after the ensemble tensor that fed the encoder).
+    embedding: the declared input the embedding replaces, as the model's logic still reads it.
+    """
+
+    encoder: str
+    text: str
+    embedding: str
 
 
 @dataclass(frozen=True)
@@ -406,10 +426,9 @@ def _fused_steps(schema: Schema, steps: tuple[Step, ...]) -> tuple[tuple[Step, .
 
 
 def fuse_tokenizers(schema: Schema) -> Schema:
-    """The schema as a target whose graphs run in python models serves it: every encoder declaring
-    fuse_tokenizer becomes a TEXT_ENCODER (the tokenizer's TEXT input and buckets; the encoder's
-    name, outputs, batching, instances and cache), its tokenizer step leaves the ensembles, and a
-    tokenizer no step uses any more leaves the models. Public ensemble tensors do not change."""
+    """Every encoder declaring fuse_tokenizer becomes a TEXT_ENCODER (the tokenizer's TEXT input and
+    buckets; the encoder's name, outputs, batching, instances and cache), its tokenizer step leaves
+    the ensembles, and a tokenizer no step uses any more leaves the models."""
     ensembles: list[EnsembleDecl] = []
     pairs: dict[str, str] = {}
     for ensemble in schema.ensembles:
@@ -430,6 +449,58 @@ def fuse_tokenizers(schema: Schema) -> Schema:
         if decl.role is not Role.TOKENIZER or decl.name in used:
             models.append(decl)
     return replace(schema, models=tuple(models), ensembles=tuple(ensembles))
+
+
+def _encoder_folded_steps(schema: Schema, steps: tuple[Step, ...]) -> tuple[tuple[Step, ...], dict[str, FoldedEncoder]]:
+    """`steps` with each text encoder step that feeds a fuse_encoder model folded into that model's
+    step (the encoder step stays while another step still reads its embedding), and the folds."""
+    producers = {tensor: index for index, step in enumerate(steps) for _, tensor in step.output_map}
+    replaced: dict[int, Step] = {}
+    folds: dict[str, FoldedEncoder] = {}
+    for index, step in enumerate(steps):
+        if not schema.model(step.model).fuse_encoder:
+            continue
+        embedding, source_tensor = step.input_map[0]
+        encoder = steps[producers[source_tensor]]
+        if schema.model(encoder.model).role is not Role.TEXT_ENCODER:
+            raise ValueError(f"{step.model} declares fuse_encoder but {encoder.model} feeds it, not a text encoder")
+        text = encoder.input_map[0][1]
+        replaced[index] = Step(step.model, ((text, text), *step.input_map[1:]), step.output_map)
+        folds[step.model] = FoldedEncoder(encoder.model, text, embedding)
+    merged = tuple(replaced.get(i, step) for i, step in enumerate(steps))
+    read_before = {tensor for step in steps for _, tensor in step.input_map}
+    read_after = {tensor for step in merged for _, tensor in step.input_map}
+    orphaned = read_before - read_after
+    return tuple(step for step in merged if not any(t in orphaned for _, t in step.output_map)), folds
+
+
+def fuse_encoders(schema: Schema) -> Schema:
+    """Every model declaring fuse_encoder takes the text its feeding text encoder took (an input named
+    after the ensemble tensor, BYTES [1]) instead of the embedding, and records the fold
+    (ModelDecl.folded_encoder) so it loads that encoder's files; an encoder step whose embedding
+    nothing else reads leaves that ensemble. The encoder model itself stays for the other ensembles."""
+    ensembles: list[EnsembleDecl] = []
+    folds: dict[str, FoldedEncoder] = {}
+    for ensemble in schema.ensembles:
+        steps, folded = _encoder_folded_steps(schema, ensemble.steps)
+        ensembles.append(replace(ensemble, steps=steps))
+        folds.update(folded)
+    models = []
+    for decl in schema.models:
+        if decl.name in folds:
+            fold = folds[decl.name]
+            decl = replace(
+                decl, inputs=(TensorDecl(fold.text, DType.BYTES, (1,)), *decl.inputs[1:]), folded_encoder=fold
+            )
+        models.append(decl)
+    return replace(schema, models=tuple(models), ensembles=tuple(ensembles))
+
+
+def fold_for_python_graphs(schema: Schema) -> Schema:
+    """The schema as a target whose graphs run in python models serves it: tokenizers folded into the
+    encoders declaring fuse_tokenizer, then those text encoders into the models declaring
+    fuse_encoder. Public ensemble tensors do not change."""
+    return fuse_encoders(fuse_tokenizers(schema))
 
 
 # --- Names -----------------------------------------------------------------------------------------
@@ -656,17 +727,21 @@ def catalog_search_model(t: CommonTensors) -> ModelDecl:
         (TensorDecl(QUERY_EMBEDDING, DType.FP32, (t.dim,)), *search_inputs(t)),
         (TensorDecl(ITEM_IDS, DType.INT64, (-1,)), TensorDecl(SCORES, DType.FP32, (-1,))),
         PER_REQUEST_BATCHING,
-        # Its one graph is the fusion head's, run under load over a merged batch (~4 requests x
-        # search_depth candidates), which two threads split: 331 / 336 vs 298 / 313 searches/s at
-        # concurrency 16, and no slower alone (p50 11.1 / 11.8 vs 11.6 / 12.7 ms), two interleaved
-        # pairs of perf_analyzer runs on 2 cores, with the stub's CPU share unchanged (0.61 vs 0.58).
-        intra_op_threads=2,
+        # On the embedded target search is this one step: the query encoder's tokenizer and graph
+        # run inside it, so a search pays one python hop, not two. Measured with perf_analyzer on
+        # the small shop (2 cores, interleaved runs of the two-step and the folded repository):
+        # search p50 at concurrency 1 9.92 vs 7.83 ms (embed_query's 6.55 / 6.24 ms in the same
+        # runs), and at concurrency 16 314 vs 410 searches/s.
+        fuse_encoder=True,
+        # Two instances sharing the cores (one onnxruntime thread each, like the query encoder's):
+        # folded, one two-threaded instance ran full batches of 8 with 25 ms queued per request at
+        # concurrency 16 and served 291-314 searches/s, two single-threaded ones 400-410 with a
+        # p50 at concurrency 1 within noise (8.1 vs 8.6 ms, one run each).
+        cpu_instances=2,
     )
 
 
-def validator_model(
-    name: str, inputs: tuple[TensorDecl, ...], extra_outputs: tuple[TensorDecl, ...] = ()
-) -> ModelDecl:
+def validator_model(name: str, inputs: tuple[TensorDecl, ...], extra_outputs: tuple[TensorDecl, ...] = ()) -> ModelDecl:
     """A step that checks every input and passes each on as VALID_<name> (plus `extra_outputs`).
 
     Multi-branch ensembles check every input in one first step, before any branch starts: when a

@@ -471,12 +471,14 @@ def _rank_note(point: dict | None, facts: RunFacts) -> str:
 
 
 def _search_note(search: dict | None, query: dict | None, facts: RunFacts) -> str:
-    """What search adds to embed_query: the catalog_search step (retrieval + head + top-K)."""
+    """What search adds to embed_query: the catalog_search step (retrieval + head + top-K), which on
+    targets whose graphs run in python models also encodes the query (aisle.schema.fuse_encoders)."""
     step = _step(search, CATALOG_SEARCH)
     parts = [f"search: {profile(search)}. embed_query: {profile(query)}."]
     if step:
+        work = "query encoder, retrieval" if facts.python_encoder else "retrieval"
         parts.append(
-            f"catalog_search (retrieval, fusion head, top-K in one step) took {step['compute_ms']:.2f} ms computing "
+            f"catalog_search ({work}, fusion head, top-K in one step) took {step['compute_ms']:.2f} ms computing "
             f"and {step['queue_ms']:.2f} ms queued per request, in batches of {step['mean_batch']:.1f}."
         )
     cpu = CpuUse.of(search, facts.cores) if search else None

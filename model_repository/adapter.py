@@ -7,18 +7,15 @@ place where aisle errors meet wire codes on the server side.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from threadpoolctl import threadpool_limits
 
-from aisle.model_repository.batching import Outcome, Tensors
+from aisle.model_repository.batching import Logic, Outcome
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
-
-Logic = Callable[[Sequence[Tensors]], list[Outcome]]
 
 
 def to_response(outcome: Outcome) -> Any:

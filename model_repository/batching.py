@@ -18,6 +18,8 @@ from aisle.model_repository.errors import InvalidInput
 Tensors: TypeAlias = dict[str, np.ndarray]
 #: What a model returns for one request: its output tensors, or why it was rejected.
 Outcome: TypeAlias = Tensors | InvalidInput
+#: A python model's logic: one dynamic batch of requests in, one outcome per request out.
+Logic: TypeAlias = Callable[[Sequence[Tensors]], list[Outcome]]
 
 
 def group_by_shape(requests: Sequence[Tensors]) -> list[list[int]]:

@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aisle.export.repo_format import Catalog, served_catalog_dir, served_state_key
-from aisle.model_repository.batching import Outcome, Tensors
+from aisle.model_repository.batching import Logic, Outcome, Tensors
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.validation import CatalogIndex
-
-Logic = Callable[[Sequence[Tensors]], list[Outcome]]
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from aisle.model_repository.batching import Outcome, Tensors, merge, run_stacked
+from aisle.export.repo_format import GRAPH_FILE
+from aisle.model_repository.batching import Logic, Outcome, Tensors, merge, run_stacked
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
-from aisle.model_repository.ort_runner import OrtGraph
+from aisle.model_repository.ort_runner import OrtGraph, OrtOptions
 from aisle.model_repository.tokenizer_logic import BatchTokenizer
-from aisle.schema import ATTENTION_MASK, EMBEDDING, TEXT
+from aisle.schema import ATTENTION_MASK, EMBEDDING, TEXT, FoldedEncoder
 from aisle.tokenization import longest_width
 
 
@@ -64,3 +65,38 @@ class TextEncoder:
         """Already-checked texts (a 1-D object array) -> [len, D] float32, as one graph run."""
         (tokens,) = self.tokenizer([{TEXT: texts.reshape(-1, 1)}])
         return self.run(tokens)[EMBEDDING]
+
+
+class EmbedsItsText:
+    """A model's logic behind the text encoder folded into it (ModelDecl.folded_encoder, embedded
+    target): the request's text is embedded in this process and reaches the logic as the embedding
+    input the model was declared with, so the logic is the same on every target.
+
+    The encoder's files are the encoder model's own (its tokenizer.json and model.onnx); its session
+    takes this model's thread setting, since it runs in this model's instances.
+    """
+
+    def __init__(self, encoder: TextEncoder, fold: FoldedEncoder, logic: Logic) -> None:
+        self.encoder = encoder
+        self.fold = fold
+        self.logic = logic
+
+    @classmethod
+    def wrap(cls, context: ModelContext, logic: Logic) -> Logic:
+        """`logic` behind its model's folded encoder; `logic` itself where nothing was folded."""
+        fold = context.decl.folded_encoder
+        if fold is None:
+            return logic
+        encoder = ModelContext.load(context.repo, fold.encoder, context.version_dir.name)
+        graph = OrtGraph(encoder.version_dir / GRAPH_FILE, OrtOptions.from_context(context))
+        return cls(TextEncoder(BatchTokenizer.from_context(encoder), graph), fold, logic)
+
+    def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
+        embedded = self.encoder([{TEXT: request[self.fold.text]} for request in requests])
+        valid = [index for index, outcome in enumerate(embedded) if not isinstance(outcome, InvalidInput)]
+        inputs = [
+            {name: array for name, array in requests[index].items() if name != self.fold.text}
+            | {self.fold.embedding: embedded[index][EMBEDDING]}
+            for index in valid
+        ]
+        return merge(embedded, valid, self.logic(inputs))

@@ -27,20 +27,25 @@ from aisle.schema import (
     CATALOG_SEARCH,
     ITEM_ENCODER,
     NUM_ITEM_FEATURES,
+    QUERY,
+    QUERY_EMBEDDING,
     QUERY_ENCODER,
+    SEARCH,
+    DType,
+    FoldedEncoder,
     Role,
     Schema,
     ServingLimits,
     TensorDecl,
     build_schema,
-    fuse_tokenizers,
+    fold_for_python_graphs,
     tokenizer_buckets,
 )
 
 SCHEMA = build_schema(384)
 #: The declared schema and the one targets whose graphs run in python models serve.
-SCHEMAS = [SCHEMA, fuse_tokenizers(SCHEMA)]
-SCHEMA_IDS = ["declared", "tokenizers-fused"]
+SCHEMAS = [SCHEMA, fold_for_python_graphs(SCHEMA)]
+SCHEMA_IDS = ["declared", "folded-for-python-graphs"]
 ALL_TARGETS = [
     target_named("tensorrt"),
     target_named("onnxruntime"),
@@ -315,7 +320,7 @@ def test_repo_manifest_rebuilds_the_rendering_schema(target: RenderTarget, tmp_p
     assert schema == target.served_schema(build_schema(32, limits))
 
 
-def test_the_embedded_target_folds_the_query_tokenizer_into_the_query_encoder_only() -> None:
+def test_the_embedded_target_folds_the_query_tokenizer_into_the_query_encoder_and_that_into_catalog_search() -> None:
     served = {target.name: target.served_schema(SCHEMA) for target in ALL_TARGETS}
     assert served["tensorrt"] == served["onnxruntime"] == SCHEMA
     fused = served["embedded"]
@@ -331,10 +336,26 @@ def test_the_embedded_target_folds_the_query_tokenizer_into_the_query_encoder_on
     assert fused.encoder_buckets(QUERY_ENCODER) == SCHEMA.limits.query_buckets
     assert fused.model(ITEM_ENCODER) == SCHEMA.model(ITEM_ENCODER)
     assert {m.name for m in SCHEMA.models} - {m.name for m in fused.models} == {"query_tokenizer"}
+    # search is one step: catalog_search takes the query text and embeds it with the query tower.
+    declared_search, catalog_search = SCHEMA.model(CATALOG_SEARCH), fused.model(CATALOG_SEARCH)
+    assert catalog_search.inputs == (TensorDecl(QUERY, DType.BYTES, (1,)), *declared_search.inputs[1:])
+    assert declared_search.inputs[0].name == QUERY_EMBEDDING and declared_search.folded_encoder is None
+    assert catalog_search.folded_encoder == FoldedEncoder(QUERY_ENCODER, QUERY, QUERY_EMBEDDING)
+    assert catalog_search.outputs == declared_search.outputs
+    (step,) = fused.ensemble(SEARCH).steps
+    assert step.model == CATALOG_SEARCH and dict(step.input_map) == {t.name: t.name for t in catalog_search.inputs}
     for declared, ensemble in zip(SCHEMA.ensembles, fused.ensembles, strict=True):
         assert (ensemble.name, ensemble.inputs, ensemble.outputs) == (declared.name, declared.inputs, declared.outputs)
         uses_query_tower = any(step.model == QUERY_ENCODER for step in declared.steps)
-        assert len(ensemble.steps) == len(declared.steps) - uses_query_tower, ensemble.name
+        folds_it = ensemble.name == SEARCH
+        assert len(ensemble.steps) == len(declared.steps) - uses_query_tower - folds_it, ensemble.name
+
+
+def test_an_encoder_fold_needs_a_text_encoder_feeding_the_model() -> None:
+    """fuse_encoder on a model fed by a graph encoder (tokenizer not folded) is a declaration error."""
+    unfused = replace(SCHEMA, models=tuple(replace(m, fuse_tokenizer=False) for m in SCHEMA.models))
+    with pytest.raises(ValueError, match="catalog_search declares fuse_encoder but query_encoder feeds it"):
+        fold_for_python_graphs(unfused)
 
 
 def test_repo_manifest_load_names_a_missing_manifest(tmp_path: Path) -> None:

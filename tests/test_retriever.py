@@ -14,18 +14,25 @@ from aisle.export.repository import RepoSpec, render_repository
 from aisle.export.targets import target_named
 from aisle.model_repository.catalog_search import CatalogSearch, best_first
 from aisle.model_repository.catalog_store import CatalogStore
+from aisle.model_repository.context import ModelContext
+from aisle.model_repository.errors import InvalidInput
 from aisle.model_repository.ort_runner import OrtGraph
 from aisle.model_repository.retriever import Retriever
 from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
+from aisle.model_repository.text_encoder import EmbedsItsText, TextEncoder
 from aisle.retrieval import ATTRIBUTES_FILE, INDEX_FILE, PAD_ROW, ExactIndex, ItemAttributes, Popularity
 from aisle.schema import (
     BRANDS,
+    CATALOG_SEARCH,
     CATEGORY,
+    EMBED_QUERY,
     EXCLUDE_BRANDS,
     EXCLUDE_IDS,
     FUSION_HEAD,
     ITEM_IDS,
+    ITEM_STORE,
     PRICE_RANGE,
+    QUERY,
     QUERY_EMBEDDING,
     SCORES,
     TOP_K,
@@ -147,3 +154,41 @@ def test_a_batch_of_only_invalid_requests_gets_one_error_each(retriever: Retriev
     outcomes = search([request(dim) | {TOP_K: np.array([[0]], np.int64)}, request(dim, max_price=-1.0)])
     assert [type(o).__name__ for o in outcomes] == ["InvalidInput", "InvalidInput"]
     assert TOP_K in str(outcomes[0]) and "PRICE_RANGE" in str(outcomes[1])
+
+
+def test_the_embedded_catalog_search_embeds_its_query_text_as_the_two_step_search_does(embedded_repo: Path) -> None:
+    """On the embedded target the query encoder is folded into catalog_search, which takes QUERY
+    text: each request of a mixed batch gets what embed_query's embedding fed to the unfolded
+    logic gives it alone; a query that is not UTF-8 is refused naming QUERY and a bad TOP_K naming
+    TOP_K, and the rest of the batch is served. Models with nothing folded keep their logic."""
+    context = ModelContext.load(embedded_repo, CATALOG_SEARCH)
+    assert context.decl.inputs[0].name == QUERY
+    search = CatalogSearch.from_context(context)
+    folded = EmbedsItsText.wrap(context, search)
+    query_tower = TextEncoder.serving(context, EMBED_QUERY)
+    dim = context.schema.embedding_dim
+    catalog = search.retriever.store.catalog
+
+    def text_request(text: bytes, **extra: np.ndarray) -> dict[str, np.ndarray]:
+        fields = {name: value for name, value in request(dim).items() if name != QUERY_EMBEDDING}
+        return fields | {QUERY: np.array([[text]], dtype=object)} | extra
+
+    batch = [
+        text_request(b"running shoes"),
+        text_request(b"caf\xe9"),
+        text_request(b"", **{USER_HISTORY_IDS: catalog.item_ids[None, :2]}),
+        text_request(b"tent", **{TOP_K: np.array([[0]], np.int64)}),
+        text_request(b"waterproof hiking boots for winter trails", **{PRICE_RANGE: np.array([[10, 90]], np.float32)}),
+    ]
+    outcomes = folded(batch)
+    assert isinstance(outcomes[1], InvalidInput) and QUERY in str(outcomes[1])
+    assert isinstance(outcomes[3], InvalidInput) and TOP_K in str(outcomes[3])
+    for index in (0, 2, 4):
+        fields = {name: value for name, value in batch[index].items() if name != QUERY}
+        query = query_tower.embed(batch[index][QUERY].reshape(-1))
+        (alone,) = search([fields | {QUERY_EMBEDDING: query}])
+        np.testing.assert_array_equal(outcomes[index][ITEM_IDS], alone[ITEM_IDS])
+        np.testing.assert_allclose(outcomes[index][SCORES], alone[SCORES], rtol=0, atol=1e-5)
+        assert outcomes[index][ITEM_IDS].shape == (1, 3)
+    item_store = ModelContext.load(embedded_repo, ITEM_STORE)
+    assert EmbedsItsText.wrap(item_store, search) is search

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from aisle.errors import ExportError
 from aisle.export.graphs import GRAPH_ROLES
-from aisle.schema import INTRA_OP_THREADS_PARAMETER, ModelDecl, Role, Schema, fuse_tokenizers
+from aisle.schema import INTRA_OP_THREADS_PARAMETER, ModelDecl, Role, Schema, fold_for_python_graphs
 
 if TYPE_CHECKING:
     from tritonclient.grpc import model_config_pb2 as pb
@@ -101,10 +101,11 @@ class RenderTarget:
     @classmethod
     def served_schema(cls, schema: Schema) -> Schema:
         """The declared schema as this target serves it. Where the graphs run in python models, the
-        encoders declaring fuse_tokenizer tokenize in their own model (aisle.schema.fuse_tokenizers):
-        a tokenizer step there is one more stub process per request. Native backends take token
-        ids, so their tokenizers stay steps of their own."""
-        return fuse_tokenizers(schema) if cls.GRAPH_RUNTIME.is_python else schema
+        encoders declaring fuse_tokenizer tokenize in their own model and the models declaring
+        fuse_encoder embed their own text (aisle.schema.fold_for_python_graphs): each step there is
+        one more stub process per request. Native backends take token ids and run graphs apart from
+        python logic, so their tokenizers and encoders stay steps of their own."""
+        return fold_for_python_graphs(schema) if cls.GRAPH_RUNTIME.is_python else schema
 
     def runtime(self, role: Role) -> Runtime:
         return self.GRAPH_RUNTIME if role in GRAPH_ROLES else PYTHON
