@@ -728,15 +728,16 @@ def catalog_search_model(t: CommonTensors) -> ModelDecl:
         (TensorDecl(ITEM_IDS, DType.INT64, (-1,)), TensorDecl(SCORES, DType.FP32, (-1,))),
         PER_REQUEST_BATCHING,
         # On the embedded target search is this one step: the query encoder's tokenizer and graph
-        # run inside it, so a search pays one python hop, not two. Measured with perf_analyzer on
-        # the small shop (2 cores, interleaved runs of the two-step and the folded repository):
-        # search p50 at concurrency 1 9.92 vs 7.83 ms (embed_query's 6.55 / 6.24 ms in the same
-        # runs), and at concurrency 16 314 vs 410 searches/s.
+        # run inside it (one python hop instead of two). Measured with perf_analyzer on the small
+        # shop (2 cores, quiet machine, three interleaved pairs of two-step vs folded servers):
+        # searches/s at concurrency 16 312 / 336 / 338 vs 401 / 418 / 363; p50 at concurrency 1
+        # unchanged (9.5 / 8.1 / 8.6 vs 9.1 / 9.1 / 9.2 ms): the hop was cheap alone, the gain is
+        # under load, where a search no longer queues twice.
         fuse_encoder=True,
         # Two instances sharing the cores (one onnxruntime thread each, like the query encoder's):
         # folded, one two-threaded instance ran full batches of 8 with 25 ms queued per request at
-        # concurrency 16 and served 291-314 searches/s, two single-threaded ones 400-410 with a
-        # p50 at concurrency 1 within noise (8.1 vs 8.6 ms, one run each).
+        # concurrency 16 and served 291-314 searches/s. Two instances without the fold did not gain
+        # (281 / 315 vs the folded 392 / 405, two interleaved pairs).
         cpu_instances=2,
     )
 

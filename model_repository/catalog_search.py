@@ -14,7 +14,9 @@ stub boundaries (retriever -> fusion_head -> selection) through shared memory. M
 small shop (contended quick bench, concurrency 1): retriever 4.3 ms + head 5.5 ms + selection
 1.1 ms as three steps, while the same retrieval takes 0.85 ms in-process and the head over 100
 candidates 1.4 ms. The head is a small MLP, so running it on the CPU costs GPU targets little.
-It also means every stage of a request reads one catalog store.
+It also means every stage of a request reads one catalog store. On the embedded target the query
+encoder is folded in too (aisle.schema.fuse_encoders; text_encoder.EmbedsItsText embeds QUERY in
+this process before this logic runs), so there search is a single step.
 """
 
 from __future__ import annotations

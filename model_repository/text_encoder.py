@@ -4,7 +4,8 @@ On the embedded target the query tower's encoder tokenizes its own requests (ais
 fuse_tokenizers): the tokenizer logic (tokenizer_logic.BatchTokenizer, each request cut to its own
 length bucket) feeds the graph (ort_runner.OrtGraph, one run per bucket) without a stub process in
 between. The same pairing embeds cold candidates in-process (cold_items), whichever form the
-embedding ensemble's steps take.
+embedding ensemble's steps take, and EmbedsItsText runs the query tower inside catalog_search
+(aisle.schema.fuse_encoders), which makes search one step on the embedded target.
 
 Each run is cut to its longest text (aisle.tokenization.longest_width) rather than padded to the
 bucket: with the batch formed, padding would only add cost. Shop queries average 7 tokens, so most
