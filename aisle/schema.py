@@ -10,9 +10,10 @@ This module imports only the standard library so the torch-free client can use i
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
+from typing import TypeVar
 
 # --- Sizes declared once -------------------------------------------------------------------------
 
@@ -425,16 +426,28 @@ def _fused_steps(schema: Schema, steps: tuple[Step, ...]) -> tuple[tuple[Step, .
     return merged, pairs
 
 
+#: What one kind of fold records per folded model.
+T = TypeVar("T")
+
+
+def _fold_ensembles(
+    schema: Schema, fold: Callable[[Schema, tuple[Step, ...]], tuple[tuple[Step, ...], dict[str, T]]]
+) -> tuple[tuple[EnsembleDecl, ...], dict[str, T]]:
+    """Every ensemble with `fold` applied to its steps, and what the folds recorded, by model."""
+    ensembles: list[EnsembleDecl] = []
+    folds: dict[str, T] = {}
+    for ensemble in schema.ensembles:
+        steps, folded = fold(schema, ensemble.steps)
+        ensembles.append(replace(ensemble, steps=steps))
+        folds.update(folded)
+    return tuple(ensembles), folds
+
+
 def fuse_tokenizers(schema: Schema) -> Schema:
     """Every encoder declaring fuse_tokenizer becomes a TEXT_ENCODER (the tokenizer's TEXT input and
     buckets; the encoder's name, outputs, batching, instances and cache), its tokenizer step leaves
     the ensembles, and a tokenizer no step uses any more leaves the models."""
-    ensembles: list[EnsembleDecl] = []
-    pairs: dict[str, str] = {}
-    for ensemble in schema.ensembles:
-        steps, folded = _fused_steps(schema, ensemble.steps)
-        ensembles.append(replace(ensemble, steps=steps))
-        pairs.update(folded)
+    ensembles, pairs = _fold_ensembles(schema, _fused_steps)
     used = {step.model for ensemble in ensembles for step in ensemble.steps}
     models = []
     for decl in schema.models:
@@ -479,12 +492,7 @@ def fuse_encoders(schema: Schema) -> Schema:
     after the ensemble tensor, BYTES [1]) instead of the embedding, and records the fold
     (ModelDecl.folded_encoder) so it loads that encoder's files; an encoder step whose embedding
     nothing else reads leaves that ensemble. The encoder model itself stays for the other ensembles."""
-    ensembles: list[EnsembleDecl] = []
-    folds: dict[str, FoldedEncoder] = {}
-    for ensemble in schema.ensembles:
-        steps, folded = _encoder_folded_steps(schema, ensemble.steps)
-        ensembles.append(replace(ensemble, steps=steps))
-        folds.update(folded)
+    ensembles, folds = _fold_ensembles(schema, _encoder_folded_steps)
     models = []
     for decl in schema.models:
         if decl.name in folds:
