@@ -13,12 +13,14 @@ from tritonclient.utils import deserialize_bytes_tensor
 from aisle.benchmarks.drills.proxy import ProxyConfig, nginx_conf
 from aisle.benchmarks.drills.replicas import recovered_after_s
 from aisle.benchmarks.drills.soak import SoakConfig, periods_of, rss_growth
+from aisle.benchmarks.drills.stub_kill import drill_ensemble
 from aisle.benchmarks.drills.timeline import Timeline
 from aisle.benchmarks.drills.traffic import ClientProcess, ReadinessProbe, infer_request_bytes
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.benchmarks.load import Completion
+from aisle.export.targets import target_named
 from aisle.model_repository.server import free_port
-from aisle.schema import ServingLimits
+from aisle.schema import ServingLimits, build_schema
 
 
 def test_completions_are_bucketed_by_the_second_they_finished_in() -> None:
@@ -103,3 +105,16 @@ def test_readiness_probe_reports_each_change_of_answer_from_an_instant_on() -> N
     assert probe.transitions(1.0) == [(0.0, False), (0.5, True), (1.5, False)]
     assert probe.transitions(1.6) == [(0.4, True), (0.9, False)]
     assert probe.flips(1.0) == 2 and probe.transitions(3.0) == []
+
+
+def test_the_stub_kill_drill_reaches_every_python_model_an_ensemble_runs() -> None:
+    """Any stub may die, so the drill has traffic for every model of the embedded target's
+    ensembles (catalog_search, the query tower folded in, through search), and the SDK builds a
+    request for each of those ensembles. user_profile serves direct callers only."""
+    schema = target_named("embedded").served_schema(build_schema(32))
+    in_ensembles = {step.model for ensemble in schema.ensembles for step in ensemble.steps}
+    assert {m.name for m in schema.models} - in_ensembles == {"user_profile"}
+    chosen = {model: drill_ensemble(schema, model) for model in in_ensembles}
+    assert chosen["catalog_search"] == "search" and chosen["query_encoder"] == "embed_query"
+    assert chosen["rank_cold_validator"] == chosen["cold_item_encoder"] == "rank_cold"
+    assert all(any(step.model == model for step in schema.ensemble(e).steps) for model, e in chosen.items())

@@ -27,24 +27,15 @@ from pathlib import Path
 
 import numpy as np
 
-from aisle.benchmarks.drills.traffic import ClosedLoop, ReadinessProbe, Sent
+from aisle.benchmarks.drills.traffic import ClosedLoop, ReadinessProbe, Request, Sent
+from aisle.client.requests import embed_request, rank_cold_request, rank_request, search_request
 from aisle.export.repo_format import RepoManifest, catalog_dir, read_item_ids
 from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
 from aisle.model_repository.watchdog import server_stubs
-from aisle.schema import (
-    CANDIDATE_IDS,
-    EMBED_ITEM,
-    EMBED_QUERY,
-    ITEM_TEXT,
-    QUERY,
-    QUERY_ENCODER,
-    RANK,
-    USER_HISTORY_IDS,
-    Schema,
-)
+from aisle.schema import EMBED_ITEM, EMBED_QUERY, ITEM_FEATURES, QUERY_ENCODER, RANK, RANK_COLD, SEARCH, Schema
 
 #: Ensembles the drill can send traffic through, in order of preference.
-DRILL_ENSEMBLES = (EMBED_QUERY, EMBED_ITEM, RANK)
+DRILL_ENSEMBLES = (EMBED_QUERY, EMBED_ITEM, RANK, SEARCH, RANK_COLD)
 
 
 @dataclass(frozen=True)
@@ -102,15 +93,21 @@ def drill_ensemble(schema: Schema, model: str) -> str:
     raise ValueError(f"no drill ensemble ({', '.join(DRILL_ENSEMBLES)}) uses model {model!r}")
 
 
-def sample_request(ensemble: str, repo: Path) -> dict[str, np.ndarray]:
-    """An ordinary request to `ensemble` (rank: the first catalog items)."""
-    text = np.array([[b"running shoes"]], dtype=object)
-    if ensemble == EMBED_QUERY:
-        return {QUERY: text}
-    if ensemble == EMBED_ITEM:
-        return {ITEM_TEXT: np.array([[b"Trail running shoe, waterproof, size 42"]], dtype=object)}
+def sample_request(ensemble: str, repo: Path) -> Request:
+    """An ordinary request to `ensemble`, built by the client SDK (the first catalog items as
+    candidates and history; two new items with unknown features for rank_cold)."""
     ids = read_item_ids(catalog_dir(repo))[:10].astype(np.int64)
-    return {QUERY: text, CANDIDATE_IDS: ids[None], USER_HISTORY_IDS: ids[None, :3]}
+    query, item = "running shoes", "Trail running shoe, waterproof, size 42"
+    unknown_features = np.full((2, len(ITEM_FEATURES)), np.nan)
+    requests = {
+        EMBED_QUERY: lambda: embed_request(EMBED_QUERY, [query]),
+        EMBED_ITEM: lambda: embed_request(EMBED_ITEM, [item]),
+        RANK: lambda: rank_request(query, ids, ids[:3], None),
+        RANK_COLD: lambda: rank_cold_request(query, [item, "Hiking sock"], unknown_features, ids[:3], None),
+        SEARCH: lambda: search_request(query, ids[:3], 10, None),
+    }
+    (call,) = requests[ensemble]().calls(RepoManifest.load(repo).schema(), "drill")
+    return call.inputs
 
 
 def stub_pid(server: TritonServer, model: str, timeout_s: float = 10.0) -> int:
