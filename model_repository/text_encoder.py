@@ -90,7 +90,7 @@ class EmbedsItsText:
             return logic
         encoder = ModelContext.load(context.repo, fold.encoder, context.version_dir.name)
         graph = OrtGraph(encoder.version_dir / GRAPH_FILE, OrtOptions.from_context(context))
-        return cls(TextEncoder(BatchTokenizer.from_context(encoder), graph), fold, logic)
+        return cls(TextEncoder(BatchTokenizer.from_context(encoder, source=fold.text), graph), fold, logic)
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         embedded = self.encoder([{TEXT: request[self.fold.text]} for request in requests])

@@ -52,14 +52,16 @@ class BatchTokenizer:
         self.source = source
 
     @classmethod
-    def from_context(cls, context: ModelContext) -> BatchTokenizer:
+    def from_context(cls, context: ModelContext, source: str | None = None) -> BatchTokenizer:
+        """The tokenizer of a tokenizing model; errors name `source`, by default the ensemble inputs
+        that reach its TEXT."""
         buckets = tokenizer_buckets(context.decl)
         tokenizer = load_tokenizer(context.version_dir, max_length=buckets[-1])
         return cls(
             tokenizer,
             Bucketing(buckets),
             max_text_bytes=context.schema.limits.max_text_bytes(buckets),
-            source=public_inputs(context.schema, context.decl.name, TEXT),
+            source=source or public_inputs(context.schema, context.decl.name, TEXT),
         )
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:

@@ -109,8 +109,8 @@ def test_readiness_probe_reports_each_change_of_answer_from_an_instant_on() -> N
 
 def test_the_stub_kill_drill_reaches_every_python_model_an_ensemble_runs() -> None:
     """Any stub may die, so the drill has traffic for every model of the embedded target's
-    ensembles (catalog_search, the query tower folded in, through search), and the SDK builds a
-    request for each of those ensembles. user_profile serves direct callers only."""
+    ensembles (catalog_search, the query tower folded in, through search). user_profile serves
+    direct callers only."""
     schema = target_named("embedded").served_schema(build_schema(32))
     in_ensembles = {step.model for ensemble in schema.ensembles for step in ensemble.steps}
     assert {m.name for m in schema.models} - in_ensembles == {"user_profile"}
