@@ -10,6 +10,7 @@ is what achieved GFLOP/s is computed against.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 from aisle.schema import EnsembleDecl
@@ -116,6 +117,22 @@ def step_times(ensemble: EnsembleDecl, window: Snapshot) -> list[StepTime]:
             )
         )
     return steps
+
+
+def window_of_one_call(client, before: Snapshot, ensemble: EnsembleDecl, timeout_s: float = 2.0) -> Snapshot:
+    """The delta since `before` once every composing model of `ensemble` has counted a call.
+
+    Triton records a model's statistics as its execution ends, which can come after the client
+    already holds the response (the last step's, above all): a snapshot taken at once may miss it.
+    Polls until each step shows a request, or `timeout_s` passes (then returns what it has).
+    """
+    models = {step.model for step in ensemble.steps}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        window = delta(before, snapshot(client))
+        if all(window.get(m) is not None and window[m].requests > 0 for m in models) or time.monotonic() > deadline:
+            return window
+        time.sleep(0.005)
 
 
 def ensemble_ms(ensemble: EnsembleDecl, window: Snapshot) -> float | None:

@@ -336,7 +336,7 @@ def first_calls(url: str, schema: Schema, workloads: Sequence[Workload], calls: 
     composing model they reached (server_stats.step_times over Triton's statistics around each call)."""
     import tritonclient.grpc as grpcclient
 
-    from aisle.benchmarks.server_stats import delta, snapshot, step_times
+    from aisle.benchmarks.server_stats import snapshot, step_times, window_of_one_call
 
     stats = grpcclient.InferenceServerClient(url)
 
@@ -344,7 +344,8 @@ def first_calls(url: str, schema: Schema, workloads: Sequence[Workload], calls: 
         before, start = snapshot(stats), time.perf_counter()
         await call(batch_of_one(request))
         wall_ms = (time.perf_counter() - start) * 1e3
-        steps = step_times(schema.ensemble(ensemble), delta(before, snapshot(stats)))
+        decl = schema.ensemble(ensemble)
+        steps = step_times(decl, window_of_one_call(stats, before, decl))
         return {"wall_ms": wall_ms, "compute_ms": {step.model: step.compute_ms for step in steps}}
 
     async def main() -> dict[str, list[dict]]:
