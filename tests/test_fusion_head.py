@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from aisle.modeling.fusion import FusionHead, FusionHeadConfig, cosine
+from aisle.modeling.fusion import FusionHead, FusionHeadConfig
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The textbook cosine along the last dim, 0 where either side is the zero vector."""
+    return (a * b).sum(-1, keepdim=True) / (a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True)).clamp(min=1e-6)
 
 
 def concatenated_first_layer(
@@ -21,6 +26,7 @@ def test_factored_first_layer_equals_the_linear_over_concatenated_features() -> 
     head = FusionHead(FusionHeadConfig(embedding_dim=24, hidden_dims=(16, 8))).eval()
     q, u = torch.randn(3, 24), torch.randn(3, 24)
     u[1] = 0.0  # a request without history: the zero user vector
+    q[2] = 0.0  # a recommendation: the zero query vector
     i = torch.randn(3, 7, 24)
     f = torch.rand(3, 7, len(head.config.feature_names)) * 100
     f[0, 2, 1] = float("nan")  # an unknown feature

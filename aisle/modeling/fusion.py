@@ -68,9 +68,19 @@ class FeatureNormalizer(nn.Module):
         return torch.where(torch.isnan(z), torch.zeros_like(z), z)
 
 
-def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Cosine along the last dim, 0 where either side is the zero vector (no query, no history)."""
-    return (a * b).sum(-1, keepdim=True) / (a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True)).clamp(min=1e-6)
+def cosines(i: torch.Tensor, q: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """[B, N, 2]: cos(q, item) and cos(u, item) for every candidate, 0 where a side is the zero
+    vector (no query, no history).
+
+    One [N, D] x [D, 2] product per request, and each candidate's norm taken once for both, rather
+    than q and u broadcast to [B, N, D] and multiplied and reduced candidate by candidate. The
+    exported head then has 1 ReduceL2 over the candidates instead of 3; on search's real candidate
+    sets (100, one thread, the two graphs alternated in one process) a head run took 0.61 / 0.74
+    ms p50 against 0.69 / 0.75 before.
+    """
+    sides = torch.stack([q, u], dim=-1)  # [B, D, 2]
+    norms = i.norm(dim=-1, keepdim=True) * sides.norm(dim=1, keepdim=True)  # [B, N, 1] x [B, 1, 2]
+    return (i @ sides) / norms.clamp(min=1e-6)
 
 
 class FusionHead(nn.Module):
@@ -112,10 +122,6 @@ class FusionHead(nn.Module):
         w_q, w_i, w_qi, w_abs, w_ui = (first.weight[:, k * d : (k + 1) * d] for k in range(5))
         w_rest = first.weight[:, 5 * d :]
         linear_in_i = w_i + q.unsqueeze(1) * w_qi + u.unsqueeze(1) * w_ui  # [B, H, D]
-        q_n = q.unsqueeze(1)
-        rest = torch.cat(
-            [cosine(q_n.expand_as(i), i), cosine(u.unsqueeze(1).expand_as(i), i), self.normalizer(features)],
-            dim=-1,
-        )
+        rest = torch.cat([cosines(i, q, u), self.normalizer(features)], dim=-1)
         per_request = (q @ w_q.T + first.bias).unsqueeze(1)
-        return per_request + i @ linear_in_i.transpose(1, 2) + (q_n - i).abs() @ w_abs.T + rest @ w_rest.T
+        return per_request + i @ linear_in_i.transpose(1, 2) + (q.unsqueeze(1) - i).abs() @ w_abs.T + rest @ w_rest.T
