@@ -17,6 +17,11 @@ unloads the dead stub's model and loads it again through the model-control API (
   cannot serve. Drill figures: README, "Robustness and failure drills".
 - A plain `load` of the still-loaded model is refused ("failed to poll from model repository") and
   leaves readiness true, hence unload first.
+- A stub can also die before the watchdog has ever seen it (between its start and the next scan,
+  e.g. right after a load): a reaped or zombie stub leaves no command line to read, so no pidfd can
+  be opened for it. Each scan therefore also takes a census: every READY python model must have as
+  many live stubs as its config has instances, and a model short of them is recovered like a
+  death seen directly. Without it such a model stays READY while every call to it fails.
 - Requests that fail between the death and the unload (a few ms) cannot be helped: the stub is
   already gone. A load that fails is retried with a growing pause (RELOAD_BACKOFF_S) until the
   watchdog is stopped.
@@ -70,12 +75,11 @@ class ControlApi:
     token: str
 
     def post(self, path: str, body: dict | None = None, *, timeout_s: float = CONTROL_TIMEOUT_S) -> object:
-        request = urllib.request.Request(
-            f"http://{self.http_url}{path}",
-            data=json.dumps(body or {}).encode(),
-            method="POST",
-            headers={self.header: self.token},
-        )
+        return self._send(path, json.dumps(body or {}).encode(), timeout_s)
+
+    def _send(self, path: str, data: bytes | None, timeout_s: float) -> object:
+        """POST `data` to `path` (GET when None) with the header; the JSON answer, if any."""
+        request = urllib.request.Request(f"http://{self.http_url}{path}", data=data, headers={self.header: self.token})
         with urllib.request.urlopen(request, timeout=timeout_s) as response:
             payload = response.read()
         return json.loads(payload) if payload else None
@@ -92,6 +96,21 @@ class ControlApi:
 
     def index(self) -> list[dict]:
         return list(self.post("/v2/repository/index") or [])  # type: ignore[arg-type]
+
+    def config(self, model: str) -> dict:
+        """The model's configuration as the server holds it (instance groups filled in)."""
+        return dict(self._send(f"/v2/models/{model}/config", None, CONTROL_TIMEOUT_S) or {})  # type: ignore[call-overload]
+
+    def ready_models(self) -> list[str]:
+        """Names of the models the server reports READY."""
+        return [entry["name"] for entry in self.index() if entry.get("state") == "READY"]
+
+
+def stub_count(config: dict) -> int:
+    """Python stubs a loaded model runs: one per instance (0 for other backends and ensembles)."""
+    if config.get("backend") != "python":
+        return 0
+    return sum(int(g.get("count", 1)) * max(1, len(g.get("gpus", []))) for g in config.get("instance_group", []))
 
 
 def stub_model(cmdline: list[str]) -> str | None:
@@ -127,7 +146,7 @@ class Recovery:
     """One stub death and what the watchdog did about it (monotonic seconds)."""
 
     model: str
-    pid: int
+    pid: int | None  # None: found short of stubs by the census, its stub never seen alive
     died_at: float
     unloaded_at: float | None = None
     ready_at: float | None = None
@@ -157,6 +176,7 @@ class StubWatchdog:
         self._stop = threading.Event()
         self._watched: dict[int, tuple[int, str]] = {}  # pidfd -> (pid, model)
         self._retired: set[int] = set()  # stubs our unloads are ending: never watched again
+        self._stub_counts: dict[str, int] = {}  # model -> stubs its config runs, read once per load
         self._thread = threading.Thread(target=self._run, name="aisle-stub-watchdog", daemon=True)
 
     def start(self) -> None:
@@ -175,11 +195,11 @@ class StubWatchdog:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                self._rescan()
-                if not self._watched:
+                dead = self._census()
+                if not dead and not self._watched:
                     self._stop.wait(self.rescan_interval_s)
                     continue
-                dead = self._dead(self.rescan_interval_s)
+                dead = dead or self._dead(self.rescan_interval_s)
                 if dead and not self._stop.is_set():
                     self._recover(dead)
         finally:
@@ -200,6 +220,31 @@ class StubWatchdog:
                 continue  # died between the scan and now: its model is reloaded by the next death seen
             self._watched[fd] = (pid, model)
 
+    def _census(self) -> list[tuple[int | None, str]]:
+        """Rescan, then (None, model) for each READY python model with fewer live stubs than its
+        instances: a stub that died before any scan saw it.
+
+        The READY list is read before the scan: a model that turns READY in between has started
+        its stubs before it did, so the scan finds them and no healthy model is taken for short.
+        """
+        try:
+            ready = self.control.ready_models()
+        except (urllib.error.URLError, OSError, ValueError):
+            ready = []  # the server is stopping or busy: the pidfds still see every watched death
+        self._rescan()
+        live: dict[str, int] = {}
+        for _, model in self._watched.values():
+            live[model] = live.get(model, 0) + 1
+        return [(None, model) for model in ready if live.get(model, 0) < self._expected_stubs(model)]
+
+    def _expected_stubs(self, model: str) -> int:
+        if model not in self._stub_counts:
+            try:
+                self._stub_counts[model] = stub_count(self.control.config(model))
+            except (urllib.error.URLError, OSError, ValueError):
+                return 0  # unknown this time: asked again at the next scan
+        return self._stub_counts[model]
+
     def _dead(self, timeout_s: float) -> list[tuple[int, str]]:
         """(pid, model) of the watched stubs that have exited, waiting up to `timeout_s` for one."""
         if not self._watched:
@@ -212,7 +257,7 @@ class StubWatchdog:
         os.close(fd)
         return pid, model
 
-    def _recover(self, dead: list[tuple[int, str]]) -> None:
+    def _recover(self, dead: list[tuple[int | None, str]]) -> None:
         """Unload every dead stub's model first (readiness false at once), then load them again.
 
         Stubs that die within DEATH_SETTLE_S of the last death seen (several killed in a row) are
@@ -225,7 +270,12 @@ class StubWatchdog:
             for pid, model in dead:
                 if model in records:
                     continue
-                self.on_event(f"python stub of model {model!r} (pid {pid}) died: unloading and loading it again")
+                what = (
+                    f"python stub of model {model!r} (pid {pid}) died"
+                    if pid is not None
+                    else f"model {model!r} runs fewer python stubs than its instances (one died unseen)"
+                )
+                self.on_event(f"{what}: unloading and loading it again")
                 records[model] = Recovery(model, pid, now)
                 self._unload(records[model])
             dead = self._dead(DEATH_SETTLE_S)
@@ -249,6 +299,7 @@ class StubWatchdog:
         record.unloaded_at = time.monotonic()
 
     def _reload(self, record: Recovery) -> None:
+        self._stub_counts.pop(record.model, None)  # a load reads the config from disk again
         for attempt, pause_s in enumerate(_backoff()):
             if self._stop.wait(pause_s):
                 return

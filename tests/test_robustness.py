@@ -5,6 +5,8 @@ the control API's lock. The full-size drills: `python -m aisle.benchmarks.drills
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +25,7 @@ from aisle.benchmarks.drills.stub_kill import run_stub_kill
 from aisle.benchmarks.drills.traffic import wait_until_idle
 from aisle.export.repo_format import RepoManifest
 from aisle.model_repository.server import ServerConfig, TritonServer, free_ports, is_ready
+from aisle.model_repository.watchdog import StubWatchdog, server_stubs
 from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_TEXTS,
@@ -158,6 +161,40 @@ def test_the_control_api_refuses_requests_without_the_launchers_token(triton_ser
     assert caught.value.code == 403
     assert is_ready(triton_server.http_url)
     assert any(m["name"] == EMBED_QUERY and m["state"] == "READY" for m in triton_server.control.index())
+
+
+def test_stubs_that_died_before_the_watchdog_started_are_found_by_its_census(embedded_repo: Path) -> None:
+    """Both query_encoder stubs killed on a server without a watchdog: Triton keeps answering ready
+    while every embed_query fails. A watchdog started then never saw those stubs alive (no pidfd,
+    no command line left to read); its census (READY python models vs their live stubs) must
+    still bring the model back."""
+    grpc_port, http_port, metrics_port = free_ports(3)
+    config = ServerConfig(
+        embedded_repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, watch_stubs=False
+    )
+    with TritonServer(config) as server:
+        pids = [pid for pid, model in server_stubs(server.pid).items() if model == QUERY_ENCODER]
+        assert len(pids) == 2, pids  # the schema's two instances
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+        with pytest.raises(InferenceServerException, match="not healthy"):
+            embed(server, b"running shoes")
+        assert is_ready(server.http_url)  # what Triton alone reports
+        watchdog = StubWatchdog(server.pid, server.control, on_event=print)
+        watchdog.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not (watchdog.recoveries and watchdog.recoveries[0].ready_at) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert [(r.model, r.pid) for r in watchdog.recoveries] == [(QUERY_ENCODER, None)]
+            assert watchdog.recoveries[0].ready_at is not None, watchdog.recoveries
+            assert is_ready(server.http_url)
+            assert embed(server, b"running shoes")[0].shape == (1, build_schema().embedding_dim)
+            time.sleep(1.0)  # a few censuses of the recovered server: nothing else taken for short
+            assert len(watchdog.recoveries) == 1, watchdog.recoveries
+        finally:
+            watchdog.stop()
 
 
 def test_a_killed_python_stub_turns_readiness_false_and_service_comes_back_by_itself(embedded_repo: Path) -> None:

@@ -14,13 +14,21 @@ from pathlib import Path
 
 import pytest
 
-from aisle.model_repository.watchdog import DEATH_SETTLE_S, STUB_NAME, StubWatchdog, server_stubs, stub_model
+from aisle.model_repository.watchdog import (
+    DEATH_SETTLE_S,
+    STUB_NAME,
+    StubWatchdog,
+    server_stubs,
+    stub_count,
+    stub_model,
+)
 
 MODELS = ("query_encoder", "item_store", "catalog_search")
 
 
 class FakeControl:
-    """Records unload/load calls in order; the fake server starts no new stub."""
+    """Records unload/load calls in order; the fake server starts no new stub, and reports no
+    READY model (so the census has nothing to count)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
@@ -30,6 +38,41 @@ class FakeControl:
 
     def load(self, model: str) -> None:
         self.calls.append(("load", model))
+
+    def ready_models(self) -> list[str]:
+        return []
+
+    def config(self, model: str) -> dict:
+        raise AssertionError(f"config({model!r}) asked of a server with no READY model")
+
+
+class CensusControl(FakeControl):
+    """Reports READY models with the python instances their configs declare. Like Triton, an
+    unload ends the model's stubs; the fake server cannot start new ones, so a loaded model comes
+    back declaring none."""
+
+    def __init__(self, server_pid: int, instances: dict[str, int]) -> None:
+        super().__init__()
+        self.server_pid = server_pid
+        self.instances = dict(instances)
+
+    def unload(self, model: str) -> None:
+        super().unload(model)
+        for pid in [pid for pid, m in server_stubs(self.server_pid).items() if m == model]:
+            os.kill(pid, signal.SIGKILL)
+
+    def load(self, model: str) -> None:
+        super().load(model)
+        self.instances[model] = 0
+
+    def ready_models(self) -> list[str]:
+        return [*self.instances, "embed_query"]
+
+    def config(self, model: str) -> dict:
+        if model == "embed_query":
+            return {"name": model, "platform": "ensemble", "backend": ""}
+        group = {"count": self.instances[model], "kind": "KIND_CPU"}
+        return {"name": model, "backend": "python", "instance_group": [group]}
 
 
 def spawn_fake_server(tmp_path: Path, stubs: tuple[str, ...]) -> Iterator[subprocess.Popen]:
@@ -167,3 +210,30 @@ def test_the_stubs_an_unload_ends_are_not_taken_for_new_deaths(two_instance_serv
         assert watchdog.watched_models == ["item_store"]
     finally:
         watchdog.stop()
+
+
+def test_a_stub_that_died_before_any_scan_saw_it_is_found_by_the_census(two_instance_server: subprocess.Popen) -> None:
+    """A dead stub leaves no command line to read, so no pidfd can watch it; the model must still
+    be recovered (READY with fewer stubs than instances), once, and the healthy ones left alone."""
+    first = next(p for p, m in server_stubs(two_instance_server.pid).items() if m == "query_encoder")
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: first not in server_stubs(two_instance_server.pid))
+    control = CensusControl(two_instance_server.pid, {"query_encoder": 2, "item_store": 1})
+    watchdog = StubWatchdog(two_instance_server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None)
+    watchdog.start()
+    try:
+        assert wait_for(lambda: ("load", "query_encoder") in control.calls)
+        time.sleep(0.5)  # several more censuses: the model is back with its stubs, item_store never short
+        assert control.calls == [("unload", "query_encoder"), ("load", "query_encoder")]
+        (recovery,) = watchdog.recoveries
+        assert recovery.model == "query_encoder" and recovery.pid is None and recovery.attempts == 1
+    finally:
+        watchdog.stop()
+
+
+def test_stub_count_is_one_per_python_instance_and_none_for_other_models() -> None:
+    python = {"backend": "python", "instance_group": [{"count": 2, "kind": "KIND_CPU"}]}
+    assert stub_count(python) == 2
+    assert stub_count({"backend": "python", "instance_group": [{"count": 1, "kind": "KIND_GPU", "gpus": [0, 1]}]}) == 2
+    assert stub_count({"backend": "onnxruntime", "instance_group": [{"count": 2}]}) == 0
+    assert stub_count({"platform": "ensemble", "backend": ""}) == 0
