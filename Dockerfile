@@ -3,13 +3,17 @@
 # embedded target runs without Docker: `aisle serve`).
 #
 #   docker build -t aisle-triton .
-#   # onnxruntime target (GPU; render with --gpu [--trt-accelerator], or without --gpu for CPU-only):
-#   docker run --gpus all --rm -p 8000-8002:8000-8002 -v "$PWD/artifacts/repo_onnxruntime:/models" \
-#       aisle-triton tritonserver --model-repository=/models
+#   # onnxruntime target (GPU; render with --gpu [--trt-accelerator], or without --gpu for CPU-only),
+#   # under aisle's launcher (token-locked control API, stub watchdog, GET /ready on 8003, drain):
+#   docker run --gpus all --rm -p 8000-8003:8000-8003 -v "$PWD/artifacts/repo_onnxruntime:/models" \
+#       aisle-triton aisle serve --repo /models --host 0.0.0.0 --tritonserver tritonserver --health-port 8003
 #   # tensorrt target: the script builds the engines on this GPU (cached in the repository, which must
-#   # be writable), then execs tritonserver with the given arguments:
-#   docker run --gpus all --rm -p 8000-8002:8000-8002 -v "$PWD/artifacts/repo_tensorrt:/models" \
-#       aisle-triton /models/start_tritonserver.sh
+#   # be writable), then execs tritonserver with the launcher's arguments:
+#   docker run --gpus all --rm -p 8000-8003:8000-8003 -v "$PWD/artifacts/repo_tensorrt:/models" \
+#       aisle-triton aisle serve --repo /models --host 0.0.0.0 --tritonserver /models/start_tritonserver.sh \
+#       --health-port 8003
+#   # bare tritonserver works too (`tritonserver --model-repository=/models`, `/models/start_tritonserver.sh`),
+#   # without those four.
 #
 # 24.10 is Triton 2.51, the version the nvidia-pytriton wheel embeds, with TensorRT 10.5 (int64
 # engine inputs) and trtexec at /usr/src/tensorrt/bin/trtexec.

@@ -1,8 +1,11 @@
-"""`aisle serve`: run a rendered embedded repository on the nvidia-pytriton tritonserver.
+"""`aisle serve`: run a rendered repository on tritonserver under aisle's launcher.
 
 A thin launcher: it prints the plain tritonserver command it runs (which works by itself with the
 printed environment), waits until every model is loaded and warm, and on SIGINT/SIGTERM lets
-Triton drain in-flight requests before exiting 0.
+Triton drain in-flight requests before exiting 0. Meanwhile its stub watchdog reloads any model
+whose python stub dies, and `--health-port` answers GET /ready for probes. By default it runs the
+python-only tritonserver of nvidia-pytriton (embedded target); `--tritonserver` runs another one,
+e.g. the NGC image's, for every target (how deploy/ runs it).
 """
 
 from __future__ import annotations
@@ -16,14 +19,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "serve",
-        help="serve a rendered embedded repository with the tritonserver of nvidia-pytriton",
+        help="serve a rendered repository on tritonserver (nvidia-pytriton's, or --tritonserver's)",
         description="Start tritonserver on 127.0.0.1, wait until ready, serve until SIGINT/SIGTERM.",
     )
     parser.add_argument(
         "--repo",
         type=Path,
         required=True,
-        help=f"repository rendered with --target {'|'.join(servable_by_aisle_serve())}",
+        help=f"rendered repository: --target {'|'.join(servable_by_aisle_serve())}, or any target with --tritonserver",
+    )
+    parser.add_argument(
+        "--tritonserver",
+        type=Path,
+        default=None,
+        help="tritonserver executable with its own backends (e.g. the NGC image's `tritonserver`, or the "
+        "tensorrt target's start_tritonserver.sh); default: the python-only one of nvidia-pytriton",
+    )
+    parser.add_argument(
+        "--health-port",
+        type=int,
+        default=None,
+        help="answer GET /ready on this port: 200 only while every ensemble is READY (default: off)",
     )
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--http-port", type=int, default=8000)
@@ -48,11 +64,11 @@ def run(args: argparse.Namespace) -> int:
     from aisle.model_repository.server import ServerConfig, serve_until_signalled
 
     target = target_class(RepoManifest.load(args.repo).target)
-    if not target.SERVES_EMBEDDED:
+    if args.tritonserver is None and not target.SERVES_EMBEDDED:
         raise ServingError(
             f"{args.repo}: rendered for target={target.NAME}, which needs a tritonserver with the "
             f"{target.GRAPH_RUNTIME.backend} backend (e.g. the NGC image), not the python-only one of `aisle serve`; "
-            f"render with --target {'|'.join(servable_by_aisle_serve())} for `aisle serve`"
+            f"pass that one as --tritonserver, or render with --target {'|'.join(servable_by_aisle_serve())}"
         )
 
     config = ServerConfig(
@@ -63,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         log_verbose=args.log_verbose,
         response_cache_mb=args.response_cache_mb,
+        tritonserver=args.tritonserver,
+        health_port=args.health_port,
     )
     serve_until_signalled(config, start_timeout_s=args.start_timeout_s)
     return 0

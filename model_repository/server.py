@@ -1,4 +1,5 @@
-"""Start and stop the tritonserver shipped in the nvidia-pytriton wheel, without Docker.
+"""Start and stop a tritonserver: the one shipped in the nvidia-pytriton wheel (no Docker), or the
+NGC image's (ServerConfig.tritonserver), with the same control, drain, watchdog and readiness.
 
 The wheel carries a full tritonserver (python backend only) but not a ready-to-use layout: its
 backends/python/ lacks the stub for the running Python, and the binary and stub need the wheel's
@@ -23,6 +24,14 @@ only the launcher (drain, and the stub watchdog).
 
 Stub watchdog (aisle.model_repository.watchdog): while the server runs, a thread reloads the model
 of any python stub that dies, so readiness turns false at once and service comes back by itself.
+
+Readiness (aisle.model_repository.readiness, ServerConfig.health_port): GET /ready on a port of the
+launcher answers 200 only when Triton is ready and every ensemble of the repository is READY.
+Triton 2.51's own /v2/health/ready does not count a model that was unloaded (explicit mode): with
+query_encoder unloaded and its ensembles UNAVAILABLE it answered 200 as soon as the unload had
+finished, and again at the start of the load that followed (200 at 4 ms, 503 by 17 ms) (measured on the embedded
+repository). The watchdog recovers a stub by exactly that unload and load, so a probe of Triton's
+endpoint can admit a replica that is missing models (one drill run saw it: 158 failed requests).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from types import TracebackType
 
 from aisle.export.repo_format import REPO_MANIFEST, RepoManifest
 from aisle.model_repository.errors import ServerStartError, ServingError
+from aisle.model_repository.readiness import ReadinessEndpoint
 from aisle.model_repository.watchdog import ControlApi, StubWatchdog
 
 #: Lines of the server log quoted in a ServerStartError.
@@ -166,6 +176,12 @@ class ServerConfig:
         benchmarks measure the models, not the cache.
     watch_stubs: run the stub watchdog (reload the model of a python stub that dies). Off, a dead
         stub stays dead and readiness stays true (tritonserver 2.51's own behaviour).
+    tritonserver: a tritonserver executable with its own backends and environment (the NGC image's
+        `tritonserver`, or a script that execs one with the arguments it is given, like the
+        tensorrt target's start_tritonserver.sh); None: the python-only one of the nvidia-pytriton
+        wheel, set up by this module.
+    health_port: where the launcher answers GET /ready (200 only when every ensemble is READY; see
+        the module docstring) on `host`; None: no such endpoint.
     """
 
     repo: Path
@@ -177,6 +193,8 @@ class ServerConfig:
     log_verbose: int = 0
     response_cache_mb: int = 0
     watch_stubs: bool = True
+    tritonserver: Path | None = None
+    health_port: int | None = None
 
     def __post_init__(self) -> None:
         if self.response_cache_mb < 0:
@@ -192,6 +210,7 @@ class TritonServer:
         self._log_dir: Path | None = None
         self._control_token = secrets.token_urlsafe(24)
         self.watchdog: StubWatchdog | None = None
+        self.readiness: ReadinessEndpoint | None = None
 
     @property
     def control(self) -> ControlApi:
@@ -218,10 +237,14 @@ class TritonServer:
     def command(self) -> list[str]:
         """The plain tritonserver command line (run it with env())."""
         c = self.config
+        runtime = (
+            [str(c.tritonserver)]
+            if c.tritonserver
+            else [str(pytriton_home() / "bin" / "tritonserver"), f"--backend-directory={backends_dir()}"]
+        )
         return [
-            str(pytriton_home() / "bin" / "tritonserver"),
+            *runtime,
             f"--model-repository={Path(c.repo).resolve()}",
-            f"--backend-directory={backends_dir()}",
             f"--grpc-address={c.host}",
             f"--grpc-port={c.grpc_port}",
             f"--http-address={c.host}",
@@ -246,10 +269,8 @@ class TritonServer:
         """The response cache flags: the wheel's local cache implementation, sized in bytes."""
         if not self.config.response_cache_mb:
             return []
-        return [
-            f"--cache-directory={pytriton_home() / 'caches'}",
-            f"--cache-config=local,size={self.config.response_cache_mb * 2**20}",
-        ]
+        size = f"--cache-config=local,size={self.config.response_cache_mb * 2**20}"
+        return [size] if self.config.tritonserver else [f"--cache-directory={pytriton_home() / 'caches'}", size]
 
     def env(self) -> dict[str, str]:
         """os.environ plus the library paths and the Python the python stubs need.
@@ -259,8 +280,11 @@ class TritonServer:
         and PYTHONHOME are ignored) and derives sys.prefix from the `python3` it finds on PATH; a
         venv's python3 makes the venv's site-packages, .pth hooks included (an editable install of
         aisle is importable only through one), the stub's site directory.
+        An external tritonserver (ServerConfig.tritonserver) runs in os.environ as it is.
         """
         env = dict(os.environ)
+        if self.config.tritonserver:
+            return env
         libdir = sysconfig.get_config_var("LIBDIR") or ""
         env["LD_LIBRARY_PATH"] = os.pathsep.join(
             p for p in (str(pytriton_libs()), libdir, env.get("LD_LIBRARY_PATH", "")) if p
@@ -287,7 +311,10 @@ class TritonServer:
         if self._process is not None:
             raise ServerStartError(f"server on {self.grpc_url} is already started")
         c = self.config
-        for name, port in (("grpc_port", c.grpc_port), ("http_port", c.http_port), ("metrics_port", c.metrics_port)):
+        ports = {"grpc_port": c.grpc_port, "http_port": c.http_port, "metrics_port": c.metrics_port}
+        if c.health_port is not None:
+            ports["health_port"] = c.health_port
+        for name, port in ports.items():
             if port_in_use(c.host, port):
                 raise ServerStartError(
                     f"{name}={port} on {c.host} is already in use (another tritonserver?); pick a free port"
@@ -317,6 +344,9 @@ class TritonServer:
                 raise ServerStartError(f"tritonserver exited with code {code} during start-up:\n{self.log_tail()}")
             if self.is_ready():
                 self._start_watchdog()
+                if c.health_port is not None:
+                    self.readiness = ReadinessEndpoint(c.host, c.health_port, self.not_ready_reason)
+                    self.readiness.start()
                 return
             time.sleep(POLL_INTERVAL_S)
         tail = self.log_tail()
@@ -333,16 +363,35 @@ class TritonServer:
     def _report(message: str) -> None:
         print(f"aisle watchdog: {message}", file=sys.stderr, flush=True)
 
+    def ensembles(self) -> list[str]:
+        """The public ensembles of the repository's schema (none for a repository without an aisle manifest)."""
+        if not (Path(self.config.repo) / REPO_MANIFEST).is_file():
+            return []
+        return sorted(e.name for e in RepoManifest.load(self.config.repo).schema().ensembles)
+
+    def not_ready_reason(self) -> str | None:
+        """None when the replica can serve every ensemble; else why not (what GET /ready answers)."""
+        if not self.is_running():
+            return "tritonserver is not running"
+        if not self.is_ready():
+            return "tritonserver's /v2/health/ready is not 200"
+        try:
+            states = {m["name"]: m.get("state", "") for m in self.control.index()}
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            return f"tritonserver's model index did not answer: {e}"
+        missing = [f"{name} {states.get(name) or 'absent'}" for name in self.ensembles() if states.get(name) != "READY"]
+        return "ensembles not READY: " + ", ".join(missing) if missing else None
+
     def drain(self, timeout_s: float = 30.0) -> None:
         """Unload the ensembles and wait up to `timeout_s` until their in-flight requests are done.
 
         New requests to an ensemble fail with NOT_FOUND from the moment its unload starts; requests
         already inside it finish normally. A repository without an aisle manifest is not drained.
         """
-        if not (Path(self.config.repo) / REPO_MANIFEST).is_file():
+        ensembles = self.ensembles()
+        if not ensembles:
             return
-        ensembles = {e.name for e in RepoManifest.load(self.config.repo).schema().ensembles}
-        for name in sorted(ensembles):
+        for name in ensembles:
             self.control.unload(name)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -357,8 +406,12 @@ class TritonServer:
         stubs; SIGKILL its whole process group if it is not gone within `timeout_s`.
 
         Only the server gets SIGTERM: its stubs exit when it unloads them. The stub watchdog is
-        stopped first: those exits are no deaths to recover from.
+        stopped first: those exits are no deaths to recover from. The readiness endpoint goes first
+        of all (connection refused: a probe's "not ready").
         """
+        if self.readiness is not None:
+            self.readiness.stop()
+            self.readiness = None
         if self.watchdog is not None:
             self.watchdog.stop()
             self.watchdog = None
@@ -420,13 +473,16 @@ def serve_until_signalled(config: ServerConfig, *, start_timeout_s: float = 240.
     server = TritonServer(config)
     try:
         server.start(timeout_s=start_timeout_s)
-        env = server.env()
         print(
             f"ready: grpc {server.grpc_url}  http http://{server.http_url}  metrics http://{server.metrics_url}/metrics"
         )
+        if server.readiness is not None:
+            print(f"readiness: http://{config.host}:{config.health_port}/ready (every ensemble READY)")
         print(f"repository: {Path(config.repo).resolve()}")
         print("plain command (what this runs):")
-        print(f"  LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']} PATH={Path(sys.prefix) / 'bin'}:$PATH \\")
+        if config.tritonserver is None:
+            env = server.env()
+            print(f"  LD_LIBRARY_PATH={env['LD_LIBRARY_PATH']} PATH={Path(sys.prefix) / 'bin'}:$PATH \\")
         print("  " + " \\\n    ".join(server.display_command()))
         print(f"server log: {server.log_path}")
         if server.watchdog is not None:

@@ -24,6 +24,8 @@ OVERLAYS = ("cpu", "gpu")
 #: networking.k8s.io/v1).
 KUBERNETES_VERSION = "1.29.0"
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+#: The launcher's readiness endpoint (aisle serve --health-port).
+HEALTH_PORT = {"health": 8003}
 #: kubectl 1.24 embeds kustomize 4.5, the first with everything deploy/ uses (`labels`, directory
 #: resources, `patches` by path); Debian 12's kubernetes-client is 1.20 (kustomize 2.0).
 MIN_KUBECTL_MINOR = 24
@@ -94,16 +96,19 @@ def test_a_schema_violation_is_caught() -> None:
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
-def test_probes_are_triton_health_endpoints_on_the_http_port(overlay: tuple[str, list[dict]]) -> None:
+def test_readiness_is_the_launchers_and_liveness_tritons(overlay: tuple[str, list[dict]]) -> None:
+    from aisle.model_repository.readiness import READY_PATH
+
     name, objects = overlay
     container = tritonserver(objects)
-    assert container["readinessProbe"]["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": READY_PATH, "port": "health"}
+    assert f"--health-port={HEALTH_PORT['health']}" in container["args"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     startup = container["startupProbe"]
     budget_s = startup["periodSeconds"] * startup["failureThreshold"]
     # TensorRT engine builds on the GPU overlay take minutes per model.
     assert budget_s >= (15 * 60 if name == "gpu" else 5 * 60)
-    assert {p["name"]: p["containerPort"] for p in container["ports"]} == TRITON_PORTS
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == TRITON_PORTS | HEALTH_PORT
 
 
 def test_pods_run_as_non_root_without_privilege_escalation(overlay: tuple[str, list[dict]]) -> None:
@@ -133,10 +138,26 @@ def test_the_repository_comes_from_a_volume_through_the_init_container(overlay: 
     assert mounts["models"] == "/models"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "persistentVolumeClaim" in volumes["model-source"] and "emptyDir" in volumes["models"]
-    command = tritonserver(objects)["command"] + tritonserver(objects)["args"]
-    assert ("--model-repository=/models" in command) == (name == "cpu")
-    assert (command[0] == "/models/start_tritonserver.sh") == (name == "gpu")
-    assert "--model-control-mode=explicit" in command  # the preStop hook unloads the ensembles
+
+
+
+def test_the_launcher_runs_the_targets_tritonserver_and_drains_on_sigterm(overlay: tuple[str, list[dict]]) -> None:
+    """aisle serve (token-locked control API, stub watchdog, /ready, drain on SIGTERM) around the
+    image's tritonserver, or around the tensorrt repository's start script, which builds the
+    engines first; the CLI accepts exactly these arguments."""
+    from aisle.cli import build_parser
+
+    name, objects = overlay
+    container = tritonserver(objects)
+    assert container["command"] == ["aisle", "serve"]
+    args = build_parser().parse_args(["serve", *container["args"]])
+    assert str(args.repo) == "/models" and args.host == "0.0.0.0"
+    assert str(args.tritonserver) == {"cpu": "tritonserver", "gpu": "/models/start_tritonserver.sh"}[name]
+    startup = container["startupProbe"]
+    assert args.start_timeout_s >= startup["periodSeconds"] * startup["failureThreshold"]
+    pod = the(objects, "Deployment")["spec"]["template"]["spec"]
+    pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep" and float(pre_stop[1]) + 30 < pod["terminationGracePeriodSeconds"]
 
 
 def test_services_pdb_and_hpa_select_the_deployments_pods(overlay: tuple[str, list[dict]]) -> None:

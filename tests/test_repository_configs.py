@@ -393,10 +393,11 @@ def test_tensorrt_start_script_builds_each_engine_once_per_gpu_then_starts_trito
         (bin_dir / name).chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TRTEXEC": "trtexec", "CALLS": str(calls)}
 
-    def run(gpu: str) -> tuple[list[str], list[str]]:
+    def run(gpu: str, *args: str) -> tuple[list[str], list[str]]:
         """(trtexec builds, tritonserver starts) of one container start on `gpu`."""
         calls.unlink(missing_ok=True)
-        subprocess.run([str(script), "--log-verbose=1"], env={**env, "FAKE_GPU": gpu}, check=True, capture_output=True)
+        command = [str(script), *(args or ("--log-verbose=1",))]
+        subprocess.run(command, env={**env, "FAKE_GPU": gpu}, check=True, capture_output=True)
         lines = calls.read_text().splitlines()
         return [c for c in lines if "--onnx=" in c], [c for c in lines if c.startswith("tritonserver")]
 
@@ -410,4 +411,8 @@ def test_tensorrt_start_script_builds_each_engine_once_per_gpu_then_starts_trito
         assert build.count("--minShapes=") == len(derive_profiles(SCHEMA, name))
     assert run("H100") == ([], starts)
     assert len(run("L4")[0]) == len(graph_models)
+    # aisle serve --tritonserver <script> names the repository itself: not passed twice
+    assert run("L4", f"--model-repository={repo}", "--http-port=9000")[1] == [
+        f"tritonserver --model-repository={repo} --http-port=9000"
+    ]
     assert script.name == START_SCRIPT

@@ -10,6 +10,7 @@ import signal
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from aisle.model_repository.watchdog import StubWatchdog, server_stubs
 from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_TEXTS,
+    EMBED_ITEM,
     EMBED_QUERY,
     EMBEDDING,
     QUERY,
@@ -163,38 +165,82 @@ def test_the_control_api_refuses_requests_without_the_launchers_token(triton_ser
     assert any(m["name"] == EMBED_QUERY and m["state"] == "READY" for m in triton_server.control.index())
 
 
-def test_stubs_that_died_before_the_watchdog_started_are_found_by_its_census(embedded_repo: Path) -> None:
+@pytest.fixture(scope="module")
+def unwatched_server(embedded_repo: Path) -> Iterator[TritonServer]:
+    """A server of its own (the tests below unload models and kill stubs), without the stub
+    watchdog, with the readiness endpoint."""
+    grpc_port, http_port, metrics_port, health_port = free_ports(4)
+    config = ServerConfig(
+        embedded_repo,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        watch_stubs=False,
+        health_port=health_port,
+    )
+    with TritonServer(config) as server:
+        yield server
+
+
+def launcher_readiness(server: TritonServer) -> tuple[int, str]:
+    """(status, text) of the launcher's GET /ready."""
+    try:
+        with urllib.request.urlopen(f"http://{server.config.host}:{server.config.health_port}/ready", timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def test_the_launchers_readiness_is_false_while_an_ensemble_is_unloaded_though_tritons_is_true(
+    unwatched_server: TritonServer,
+) -> None:
+    """Triton 2.51 does not count an explicitly unloaded model in /v2/health/ready; the launcher's
+    /ready (what deploy/'s readinessProbe asks) does."""
+    server = unwatched_server
+    assert launcher_readiness(server) == (200, "ready\n")
+    server.control.unload(EMBED_ITEM)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if {m["name"]: m.get("state") for m in server.control.index()}.get(EMBED_ITEM) == "UNAVAILABLE":
+                break
+            time.sleep(0.1)
+        assert is_ready(server.http_url)  # Triton's own answer, with embed_item gone
+        status, text = launcher_readiness(server)
+        assert status == 503 and f"{EMBED_ITEM} UNAVAILABLE" in text, text
+    finally:
+        server.control.load(EMBED_ITEM)
+    assert launcher_readiness(server) == (200, "ready\n")
+
+
+def test_stubs_that_died_before_the_watchdog_started_are_found_by_its_census(unwatched_server: TritonServer) -> None:
     """Both query_encoder stubs killed on a server without a watchdog: Triton keeps answering ready
     while every embed_query fails. A watchdog started then never saw those stubs alive (no pidfd,
     no command line left to read); its census (READY python models vs their live stubs) must
     still bring the model back."""
-    grpc_port, http_port, metrics_port = free_ports(3)
-    config = ServerConfig(
-        embedded_repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, watch_stubs=False
-    )
-    with TritonServer(config) as server:
-        pids = [pid for pid, model in server_stubs(server.pid).items() if model == QUERY_ENCODER]
-        assert len(pids) == 2, pids  # the schema's two instances
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
-        with pytest.raises(InferenceServerException, match="not healthy"):
-            embed(server, b"running shoes")
-        assert is_ready(server.http_url)  # what Triton alone reports
-        watchdog = StubWatchdog(server.pid, server.control, on_event=print)
-        watchdog.start()
-        try:
-            deadline = time.monotonic() + 60
-            while not (watchdog.recoveries and watchdog.recoveries[0].ready_at) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert [(r.model, r.pid) for r in watchdog.recoveries] == [(QUERY_ENCODER, None)]
-            assert watchdog.recoveries[0].ready_at is not None, watchdog.recoveries
-            assert is_ready(server.http_url)
-            assert embed(server, b"running shoes")[0].shape == (1, build_schema().embedding_dim)
-            time.sleep(1.0)  # a few censuses of the recovered server: nothing else taken for short
-            assert len(watchdog.recoveries) == 1, watchdog.recoveries
-        finally:
-            watchdog.stop()
+    server = unwatched_server
+    pids = [pid for pid, model in server_stubs(server.pid).items() if model == QUERY_ENCODER]
+    assert len(pids) == 2, pids  # the schema's two instances
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    with pytest.raises(InferenceServerException, match="not healthy"):
+        embed(server, b"running shoes")
+    assert is_ready(server.http_url)  # what Triton alone reports
+    watchdog = StubWatchdog(server.pid, server.control, on_event=print)
+    watchdog.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not (watchdog.recoveries and watchdog.recoveries[0].ready_at) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [(r.model, r.pid) for r in watchdog.recoveries] == [(QUERY_ENCODER, None)]
+        assert watchdog.recoveries[0].ready_at is not None, watchdog.recoveries
+        assert is_ready(server.http_url) and launcher_readiness(server)[0] == 200
+        assert embed(server, b"running shoes")[0].shape == (1, build_schema().embedding_dim)
+        time.sleep(1.0)  # a few censuses of the recovered server: nothing else taken for short
+        assert len(watchdog.recoveries) == 1, watchdog.recoveries
+    finally:
+        watchdog.stop()
 
 
 def test_a_killed_python_stub_turns_readiness_false_and_service_comes_back_by_itself(embedded_repo: Path) -> None:

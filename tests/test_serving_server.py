@@ -2,6 +2,7 @@
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -62,6 +63,31 @@ def test_command_is_the_plain_tritonserver_command_on_loopback(tmp_path: Path) -
     assert server.env()["PATH"].startswith(str(Path(sys.prefix) / "bin"))
 
 
+def test_an_external_tritonserver_runs_with_its_own_backends_and_environment(tmp_path: Path) -> None:
+    config = ServerConfig(tmp_path, tritonserver=Path("/opt/tritonserver/bin/tritonserver"), response_cache_mb=1)
+    server = TritonServer(config)
+    command = server.command()
+    assert command[0] == "/opt/tritonserver/bin/tritonserver"
+    assert not any(part.startswith(("--backend-directory", "--cache-directory")) for part in command)
+    assert f"--cache-config=local,size={2**20}" in command
+    assert f"--model-repository={tmp_path.resolve()}" in command and "--model-control-mode=explicit" in command
+    assert server.env() == dict(os.environ)
+
+
+def wheel_tritonserver_script(path: Path) -> Path:
+    """A script that execs the wheel's tritonserver with its arguments, as the NGC image's
+    `tritonserver` (or the tensorrt target's start script) is run by `aisle serve --tritonserver`."""
+    plain = TritonServer(ServerConfig(path.parent))
+    env = plain.env()
+    path.write_text(
+        "#!/bin/sh\n"
+        f"export LD_LIBRARY_PATH={shlex.quote(env['LD_LIBRARY_PATH'])} PATH={shlex.quote(env['PATH'])}\n"
+        f'exec {shlex.quote(plain.command()[0])} --backend-directory={shlex.quote(str(backends_dir()))} "$@"\n'
+    )
+    path.chmod(0o755)
+    return path
+
+
 def test_start_refuses_a_port_already_in_use(triton_server) -> None:
     grpc_port = int(triton_server.grpc_url.rsplit(":", 1)[1])
     _, http_port, metrics_port = free_ports(3)
@@ -100,15 +126,30 @@ def wait_ready(http_url: str, process: subprocess.Popen, timeout_s: float = 240.
     raise AssertionError(f"aisle serve not ready after {timeout_s}s")
 
 
-def test_aisle_serve_drains_in_flight_requests_and_exits_zero_on_sigterm(embedded_repo: Path, tiny_data: Path) -> None:
+def test_aisle_serve_drains_in_flight_requests_and_exits_zero_on_sigterm(
+    embedded_repo: Path, tiny_data: Path, tmp_path: Path
+) -> None:
+    """Run as deploy/ runs it: an external tritonserver (here a script exec'ing the wheel's, as the
+    NGC image's would be), the readiness endpoint on, SIGTERM from the orchestrator."""
     from aisle.data.format import load_dataset
 
-    grpc_port, http_port, metrics_port = free_ports(3)
+    grpc_port, http_port, metrics_port, health_port = free_ports(4)
     ports = ["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)]
+    tritonserver = wheel_tritonserver_script(tmp_path / "tritonserver")
     command = [sys.executable, "-m", "aisle.cli", "serve", "--repo", str(embedded_repo), *ports]
+    command += ["--tritonserver", str(tritonserver), "--health-port", str(health_port)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_ready(f"127.0.0.1:{http_port}", process)
+        ready = None
+        for _ in range(50):  # the endpoint opens once the launcher saw the server ready
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/ready", timeout=5) as response:
+                    ready = (response.status, response.read())
+                break
+            except OSError:
+                time.sleep(0.2)
+        assert ready == (200, b"ready\n")
         url = f"127.0.0.1:{grpc_port}"
         # Rejected rank requests must not leave anything in flight (see model_repository.validation).
         for bad in ([-1], [10**9]):
@@ -139,6 +180,8 @@ def test_aisle_serve_drains_in_flight_requests_and_exits_zero_on_sigterm(embedde
     assert result["scores"].shape == (1, len(items)) and np.isfinite(result["scores"]).all()
     assert "SIGTERM: draining in-flight requests" in output
     assert "stub watchdog on" in output and "aisle watchdog:" not in output  # running, and no stub died
+    assert f"plain command (what this runs):\n  {tritonserver} " in output  # the external one, no wheel env line
+    assert f"readiness: http://127.0.0.1:{health_port}/ready" in output
     assert "--http-restricted-api=model-repository:aisle-control-token=<token>" in output  # token masked
     (log_path,) = re.findall(r"server log: (\S+)", output)
     # The ensembles were drained before SIGTERM, and rejected requests left nothing behind in flight.

@@ -87,6 +87,9 @@ def write_start_script(schema: Schema, root: Path) -> Path:
         )
         arguments = shlex.join(trtexec_command(plan)[1:])  # [0] is the trtexec binary: "$TRTEXEC" here
         lines.append(f'build {version} "$TRTEXEC" {arguments}')
+    # A launcher that names the repository itself (`aisle serve --tritonserver <this script>`)
+    # must not have it twice: Triton would load every model twice and refuse the duplicates.
+    lines.append('for arg in "$@"; do [[ "$arg" == --model-repository=* ]] && exec tritonserver "$@"; done')
     lines.append('exec tritonserver --model-repository="$PWD" "$@"')
     path = root / START_SCRIPT
     path.write_text("\n".join(lines) + "\n")
