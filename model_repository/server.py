@@ -57,7 +57,7 @@ from types import TracebackType
 
 from aisle.export.repo_format import REPO_MANIFEST, RepoManifest
 from aisle.model_repository.errors import ServerStartError, ServingError
-from aisle.model_repository.readiness import ReadinessEndpoint
+from aisle.model_repository.readiness import READY_PATH, ReadinessEndpoint
 from aisle.model_repository.watchdog import ControlApi, StubWatchdog
 
 #: Lines of the server log quoted in a ServerStartError.
@@ -78,14 +78,19 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
-def is_ready(http_url: str, timeout_s: float = 2.0) -> bool:
-    """Whether the tritonserver at `http_url` answers GET /v2/health/ready with 200, as a balancer's
-    readiness check asks (refused, timed out or any other answer: not ready)."""
+def answers_ok(url: str, timeout_s: float = 2.0) -> bool:
+    """Whether GET `url` answers 200, as a balancer's readiness check asks (refused, timed out or
+    any other answer: not ready)."""
     try:
-        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=timeout_s) as response:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
+
+
+def is_ready(http_url: str, timeout_s: float = 2.0) -> bool:
+    """Whether the tritonserver at `http_url` answers GET /v2/health/ready with 200."""
+    return answers_ok(f"http://{http_url}/v2/health/ready", timeout_s)
 
 
 def pytriton_home() -> Path:
@@ -228,6 +233,14 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"{self.config.host}:{self.config.metrics_port}"
+
+    @property
+    def readiness_url(self) -> str:
+        """What a balancer should probe: the launcher's /ready when it answers one, else Triton's."""
+        c = self.config
+        if c.health_port is not None:
+            return f"http://{c.host}:{c.health_port}{READY_PATH}"
+        return f"http://{self.http_url}/v2/health/ready"
 
     @property
     def log_path(self) -> Path | None:

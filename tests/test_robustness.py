@@ -244,11 +244,15 @@ def test_stubs_that_died_before_the_watchdog_started_are_found_by_its_census(unw
 
 
 def test_a_killed_python_stub_turns_readiness_false_and_service_comes_back_by_itself(embedded_repo: Path) -> None:
-    """Its own server: the shared one must not lose a model while other tests use it."""
-    grpc_port, http_port, metrics_port = free_ports(3)
-    config = ServerConfig(embedded_repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    """Its own server: the shared one must not lose a model while other tests use it. Readiness as
+    deploy/ probes it: the launcher's /ready."""
+    grpc_port, http_port, metrics_port, health_port = free_ports(4)
+    config = ServerConfig(
+        embedded_repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, health_port=health_port
+    )
     with TritonServer(config) as server:
         result = run_stub_kill(server, model=QUERY_ENCODER, clients=1, warmup_s=1.0, settle_s=2.0)
+        assert result.probed == f"http://127.0.0.1:{health_port}/ready"
         print(result.summary())
         assert result.kill_to_not_ready_s is not None and result.kill_to_not_ready_s < 3.0, result.summary()
         assert result.kill_to_ready_s is not None and result.kill_to_ready_s < 30.0, result.summary()

@@ -1,10 +1,12 @@
 """Drill: `kill -9` one python-backend stub under load; measure readiness and failed requests.
 
     python -m aisle.benchmarks.drills.stub_kill --repo REPO [--model query_encoder] [--clients 2]
+        [--probe launcher|triton]
 
 Starts the embedded server on REPO (with the launcher's stub watchdog, as `aisle serve` runs it),
-sends closed-loop traffic through an ensemble that uses the model, probes /v2/health/ready every
-20 ms like a balancer, SIGKILLs the model's stub and reports:
+sends closed-loop traffic through an ensemble that uses the model, probes readiness every 20 ms
+like a balancer (the launcher's /ready, as deploy/ does, or Triton's /v2/health/ready), SIGKILLs
+the model's stub and reports:
 
 - kill -> not ready, kill -> ready again (goal: a few seconds, and within 30 s);
 - failed requests by when they were sent: while the server still said ready (the window a
@@ -43,6 +45,8 @@ class StubKillResult:
     model: str
     ensemble: str
     clients: int
+    #: The readiness endpoint probed: the launcher's /ready when the server answers one, else Triton's.
+    probed: str
     kill_to_not_ready_s: float | None
     kill_to_ready_s: float | None
     requests: int
@@ -74,7 +78,7 @@ class StubKillResult:
             return "never" if value is None else f"{value:.2f} s"
 
         return (
-            f"kill -9 {self.model} stub, {self.clients} client(s) on {self.ensemble}: "
+            f"kill -9 {self.model} stub, {self.clients} client(s) on {self.ensemble}, probing {self.probed}: "
             f"not ready after {s(self.kill_to_not_ready_s)}, ready again after {s(self.kill_to_ready_s)}; "
             f"{self.requests} requests, failed: {self.failed_while_ready} while still ready, "
             f"{self.failed_while_not_ready} while not ready, {self.failed_after_ready} after ready again "
@@ -139,7 +143,7 @@ def run_stub_kill(
     ensemble = drill_ensemble(RepoManifest.load(repo).schema(), model)
     request = sample_request(ensemble, repo)
     traffic = ClosedLoop(server.grpc_url, lambda i: (ensemble, request), clients)
-    with ReadinessProbe(server.http_url) as probe, traffic as load:
+    with ReadinessProbe(server.readiness_url) as probe, traffic as load:
         time.sleep(warmup_s)
         pid = stub_pid(server, model)
         killed_at = time.monotonic()
@@ -158,6 +162,7 @@ def run_stub_kill(
         model=model,
         ensemble=ensemble,
         clients=clients,
+        probed=server.readiness_url,
         kill_to_not_ready_s=None if not_ready_at is None else not_ready_at - killed_at,
         kill_to_ready_s=None if ready_at is None else ready_at - killed_at,
         requests=len(load.sent),
@@ -179,9 +184,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=2, help="closed-loop client threads")
     parser.add_argument("--settle", type=float, default=5.0, help="seconds of traffic after recovery")
     parser.add_argument("--json", type=Path, help="also write the result here")
+    parser.add_argument(
+        "--probe",
+        choices=("launcher", "triton"),
+        default="launcher",
+        help="readiness endpoint to probe: the launcher's /ready (what deploy/ probes) or Triton's /v2/health/ready",
+    )
     args = parser.parse_args(argv)
-    grpc_port, http_port, metrics_port = free_ports(3)
-    config = ServerConfig(args.repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port)
+    grpc_port, http_port, metrics_port, health_port = free_ports(4)
+    config = ServerConfig(
+        args.repo,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port,
+        health_port=health_port if args.probe == "launcher" else None,
+    )
     with TritonServer(config) as server:
         result = run_stub_kill(server, model=args.model, clients=args.clients, settle_s=args.settle)
     print(result.summary())

@@ -28,7 +28,7 @@ import tritonclient.grpc as grpcclient
 from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype, serialize_byte_tensor
 
-from aisle.model_repository.server import is_ready
+from aisle.model_repository.server import answers_ok
 
 #: Seconds a drill request may take before the client gives up on it (a stuck server shows as this).
 REQUEST_TIMEOUT_S = 60.0
@@ -237,10 +237,10 @@ class ClientProcess:
 
 
 class ReadinessProbe:
-    """Polls GET /v2/health/ready every `interval_s`, as a balancer's health check would."""
+    """Polls GET `url` (a server's readiness_url) every `interval_s`, as a balancer's health check would."""
 
-    def __init__(self, http_url: str, interval_s: float = 0.02) -> None:
-        self.http_url = http_url
+    def __init__(self, url: str, interval_s: float = 0.02) -> None:
+        self.url = url
         self.interval_s = interval_s
         self.answers: list[tuple[float, bool]] = []
         self._stop = threading.Event()
@@ -256,7 +256,7 @@ class ReadinessProbe:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.answers.append((time.monotonic(), is_ready(self.http_url)))
+            self.answers.append((time.monotonic(), answers_ok(self.url)))
             self._stop.wait(self.interval_s)
 
     def first(self, ready: bool, after: float) -> float | None:
