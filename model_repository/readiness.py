@@ -49,10 +49,6 @@ class ReadinessEndpoint:
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="aisle-readiness", daemon=True)
 
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
     def start(self) -> None:
         self._thread.start()
 

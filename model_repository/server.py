@@ -29,14 +29,16 @@ Readiness (aisle.model_repository.readiness, ServerConfig.health_port): GET /rea
 launcher answers 200 only when Triton is ready and every ensemble of the repository is READY.
 Triton 2.51's own /v2/health/ready does not count a model that was unloaded (explicit mode): with
 query_encoder unloaded and its ensembles UNAVAILABLE it answered 200 as soon as the unload had
-finished, and again at the start of the load that followed (200 at 4 ms, 503 by 17 ms) (measured on the embedded
-repository). The watchdog recovers a stub by exactly that unload and load, so a probe of Triton's
-endpoint can admit a replica that is missing models (one drill run saw it: 158 failed requests).
+finished, and again at the start of the load that followed (200 at 4 ms into it, 503 by 17 ms;
+measured on the embedded repository). The watchdog recovers a stub by exactly that unload and
+load, so a probe of Triton's endpoint can admit a replica that is missing models (one drill run
+saw it: 158 failed requests).
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -376,8 +378,10 @@ class TritonServer:
     def _report(message: str) -> None:
         print(f"aisle watchdog: {message}", file=sys.stderr, flush=True)
 
+    @functools.cached_property
     def ensembles(self) -> list[str]:
-        """The public ensembles of the repository's schema (none for a repository without an aisle manifest)."""
+        """The public ensembles of the repository's schema (none for a repository without an aisle
+        manifest); read once, not at every readiness probe."""
         if not (Path(self.config.repo) / REPO_MANIFEST).is_file():
             return []
         return sorted(e.name for e in RepoManifest.load(self.config.repo).schema().ensembles)
@@ -392,7 +396,7 @@ class TritonServer:
             states = {m["name"]: m.get("state", "") for m in self.control.index()}
         except (urllib.error.URLError, OSError, ValueError) as e:
             return f"tritonserver's model index did not answer: {e}"
-        missing = [f"{name} {states.get(name) or 'absent'}" for name in self.ensembles() if states.get(name) != "READY"]
+        missing = [f"{name} {states.get(name) or 'absent'}" for name in self.ensembles if states.get(name) != "READY"]
         return "ensembles not READY: " + ", ".join(missing) if missing else None
 
     def drain(self, timeout_s: float = 30.0) -> None:
@@ -401,7 +405,7 @@ class TritonServer:
         New requests to an ensemble fail with NOT_FOUND from the moment its unload starts; requests
         already inside it finish normally. A repository without an aisle manifest is not drained.
         """
-        ensembles = self.ensembles()
+        ensembles = self.ensembles
         if not ensembles:
             return
         for name in ensembles:

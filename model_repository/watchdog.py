@@ -41,6 +41,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,10 +233,8 @@ class StubWatchdog:
         except (urllib.error.URLError, OSError, ValueError):
             ready = []  # the server is stopping or busy: the pidfds still see every watched death
         self._rescan()
-        live: dict[str, int] = {}
-        for _, model in self._watched.values():
-            live[model] = live.get(model, 0) + 1
-        return [(None, model) for model in ready if live.get(model, 0) < self._expected_stubs(model)]
+        live = Counter(model for _, model in self._watched.values())
+        return [(None, model) for model in ready if live[model] < self._expected_stubs(model)]
 
     def _expected_stubs(self, model: str) -> int:
         if model not in self._stub_counts:
