@@ -185,7 +185,7 @@ def unwatched_server(embedded_repo: Path) -> Iterator[TritonServer]:
 def launcher_readiness(server: TritonServer) -> tuple[int, str]:
     """(status, text) of the launcher's GET /ready."""
     try:
-        with urllib.request.urlopen(f"http://{server.config.host}:{server.config.health_port}/ready", timeout=10) as r:
+        with urllib.request.urlopen(server.readiness_url, timeout=10) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
