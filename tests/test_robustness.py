@@ -91,7 +91,8 @@ def test_ordinary_queries_keep_their_latency_while_another_client_sends_10mb_tex
     result = run_oversize(triton_server, text_mb=10, duration_s=3.0)
     print(result.summary())
     assert result.ordinary_failures == 0 and result.flood_statuses == {"OK": result.flood_requests}
-    assert result.flood_requests >= 3
+    assert result.flood_requests >= 3 and 1 <= result.flood_in_window <= result.flood_requests
+    assert result.flood_server_cpu_ms is not None and result.flood_server_cpu_ms > 0, result.summary()
     # Before the cut, an ordinary query waited behind ~10 s of tokenizing. The drill's goal (p99
     # within 2x) is a measured figure (README), not asserted here: on CI's 2 shared cores the
     # flooding client's process sends its 10 MB requests from the same cores, beside other tests.
@@ -116,6 +117,7 @@ def test_behind_nginx_capped_at_max_request_bytes_a_text_flood_never_reaches_the
     print(result.summary())
     assert result.ordinary_failures == 0 and result.flood_requests >= 3
     assert result.flood_statuses == {"RESOURCE_EXHAUSTED": result.flood_requests}
+    assert result.flood_in_window == 0 and result.flood_server_cpu_ms is None  # none reached the server
     assert all(v["status"] == "INVALID_ARGUMENT" for v in result.huge_ids.values())  # 800 KB: under the cap
     assert is_ready(triton_server.http_url)
 

@@ -66,6 +66,8 @@ class OversizeResult:
     flooded_p99_ms: float
     ordinary_failures: int
     flood_requests: int
+    #: Flood requests answered OK inside the flooded window (those the server worked on).
+    flood_in_window: int
     flood_p50_ms: float
     flood_statuses: dict[str, int]
     huge_ids: dict[str, dict]
@@ -81,11 +83,22 @@ class OversizeResult:
         return self.flooded_p99_ms / self.paired_p99_ms
 
     @property
+    def flood_server_cpu_ms(self) -> float | None:
+        """Server CPU per flood request, estimated: the flooded window's server CPU less what its
+        ordinary requests cost alone (per request), over the flood requests answered in the window."""
+        if not self.flood_in_window or not self.alone_requests:
+            return None
+        ordinary_s = self.alone_server_cores * self.duration_s / self.alone_requests * self.flooded_requests
+        return (self.flooded_server_cores * self.duration_s - ordinary_s) / self.flood_in_window * 1e3
+
+    @property
     def met_goal(self) -> bool:
         return self.p99_ratio <= 2.0 and self.ordinary_failures == 0
 
     def summary(self) -> str:
         ids = ", ".join(f"{k}: {v['status']} in {v['ms']:.0f} ms" for k, v in self.huge_ids.items())
+        cpu = self.flood_server_cpu_ms
+        each = f", ~{cpu:.0f} ms of server CPU each" if cpu is not None else ""
         return (
             f"ordinary embed_query p50/p99 alone {self.alone_p50_ms:.1f}/{self.alone_p99_ms:.1f} ms "
             f"({self.alone_requests} requests), p99 {self.paired_p99_ms:.1f} ms beside a second ordinary client; "
@@ -96,7 +109,7 @@ class OversizeResult:
             f"{'met' if self.met_goal else 'NOT met'}); server cores alone / paired / flooded "
             f"{self.alone_server_cores:.2f} / {self.paired_server_cores:.2f} / {self.flooded_server_cores:.2f}; "
             f"the flood: {self.flood_requests} requests, "
-            f"p50 {self.flood_p50_ms:.0f} ms, {self.flood_statuses}; {HUGE_ID_COUNT:,} ids: {ids}"
+            f"p50 {self.flood_p50_ms:.0f} ms, {self.flood_statuses}{each}; {HUGE_ID_COUNT:,} ids: {ids}"
         )
 
 
@@ -122,12 +135,21 @@ def huge_id_requests(repo: Path) -> dict[str, dict[str, np.ndarray]]:
     }
 
 
-def _timed_window(loop: ClosedLoop, duration_s: float, server_pid: int) -> tuple[list[Sent], float]:
-    """The loop's requests sent in the next `duration_s`, and the server's CPU cores meanwhile."""
+@dataclass(frozen=True)
+class Window:
+    """The measured client's requests sent in [start, end) and the server's CPU cores meanwhile."""
+
+    sent: list[Sent]
+    server_cores: float
+    start: float
+    end: float
+
+
+def _timed_window(loop: ClosedLoop, duration_s: float, server_pid: int) -> Window:
     cpu, start = process_tree_cpu_s(server_pid), time.monotonic()
     time.sleep(duration_s)
     end = time.monotonic()
-    return loop.between(start, end), (process_tree_cpu_s(server_pid) - cpu) / (end - start)
+    return Window(loop.between(start, end), (process_tree_cpu_s(server_pid) - cpu) / (end - start), start, end)
 
 
 def run_oversize(
@@ -143,29 +165,30 @@ def run_oversize(
     flood_request = (EMBED_QUERY, {QUERY: np.array([[huge_text(text_mb)]], dtype=object)})
     with ClosedLoop(url, ordinary) as loop:
         time.sleep(1.0)  # warm-up: first requests pay connection set-up
-        alone, alone_cores = _timed_window(loop, duration_s, server.pid)
+        alone = _timed_window(loop, duration_s, server.pid)
         with ClientProcess(url, others):
-            paired, paired_cores = _timed_window(loop, duration_s, server.pid)
+            paired = _timed_window(loop, duration_s, server.pid)
         with ClientProcess(url, [flood_request]) as flood:
             time.sleep(0.5)  # let the flood reach a steady state
-            flooded, flooded_cores = _timed_window(loop, duration_s, server.pid)
+            flooded = _timed_window(loop, duration_s, server.pid)
     with grpcclient.InferenceServerClient(url) as client:
         huge = {name: send(client, RANK, arrays) for name, arrays in huge_id_requests(Path(server.config.repo)).items()}
     return OversizeResult(
         text_mb=text_mb,
         duration_s=duration_s,
-        alone_requests=len(alone),
-        alone_p50_ms=percentile_ms(alone, 50),
-        alone_p99_ms=percentile_ms(alone, 99),
-        paired_p99_ms=percentile_ms(paired, 99),
-        alone_server_cores=alone_cores,
-        paired_server_cores=paired_cores,
-        flooded_server_cores=flooded_cores,
-        flooded_requests=len(flooded),
-        flooded_p50_ms=percentile_ms(flooded, 50),
-        flooded_p99_ms=percentile_ms(flooded, 99),
-        ordinary_failures=sum(not s.ok for s in alone + flooded),
+        alone_requests=len(alone.sent),
+        alone_p50_ms=percentile_ms(alone.sent, 50),
+        alone_p99_ms=percentile_ms(alone.sent, 99),
+        paired_p99_ms=percentile_ms(paired.sent, 99),
+        alone_server_cores=alone.server_cores,
+        paired_server_cores=paired.server_cores,
+        flooded_server_cores=flooded.server_cores,
+        flooded_requests=len(flooded.sent),
+        flooded_p50_ms=percentile_ms(flooded.sent, 50),
+        flooded_p99_ms=percentile_ms(flooded.sent, 99),
+        ordinary_failures=sum(not s.ok for s in alone.sent + flooded.sent),
         flood_requests=len(flood.sent),
+        flood_in_window=sum(s.ok and flooded.start <= s.done_at < flooded.end for s in flood.sent),
         flood_p50_ms=percentile_ms(flood.sent, 50),
         flood_statuses=dict(Counter(s.status for s in flood.sent)),
         huge_ids={name: {"status": s.status, "ms": s.latency_s * 1e3} for name, s in huge.items()},
@@ -196,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = run_oversize(server, text_mb=args.text_mb, duration_s=args.duration)
     print(result.summary())
-    payload = asdict(result) | {"p99_ratio": result.p99_ratio, "paired_ratio": result.paired_ratio}
+    derived = ("p99_ratio", "paired_ratio", "flood_server_cpu_ms")
+    payload = asdict(result) | {name: getattr(result, name) for name in derived}
     print(json.dumps(payload, indent=2))
     if args.json:
         args.json.write_text(json.dumps(payload, indent=2))
