@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from aisle.data.format import Item
@@ -29,7 +30,30 @@ def id_list(text: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integer ids, got {text!r}") from e
+        raise argparse.ArgumentTypeError(
+            f"expected integer item ids (comma- or space-separated), got {text!r}; "
+            "a search query goes before the id options (or after `--`)"
+        ) from e
+
+
+class ExtendIds(argparse.Action):
+    """`--history 3,40 12 --history 7` -> [3, 40, 12, 7]: ids may come comma-separated, as separate
+    words, or in repeated options, since shells and scripts produce all three."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        collected = list(getattr(namespace, self.dest) or [])
+        setattr(namespace, self.dest, collected + [i for ids in values or () for i in ids])
+
+
+def add_ids_option(group: argparse._ActionsContainer, flag: str, **kwargs: Any) -> None:
+    """An option taking item ids (see ExtendIds)."""
+    group.add_argument(flag, type=id_list, nargs="+", action=ExtendIds, metavar="ID", **kwargs)
 
 
 def _connection_options() -> argparse.ArgumentParser:
@@ -55,11 +79,9 @@ def _catalog_options() -> argparse.ArgumentParser:
     group.add_argument("--exclude-brand", action="append", default=[], help="never this brand (repeatable)")
     group.add_argument("--min-price", type=float, help="lowest price")
     group.add_argument("--max-price", type=float, help="highest price")
-    group.add_argument("--exclude-ids", type=id_list, default=[], help="item ids never to return, comma-separated")
+    add_ids_option(group, "--exclude-ids", default=[], help="item ids never to return")
     parent.add_argument("--top-k", type=int, default=10, help="results to return (default: %(default)s)")
-    parent.add_argument(
-        "--ids", type=id_list, help="rank only these candidate ids (comma-separated) instead of the whole catalog"
-    )
+    add_ids_option(parent, "--ids", help="rank only these candidate ids instead of the whole catalog")
     parent.add_argument(
         "--data", metavar="DIR", help="dataset directory: show each item's title, brand, category, price"
     )
@@ -73,13 +95,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "search", parents=[parent, catalog], help="search the whole catalog for a query (and a user history)"
     )
     search.add_argument("query", help="the search query")
-    search.add_argument("--history", type=id_list, default=[], help="user history item ids, oldest first")
+    add_ids_option(search, "--history", default=[], help="user history item ids, oldest first")
     search.set_defaults(func=search_command)
 
     recommend = subparsers.add_parser(
         "recommend", parents=[parent, catalog], help="recommend from the whole catalog for a user history"
     )
-    recommend.add_argument("--history", type=id_list, required=True, help="user history item ids, oldest first")
+    add_ids_option(recommend, "--history", required=True, help="user history item ids, oldest first")
     recommend.set_defaults(func=recommend_command)
 
     embed = subparsers.add_parser("embed", parents=[parent], help="embed texts with the query (or item) tower")

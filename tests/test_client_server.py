@@ -22,6 +22,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from aisle.cli import build_parser
 from aisle.cli import main as aisle_main
 from aisle.client import (
     AisleClient,
@@ -417,6 +418,17 @@ def test_cli_recommend_and_embed_print_tables(
     assert lines[0].split() == ["rank", "id", "score"] and len(lines) == 3
     assert aisle_main(["embed", "red shoes", "--item", "--url", url]) == 0
     assert "'red shoes': dim" in capsys.readouterr().out
+
+
+def test_cli_ids_come_comma_separated_as_words_or_in_repeated_options(capsys: pytest.CaptureFixture[str]) -> None:
+    parse = build_parser().parse_args
+    args = parse(["search", "shoes", "--history", "3,40", "12", "--history", "7", "--exclude-ids", "5", "6,8"])
+    assert (args.query, args.history, args.exclude_ids, args.ids) == ("shoes", [3, 40, 12, 7], [5, 6, 8], None)
+    assert parse(["recommend", "--history", "1", "2", "3", "--ids", "9,4"]).ids == [9, 4]
+    assert parse(["search", "--history", "1", "2", "--", "shoes"]).query == "shoes"
+    with pytest.raises(SystemExit):
+        parse(["search", "--history", "1", "2", "shoes"])
+    assert "got 'shoes'; a search query goes before the id options" in capsys.readouterr().err
 
 
 def test_cli_reports_a_bad_argument_as_a_user_error(
