@@ -132,12 +132,13 @@ class Counted:
     argument: str
     count: int
     limit: str  # a ServingLimits field
+    unit: str = "entries"  # what is counted, for the message
 
     def check(self, limits: ServingLimits) -> None:
         maximum = getattr(limits, self.limit)
         if self.count > maximum:
             raise InvalidInputError(
-                f"{self.argument}: {self.count} entries, more than the server's {self.limit}={maximum}"
+                f"{self.argument}: {self.count} {self.unit}, more than the server's {self.limit}={maximum}"
             )
 
 
@@ -409,7 +410,7 @@ def search_request(
         filters=filters,
         counted=(
             Counted("user_history_ids", len(history), "max_history"),
-            Counted("top_k", top_k, "max_results"),
+            Counted("top_k", top_k, "max_results", unit="results asked"),
             Counted("filters.exclude_ids", len(filters.exclude_ids), "max_excluded_ids"),
             Counted("filters.brands", len(filters.brands), "max_filter_brands"),
             Counted("filters.exclude_brands", len(filters.exclude_brands), "max_filter_brands"),

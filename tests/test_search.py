@@ -240,7 +240,7 @@ def test_concurrent_searches_of_different_shapes_batch_together_and_answer_as_al
 
 
 def test_the_client_refuses_what_the_server_limits_before_sending(client: AisleClient) -> None:
-    with pytest.raises(InvalidInputError, match="top_k: 101 entries, more than the server's max_results=100"):
+    with pytest.raises(InvalidInputError, match="top_k: 101 results asked, more than the server's max_results=100"):
         client.search("shoes", top_k=101)
     with pytest.raises(InvalidInputError, match="filters.exclude_ids: 1001 entries"):
         client.search("shoes", filters=Filters(exclude_ids=tuple(range(1001))))
