@@ -39,6 +39,7 @@ from aisle.schema import (
     TOP_K,
     USER_HISTORY_IDS,
 )
+from tests.test_serving import http_infer
 
 pytestmark = pytest.mark.server
 
@@ -153,6 +154,14 @@ def raw_search(server: TritonServer, arrays: dict[str, np.ndarray]) -> np.ndarra
         inputs.append(infer_input)
     with grpcclient.InferenceServerClient(server.grpc_url) as raw:
         return raw.infer(SEARCH, inputs).as_numpy(ITEM_IDS)
+
+
+def test_over_http_json_zero_and_a_max_above_every_price_leave_the_price_open(triton_server: TritonServer) -> None:
+    """JSON has no NaN, so the README tells HTTP/JSON callers to send [0, 1e30] for an open range:
+    the same results as NaN's open range over gRPC."""
+    json_range = search_inputs(**{PRICE_RANGE: np.array([[0, 1e30]], np.float32)})
+    ids = http_infer(triton_server, SEARCH, json_range, ITEM_IDS)
+    np.testing.assert_array_equal(ids.astype(np.int64), raw_search(triton_server, search_inputs()))
 
 
 BAD_SEARCHES = {
