@@ -89,6 +89,22 @@ def points_table(points: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pairs_table(pairs: list[dict]) -> str:
+    """The latency pairs (aisle.benchmarks.suite.LATENCY_PAIR) behind search's p50 goal, one row each."""
+    from aisle.benchmarks.suite import LATENCY_PAIR
+
+    lines = [
+        "| pair | embed_query p50 ms | search p50 ms | search / embed_query | other cores (embed_query / search) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for index, pair in enumerate(pairs, start=1):
+        p50 = {name: pair[name]["latency"]["p50_ms"] if name in pair else None for name in LATENCY_PAIR}
+        other = " / ".join(_fmt(pair[name].get("other_cpu_cores")) if name in pair else "n/a" for name in LATENCY_PAIR)
+        ratio = p50["search"] / p50["embed_query"] if None not in p50.values() else None
+        lines.append(f"| {index} | {_fmt(p50['embed_query'])} | {_fmt(p50['search'])} | {_fmt(ratio)} | {other} |")
+    return "\n".join(lines)
+
+
 def ort_table(ort: list[dict], machine: dict) -> str:
     lines = [
         "| run | batch | padding | seq/s | p50 ms/batch | real tokens | padded tokens | GFLOP/s real "
@@ -251,6 +267,12 @@ def markdown(results: dict) -> str:
         if stages
         else ""
     )
+    pairs = results.get("latency_pairs")
+    pairs_md = (
+        f"## Search against embed_query at concurrency 1, back to back (perf_analyzer)\n\n{pairs_table(pairs)}\n"
+        if pairs
+        else ""
+    )
     return f"""# aisle benchmark
 
 ## Targets
@@ -274,6 +296,7 @@ def markdown(results: dict) -> str:
 
 {peers}
 {stages_md}
+{pairs_md}
 ## Load points
 
 {points_table(results["points"])}

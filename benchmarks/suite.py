@@ -67,6 +67,10 @@ class SuiteConfig:
         exported from `checkpoint` into the results directory.
     peers: also measure infinity-emb and sentence-transformers (aisle.benchmarks.peers) from the
         venv at `peers_venv`, built on first use (~1 GB download); off in quick runs.
+    latency_pairs: after the sweeps, embed_query and then search at concurrency 1, this many times
+        back to back. Search's p50 goal is a ratio of two ~5-10 ms latencies, and the machine's speed
+        drifts between the sweep's embed_query point (first) and its search point (minutes later);
+        the goal takes the median pair instead.
     """
 
     out: Path
@@ -86,17 +90,22 @@ class SuiteConfig:
     server_start_timeout_s: float = 300.0
     peers: bool = True
     peers_venv: Path = DEFAULT_VENV
+    latency_pairs: int = 3
 
     def __post_init__(self) -> None:
         if self.url is None and self.repo is None:
             raise BenchmarkError("give url (a running server) or repo (served locally), or both")
         if self.duration_s <= 0:
             raise BenchmarkError(f"duration_s={self.duration_s} must be > 0")
+        if self.latency_pairs < 0:
+            raise BenchmarkError(f"latency_pairs={self.latency_pairs} must be >= 0")
 
     @classmethod
     def quick(cls, **kwargs) -> SuiteConfig:
         """A short run: concurrency 1-2, targets evaluated at those levels, one Poisson rate."""
-        defaults = dict(concurrencies=(1, 2), levels=TargetLevels(2, 1), rate_fractions=(0.5,), peers=False)
+        defaults = dict(
+            concurrencies=(1, 2), levels=TargetLevels(2, 1), rate_fractions=(0.5,), peers=False, latency_pairs=1
+        )
         return cls(**{**defaults, **kwargs})
 
     def load_config(self) -> LoadConfig:
@@ -297,9 +306,39 @@ class Measurer:
         return replace(point, **measured, extra=extra)
 
 
+#: The workloads of each latency pair (SuiteConfig.latency_pairs), in the order they run.
+LATENCY_PAIR = ("embed_query", "search")
+
+
+def _perf_analyzer_plan(config: SuiteConfig) -> list[tuple[str, dict]]:
+    """perf_analyzer's closed-loop points: (workload, level), in the order they run."""
+    lv = config.levels
+    plan: list[tuple[str, dict]] = [("embed_query", {"concurrency": c}) for c in config.concurrencies]
+    plan += [("embed_query_zipf", {"concurrency": lv.throughput_concurrency})]
+    plan += [("embed_item", {"concurrency": c}) for c in sorted({1, lv.throughput_concurrency})]
+    plan += [("rank", {"concurrency": c}) for c in sorted({1, lv.latency_concurrency, lv.throughput_concurrency})]
+    plan += [("rank_cold", {"concurrency": c}) for c in sorted({1, lv.latency_concurrency})]
+    return plan + [(name, {"concurrency": c}) for name in ("search", "recommend") for c in lv.query_levels]
+
+
+def _sdk_plan(config: SuiteConfig) -> list[tuple[str, int]]:
+    """The SDK load generator's closed-loop points: (workload, concurrency), in the order they run."""
+    lv = config.levels
+    plan = [("embed_query", c) for c in lv.query_levels]
+    plan += [("rank", c) for c in sorted({lv.latency_concurrency, lv.throughput_concurrency})]
+    plan += [("embed_item", 1), ("rank_cold", 1)]
+    return plan + [(name, c) for name in ("search", "recommend") for c in lv.query_levels]
+
+
+def _eager_levels(config: SuiteConfig) -> list[int]:
+    return sorted({1, config.levels.throughput_concurrency})
+
+
 def _perf_analyzer_points(
     config: SuiteConfig, analyzer, url: str, workloads: dict[str, Workload], measurer: Measurer, progress
-) -> list[LoadPoint]:
+) -> tuple[list[LoadPoint], list[dict[str, dict]]]:
+    """The sweeps' points, and the latency pairs ({workload: point} each; kept out of the points so
+    the tables and plots show one point per level)."""
     from aisle.benchmarks import perf_analyzer as pa
 
     inputs_dir = config.out / "perf_analyzer" / "inputs"
@@ -307,36 +346,37 @@ def _perf_analyzer_points(
         name: pa.write_input_data(measurer.schema.ensemble(w.ensemble), w, inputs_dir) for name, w in workloads.items()
     }
     window_ms = max(200, int(config.duration_s * 1000 / 3))
-    lv = config.levels
-    plan: list[tuple[str, dict]] = [("embed_query", {"concurrency": c}) for c in config.concurrencies]
-    plan += [("embed_query_zipf", {"concurrency": lv.throughput_concurrency})]
-    plan += [("embed_item", {"concurrency": c}) for c in sorted({1, lv.throughput_concurrency})]
-    plan += [("rank", {"concurrency": c}) for c in sorted({1, lv.latency_concurrency, lv.throughput_concurrency})]
-    plan += [("rank_cold", {"concurrency": c}) for c in sorted({1, lv.latency_concurrency})]
-    plan += [(name, {"concurrency": c}) for name in ("search", "recommend") for c in lv.query_levels]
     points: list[LoadPoint] = []
 
-    def run(name: str, level: dict) -> None:
+    def measure(name: str, level: dict, label: str) -> LoadPoint | None:
         sweep = pa.Sweep(workloads[name].ensemble, url, files[name], window_ms=window_ms, **level)
         timeout_s = 30 + 2 * sweep.max_trials * window_ms / 1000
         try:
             with measurer.around(workloads[name].ensemble) as measured:
-                result = pa.run_sweep(analyzer, sweep, name, config.out / "perf_analyzer", timeout_s=timeout_s)
+                result = pa.run_sweep(analyzer, sweep, label, config.out / "perf_analyzer", timeout_s=timeout_s)
         except BenchmarkError as e:
-            measurer.failures.append({"generator": "perf_analyzer", "workload": name, **level, "error": str(e)})
-            return
+            measurer.failures.append({"generator": "perf_analyzer", "workload": label, **level, "error": str(e)})
+            return None
         finally:
             progress.update(1)
         point = Measurer.finish(result.point, measured)
         point.extra.update({f"pa_{k.lower().replace(' ', '_')}_us": v for k, v in result.server_us.items()})
-        points.append(point)
+        return point
 
-    for name, level in plan:
+    def run(name: str, level: dict) -> None:
+        if point := measure(name, level, name):
+            points.append(point)
+
+    for name, level in _perf_analyzer_plan(config):
         run(name, level)
     peak = max((p.throughput_rps for p in points if p.workload == "embed_query"), default=0.0)
     for fraction in config.rate_fractions if peak > 0 else ():
         run("embed_query", {"rate_rps": round(peak * fraction, 1)})
-    return points
+    pairs = []
+    for index in range(config.latency_pairs):
+        pair = {name: measure(name, {"concurrency": 1}, f"{name}_pair{index}") for name in LATENCY_PAIR}
+        pairs.append({name: point.to_dict() for name, point in pair.items() if point is not None})
+    return points, pairs
 
 
 async def _sdk_points(
@@ -346,15 +386,10 @@ async def _sdk_points(
     from aisle.client import AsyncAisleClient
 
     load = config.load_config()
-    lv = config.levels
-    plan = [("embed_query", c) for c in lv.query_levels]
-    plan += [("rank", c) for c in sorted({lv.latency_concurrency, lv.throughput_concurrency})]
-    plan += [("embed_item", 1), ("rank_cold", 1)]
-    plan += [(name, c) for name in ("search", "recommend") for c in lv.query_levels]
     points = []
     async with AsyncAisleClient(url) as client:
         await client.wait_until_ready(60.0)
-        for name, concurrency in plan:
+        for name, concurrency in _sdk_plan(config):
             workload = workloads[name]
             call = sdk_call(client, workload.ensemble)
             with measurer.around(workload.ensemble) as measured:
@@ -379,7 +414,7 @@ def _eager_points(config: SuiteConfig, workload: Workload, progress) -> list[Loa
     from aisle.modeling.checkpoint import QUERY_ENCODER_DIR
 
     load = config.load_config()
-    levels = sorted({1, config.levels.throughput_concurrency})
+    levels = _eager_levels(config)
     points = []
     log = config.out / "eager_server.log"
     model_dir = config.checkpoint / QUERY_ENCODER_DIR
@@ -414,12 +449,10 @@ def _eager_points(config: SuiteConfig, workload: Workload, progress) -> list[Loa
 
 
 def planned_points(config: SuiteConfig) -> int:
-    lv = config.levels
-    pa = len(config.concurrencies) + 1 + len({1, lv.throughput_concurrency})
-    pa += len({1, lv.latency_concurrency, lv.throughput_concurrency}) + len({1, lv.latency_concurrency})
-    pa += len(config.rate_fractions)
-    sdk = len(lv.query_levels) + len({lv.latency_concurrency, lv.throughput_concurrency}) + 2 + 1
-    return pa + sdk + len({1, lv.throughput_concurrency})
+    """Load points of a run (the progress bar's total, with the fixed steps and the peers')."""
+    pa = len(_perf_analyzer_plan(config)) + len(config.rate_fractions) + len(LATENCY_PAIR) * config.latency_pairs
+    sdk = len(_sdk_plan(config)) + 1  # and one open-loop point
+    return pa + sdk + len(_eager_levels(config))
 
 
 def run_suite(config: SuiteConfig) -> dict:
@@ -457,7 +490,7 @@ def run_suite(config: SuiteConfig) -> dict:
         env = environment(triton, analyzer.version())
         measurer = Measurer(triton, schema, local_server_pid(url), tokens["flops_per_request"])
         progress.set_postfix_str("perf_analyzer")
-        pa_points = _perf_analyzer_points(config, analyzer, url, workloads, measurer, progress)
+        pa_points, latency_pairs = _perf_analyzer_points(config, analyzer, url, workloads, measurer, progress)
         peak = max(
             (p.throughput_rps for p in pa_points if p.workload == "embed_query" and p.mode == "concurrency"),
             default=0.0,
@@ -484,6 +517,7 @@ def run_suite(config: SuiteConfig) -> dict:
         "query_tokens": tokens,
         "ort": [r.to_dict() for r in ort],
         "points": [p.to_dict() for p in pa_points + sdk_points + eager],
+        "latency_pairs": latency_pairs,
         "failures": measurer.failures,
         "search_stages": stages,
     }

@@ -413,6 +413,45 @@ def test_targets_report_measured_ratios_and_explain_each_failure() -> None:
     assert gflops.measured == pytest.approx(0.5) and gflops.passed is False and "50 GFLOP/s" in gflops.note
 
 
+def test_search_latency_goal_takes_the_median_of_back_to_back_pairs() -> None:
+    """The sweep's two points (15 / 9 ms: 1.67, FAIL) lose to the pairs' median; each pair is listed."""
+    from aisle.benchmarks.report import markdown
+    from aisle.benchmarks.suite import TargetLevels
+    from aisle.benchmarks.targets import evaluate
+
+    results = _results()
+    sweep_query, sweep_search = (
+        next(p for p in results["points"] if p["workload"] == name and p["level"] == 1)
+        for name in ("embed_query", "search")
+    )
+
+    def pair(query_p50: float, search_p50: float) -> dict:
+        return {
+            "embed_query": {**sweep_query, "latency": {**sweep_query["latency"], "p50_ms": query_p50}},
+            "search": {**sweep_search, "latency": {**sweep_search["latency"], "p50_ms": search_p50}},
+        }
+
+    def goal(results: dict):
+        return next(g for g in evaluate(results, TargetLevels(16, 4)) if g.name.startswith("search p50"))
+
+    results["latency_pairs"] = [pair(6.0, 8.4), pair(5.0, 9.5), pair(6.0, 8.7)]  # 1.40, 1.90, 1.45
+    passed = goal(results)
+    assert passed.name.endswith("(perf_analyzer, back-to-back pairs: median of 3)")
+    assert passed.measured == pytest.approx(1.45) and passed.passed is True and passed.note == ""
+
+    results["latency_pairs"] = [pair(6.0, 9.6), pair(5.0, 9.5), {"embed_query": sweep_query}]  # 1.60, 1.90, lost
+    failed = goal(results)
+    assert failed.measured == pytest.approx(1.75) and failed.passed is False
+    assert "back to back): 1.60, 1.90; the sweep's two points, minutes apart: 1.67." in failed.note
+
+    results["latency_pairs"][0]["search"]["other_cpu_cores"] = 0.9
+    assert "0.90 cores during search (pair 1)" in goal(results).note
+
+    results["targets"] = []
+    text = markdown(results)
+    assert "| 1 | 6.00 | 9.60 | 1.60 | 0.10 / 0.90 |" in text and "| 3 | 9.00 | n/a | n/a | 0.10 / n/a |" in text
+
+
 def _failed_notes(results: dict) -> str:
     from aisle.benchmarks.suite import TargetLevels
     from aisle.benchmarks.targets import evaluate

@@ -57,6 +57,18 @@ def test_summary_lists_every_target_with_a_finite_measurement_and_a_verdict(benc
     assert env["target"] == "embedded" and env["encoder_backend"] == "python" and "Version" in env["perf_analyzer"]
 
 
+def test_the_search_latency_goal_rests_on_the_runs_latency_pair(bench) -> None:
+    results, out = bench
+    (pair,) = results["latency_pairs"]
+    assert set(pair) == {"embed_query", "search"}
+    assert all(p["errors"] == 0 and p["level"] == 1 and p["generator"] == "perf_analyzer" for p in pair.values())
+    goal = next(t for t in results["targets"] if t["name"].startswith("search p50"))
+    assert goal["name"].endswith("back-to-back pairs: median of 1)")
+    p50 = {name: point["latency"]["p50_ms"] for name, point in pair.items()}
+    assert goal["measured"] == pytest.approx(p50["search"] / p50["embed_query"])
+    assert "## Search against embed_query at concurrency 1, back to back" in (out / "summary.md").read_text()
+
+
 def test_every_generator_mode_and_system_ran_without_errors(bench) -> None:
     results, _ = bench
     points = results["points"]
