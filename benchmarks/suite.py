@@ -359,7 +359,7 @@ def _perf_analyzer_points(
             return None
         finally:
             progress.update(1)
-        point = Measurer.finish(result.point, measured)
+        point = replace(Measurer.finish(result.point, measured), workload=name)  # `label` names its files
         point.extra.update({f"pa_{k.lower().replace(' ', '_')}_us": v for k, v in result.server_us.items()})
         return point
 

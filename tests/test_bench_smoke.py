@@ -60,7 +60,7 @@ def test_summary_lists_every_target_with_a_finite_measurement_and_a_verdict(benc
 def test_the_search_latency_goal_rests_on_the_runs_latency_pair(bench) -> None:
     results, out = bench
     (pair,) = results["latency_pairs"]
-    assert set(pair) == {"embed_query", "search"}
+    assert set(pair) == {"embed_query", "search"} and all(point["workload"] == name for name, point in pair.items())
     assert all(p["errors"] == 0 and p["level"] == 1 and p["generator"] == "perf_analyzer" for p in pair.values())
     goal = next(t for t in results["targets"] if t["name"].startswith("search p50"))
     assert goal["name"].endswith("back-to-back pairs: median of 1)")
