@@ -187,8 +187,8 @@ def search_latency_goal(
     pairs (aisle.benchmarks.suite.LATENCY_PAIR) where it measured some, since the machine's speed
     drifts between the sweep's two points minutes apart and this is a ratio of two small
     latencies; else those two points."""
-    pairs = [p for p in results.get("latency_pairs", []) if "search" in p and "embed_query" in p]
-    ratios = [r for p in pairs if (r := _ratio(_p(p["search"], "p50_ms"), _p(p["embed_query"], "p50_ms")))]
+    pairs = results.get("latency_pairs", [])
+    ratios = [r for p in pairs if (r := _ratio(_p(p.get("search"), "p50_ms"), _p(p.get("embed_query"), "p50_ms")))]
     sweep = _ratio(_p(search_one, "p50_ms"), _p(query_one, "p50_ms"))
     name = "search p50 / embed_query p50, concurrency 1 (perf_analyzer"
     goal = Goal(
