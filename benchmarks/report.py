@@ -92,16 +92,16 @@ def points_table(points: list[dict]) -> str:
 def pairs_table(pairs: list[dict]) -> str:
     """The latency pairs (aisle.benchmarks.suite.LATENCY_PAIR) behind search's p50 goal, one row each."""
     from aisle.benchmarks.suite import LATENCY_PAIR
+    from aisle.benchmarks.targets import pair_ratio
 
     lines = [
         "| pair | embed_query p50 ms | search p50 ms | search / embed_query | other cores (embed_query / search) |",
         "| --- | --- | --- | --- | --- |",
     ]
     for index, pair in enumerate(pairs, start=1):
-        p50 = {name: pair[name]["latency"]["p50_ms"] if name in pair else None for name in LATENCY_PAIR}
+        p50 = " | ".join(_fmt(pair[name]["latency"]["p50_ms"]) if name in pair else "n/a" for name in LATENCY_PAIR)
         other = " / ".join(_fmt(pair[name].get("other_cpu_cores")) if name in pair else "n/a" for name in LATENCY_PAIR)
-        ratio = p50["search"] / p50["embed_query"] if None not in p50.values() else None
-        lines.append(f"| {index} | {_fmt(p50['embed_query'])} | {_fmt(p50['search'])} | {_fmt(ratio)} | {other} |")
+        lines.append(f"| {index} | {p50} | {_fmt(pair_ratio(pair))} | {other} |")
     return "\n".join(lines)
 
 

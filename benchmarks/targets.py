@@ -180,6 +180,11 @@ def _seqs(ort: dict | None) -> float | None:
     return ort["throughput_seqs"] if ort else None
 
 
+def pair_ratio(pair: dict) -> float | None:
+    """Search p50 / embed_query p50 of one latency pair (None where a point is missing)."""
+    return _ratio(_p(pair.get("search"), "p50_ms"), _p(pair.get("embed_query"), "p50_ms"))
+
+
 def search_latency_goal(
     results: dict, search_one: dict | None, query_one: dict | None, facts: RunFacts
 ) -> tuple[Goal, Callable[[], str], dict[str, dict | None]]:
@@ -188,7 +193,7 @@ def search_latency_goal(
     drifts between the sweep's two points minutes apart and this is a ratio of two small
     latencies; else those two points."""
     pairs = results.get("latency_pairs", [])
-    ratios = [r for p in pairs if (r := _ratio(_p(p.get("search"), "p50_ms"), _p(p.get("embed_query"), "p50_ms")))]
+    ratios = [r for pair in pairs if (r := pair_ratio(pair))]
     sweep = _ratio(_p(search_one, "p50_ms"), _p(query_one, "p50_ms"))
     name = "search p50 / embed_query p50, concurrency 1 (perf_analyzer"
     goal = Goal(
