@@ -34,6 +34,9 @@ MAX_HISTORY = 50
 LIMITS_PARAMETER_PREFIX = "aisle."
 #: The config `parameters` key through which aisle's python models take ModelDecl.intra_op_threads.
 INTRA_OP_THREADS_PARAMETER = "intra_op_threads"
+#: The config `parameters` key that tells the models reading the retrieval index where to search it
+#: (aisle.retrieval.gpu.INDEX_DEVICES; rendered from RenderTarget.index_device).
+INDEX_DEVICE_PARAMETER = "index_device"
 
 
 def _buckets_text(buckets: tuple[int, ...]) -> str:

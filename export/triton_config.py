@@ -29,6 +29,7 @@ from tritonclient.utils import serialize_byte_tensor
 from aisle.errors import ExportError
 from aisle.export.graphs import GRAPH_ROLES
 from aisle.schema import (
+    INDEX_DEVICE_PARAMETER,
     PRICE_RANGE,
     TEXT,
     TOP_K,
@@ -225,6 +226,8 @@ def model_config(schema: Schema, decl: ModelDecl, target: RenderTarget) -> pb.Mo
     )
     for key, value in decl.parameters:
         config.parameters[key].string_value = value
+    if decl.role is Role.CATALOG_SEARCH:
+        config.parameters[INDEX_DEVICE_PARAMETER].string_value = target.index_device
     if decl.intra_op_threads is not None and runtime.threads_parameter:
         config.parameters[runtime.threads_parameter].string_value = str(decl.intra_op_threads)
     if decl.response_cache:

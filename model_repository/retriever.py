@@ -40,12 +40,14 @@ from aisle.retrieval import (
     load_index,
     retrieval_vectors,
 )
+from aisle.retrieval.gpu import CPU, place_index
 from aisle.retrieval.index import RetrievalIndex
 from aisle.schema import (
     BRANDS,
     CATEGORY,
     EXCLUDE_BRANDS,
     EXCLUDE_IDS,
+    INDEX_DEVICE_PARAMETER,
     PRICE_RANGE,
     QUERY_EMBEDDING,
     TOP_K,
@@ -124,7 +126,9 @@ class Retriever:
     def from_context(cls, context: ModelContext) -> Retriever:
         store = CatalogStore.from_context(context)
         params = IndexParams.from_dict(context.manifest.index) if context.manifest.index else IndexParams()
-        index = load_index(store.directory / INDEX_FILE, store.catalog.embeddings, params)
+        embeddings = store.catalog.embeddings
+        index = load_index(store.directory / INDEX_FILE, embeddings, params)
+        index = place_index(index, embeddings, context.parameters.get(INDEX_DEVICE_PARAMETER, CPU))
         attributes = ItemAttributes.load(store.directory / ATTRIBUTES_FILE)
         return cls(store, attributes, index, context.schema.limits)
 

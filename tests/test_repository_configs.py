@@ -25,6 +25,7 @@ from aisle.export.triton_config import (
 )
 from aisle.schema import (
     CATALOG_SEARCH,
+    INDEX_DEVICE_PARAMETER,
     ITEM_ENCODER,
     NUM_ITEM_FEATURES,
     QUERY,
@@ -89,7 +90,8 @@ def test_every_model_config_parses_and_matches_its_declaration(target: RenderTar
             assert config.dynamic_batching.max_queue_delay_microseconds == decl.batching.max_queue_delay_us
         threads_key = target.runtime(decl.role).threads_parameter
         threads = {threads_key: str(decl.intra_op_threads)} if decl.intra_op_threads and threads_key else {}
-        assert dict(decl.parameters) | threads == {k: v.string_value for k, v in config.parameters.items()}
+        index = {INDEX_DEVICE_PARAMETER: target.index_device} if decl.role is Role.CATALOG_SEARCH else {}
+        assert dict(decl.parameters) | threads | index == {k: v.string_value for k, v in config.parameters.items()}
         assert config.response_cache.enable == decl.response_cache, decl.name
         ragged = [t.name for t in config.input if t.allow_ragged_batch]
         assert ragged == [t.name for t in decl.inputs if decl.batching.ragged and -1 in t.dims], decl.name

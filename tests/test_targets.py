@@ -11,7 +11,7 @@ from aisle.errors import ExportError
 from aisle.export.repo_format import RepoManifest
 from aisle.export.targets import registry, served_by, target_from_args, target_named, target_names
 from aisle.export.triton_config import GRAPH_ROLES, render_configs
-from aisle.schema import QUERY_ENCODER, Role, build_schema
+from aisle.schema import CATALOG_SEARCH, INDEX_DEVICE_PARAMETER, QUERY_ENCODER, Role, build_schema
 
 SCHEMA = build_schema(384)
 
@@ -109,6 +109,22 @@ def test_gpu_targets_run_two_tokenizer_and_encoder_instances_and_one_of_everythi
         cpu_share = not doubled and target.runtime(decl.role).is_python and decl.cpu_instances == 2
         assert [g.count for g in configs[decl.name].instance_group] == [2 if two or cpu_share else 1], decl.name
     assert (target.name == "embedded") == (configs[QUERY_ENCODER].instance_group[0].count == 2 and not doubled)
+
+
+@pytest.mark.parametrize(
+    ("target", "device"),
+    [
+        (target_named("tensorrt"), "gpu"),
+        (target_named("onnxruntime", gpu=True), "gpu"),
+        (target_named("onnxruntime"), "cpu"),
+        (target_named("embedded"), "cpu"),
+    ],
+    ids=["tensorrt", "onnxruntime-gpu", "onnxruntime-cpu", "embedded"],
+)
+def test_catalog_search_is_told_to_search_its_index_where_the_graphs_run(target, device: str) -> None:
+    configs = render_configs(target.served_schema(SCHEMA), target)
+    assert configs[CATALOG_SEARCH].parameters[INDEX_DEVICE_PARAMETER].string_value == device
+    assert all(INDEX_DEVICE_PARAMETER not in c.parameters for name, c in configs.items() if name != CATALOG_SEARCH)
 
 
 @pytest.mark.parametrize("name", ["embedded", "onnxruntime", "tensorrt"])

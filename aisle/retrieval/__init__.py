@@ -5,7 +5,8 @@ the offline evaluation all import it, so one implementation answers in all three
 
     attributes.py  ItemAttributes: brand, category path, price per catalog row (npz beside the catalog)
     filters.py     Filters (validated) -> boolean row mask
-    index.py       ExactIndex, FaissIndex (IVF / HNSW), IndexParams, choose_index
+    index.py       ExactIndex, FaissIndex (IVF / HNSW / a flat GPU copy), IndexParams, choose_index
+    gpu.py         place_index: the index on a GPU where faiss has one, routed so filters stay exact
     query.py       has_query, retrieval_vectors (query + user blend), Popularity (fallback with neither)
 """
 

@@ -252,7 +252,8 @@ class ExactIndex:
 
 
 class FaissIndex:
-    """A faiss IVF-Flat or HNSW-Flat index (inner product) over the catalog rows, ids = row numbers.
+    """A faiss index (inner product) over the catalog rows, ids = row numbers: IVF-Flat or HNSW-Flat
+    on the CPU, or a GPU copy of one (aisle.retrieval.gpu: IVF-Flat, or flat for the exact kind).
 
     Filtering happens inside faiss's search (an IDSelectorBitmap in SearchParameters), so masked
     rows never take a slot. Two exact fallbacks keep the filtered contract whatever the index's
@@ -262,8 +263,6 @@ class FaissIndex:
     """
 
     def __init__(self, index: Any, embeddings: np.ndarray, params: IndexParams) -> None:
-        if params.kind == EXACT:
-            raise RetrievalError("FaissIndex needs an ANN kind (ivf or hnsw), got 'exact'")
         n, d = embeddings.shape
         if index.ntotal != n or index.d != d:
             raise RetrievalError(
@@ -282,7 +281,9 @@ class FaissIndex:
         faiss = _faiss()
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         n, d = embeddings.shape
-        if params.kind == IVF:
+        if params.kind == EXACT:  # a flat index: what a GPU copy of exact search is made from
+            index = faiss.IndexFlatIP(d)
+        elif params.kind == IVF:
             index = faiss.index_factory(d, f"IVF{params.nlist},Flat", faiss.METRIC_INNER_PRODUCT)
             sample = min(n, params.nlist * IVF_TRAIN_POINTS_PER_CELL)
             train = embeddings[np.random.default_rng(seed).choice(n, size=sample, replace=False)]
@@ -308,12 +309,17 @@ class FaissIndex:
     def _search_params(self, selector: object | None, widen: float) -> object:
         """faiss search parameters; `widen` (N / allowed rows) scales the probes a filter thins out."""
         faiss = _faiss()
+        if self.params.kind == EXACT:
+            return faiss.SearchParameters(sel=selector)
         if self.params.kind == IVF:
             nprobe = min(self.params.nlist, math.ceil(self.params.nprobe * widen))
             return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
         return faiss.SearchParametersHNSW(sel=selector, efSearch=math.ceil(self.params.ef_search * widen))
 
-    def _ann(self, queries: np.ndarray, k: int, mask: np.ndarray | None, allowed: int) -> tuple[np.ndarray, np.ndarray]:
+    def index_search(
+        self, queries: np.ndarray, k: int, mask: np.ndarray | None, allowed: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The faiss index's own answer (`allowed` rows pass `mask`), without the exact fallbacks."""
         faiss = _faiss()
         # A filter allowing a share s of the rows leaves ~s of each probed list: probing 1/s times
         # as many lists keeps the number of allowed candidates scanned about constant. Recall still
@@ -329,7 +335,7 @@ class FaissIndex:
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         _check_search(queries, k, mask, n, d)
         if mask is None:
-            rows, scores = self._ann(queries, k, None, n)
+            rows, scores = self.index_search(queries, k, None, n)
             return self._complete(queries, k, rows, scores, n)
         if mask.ndim == 1:
             return self._search_one_mask(queries, k, mask)
@@ -341,7 +347,7 @@ class FaissIndex:
         allowed = int(np.count_nonzero(mask))
         if allowed <= self.params.exact_fallback_rows:
             return exact_search_rows(self.embeddings, queries, k, np.flatnonzero(mask))
-        rows, scores = self._ann(queries, k, mask, allowed)
+        rows, scores = self.index_search(queries, k, mask, allowed)
         return self._complete(queries, k, rows, scores, allowed, mask)
 
     def _complete(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from aisle.errors import ExportError
 from aisle.export.graphs import GRAPH_ROLES
+from aisle.retrieval.gpu import CPU, GPU
 from aisle.schema import INTRA_OP_THREADS_PARAMETER, ModelDecl, Role, Schema, fold_for_python_graphs
 
 if TYPE_CHECKING:
@@ -106,6 +107,12 @@ class RenderTarget:
         one more stub process per request. Native backends take token ids and run graphs apart from
         python logic, so their tokenizers and encoders stay steps of their own."""
         return fold_for_python_graphs(schema) if cls.GRAPH_RUNTIME.is_python else schema
+
+    @property
+    def index_device(self) -> str:
+        """Where catalog_search searches the retrieval index: beside the graphs, on a GPU when they are.
+        (It falls back to the CPU where faiss has no GPU; aisle.retrieval.gpu.place_index.)"""
+        return GPU if self.graphs_on_gpu else CPU
 
     def runtime(self, role: Role) -> Runtime:
         return self.GRAPH_RUNTIME if role in GRAPH_ROLES else PYTHON
