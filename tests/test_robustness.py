@@ -114,6 +114,7 @@ def test_behind_nginx_capped_at_max_request_bytes_a_text_flood_never_reaches_the
         assert caught.value.status() == "StatusCode.RESOURCE_EXHAUSTED", caught.value
         assert f"over {cap} bytes (max_request_bytes)" in caught.value.message()
         result = run_oversize(triton_server, text_mb=10, duration_s=2.0, url=proxy.url)
+    assert not proxy.prefix.exists()  # the stopped proxy took its directory with it
     print(result.summary())
     assert result.ordinary_failures == 0 and result.flood_requests >= 3
     assert result.flood_statuses == {"RESOURCE_EXHAUSTED": result.flood_requests}

@@ -118,15 +118,16 @@ class NginxGrpcProxy:
         binary = nginx_binary()
         if binary is None:
             raise BenchmarkError("nginx is not installed (Debian: apt-get install -y nginx-light)")
-        (self.prefix / "tmp").mkdir(exist_ok=True)
+        (self.prefix / "tmp").mkdir(parents=True, exist_ok=True)
         conf = self.prefix / "nginx.conf"
         conf.write_text(nginx_conf(self.upstreams, self.port, self.config))
-        self._process = subprocess.Popen(
-            dying_with_parent([binary, "-p", str(self.prefix), "-c", str(conf), "-g", "daemon off;"]),
-            stdout=subprocess.DEVNULL,
-            stderr=(self.prefix / "stderr.log").open("wb"),
-            start_new_session=True,
-        )
+        with (self.prefix / "stderr.log").open("wb") as stderr:  # the child keeps its own copy
+            self._process = subprocess.Popen(
+                dying_with_parent([binary, "-p", str(self.prefix), "-c", str(conf), "-g", "daemon off;"]),
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -142,9 +143,12 @@ class NginxGrpcProxy:
         raise BenchmarkError(f"nginx not listening on {self.url} after {START_TIMEOUT_S} s")
 
     def stop(self) -> None:
-        """SIGQUIT (graceful: finish requests in flight), then SIGKILL the group if it lingers."""
+        """SIGQUIT (graceful: finish requests in flight), then SIGKILL the group if it lingers; its
+        prefix directory (config, logs, buffers) goes with it. A failed start has already raised
+        with the log's tail."""
         process, self._process = self._process, None
         if process is None:
+            shutil.rmtree(self.prefix, ignore_errors=True)
             return
         if process.poll() is None:
             process.send_signal(signal.SIGQUIT)
@@ -157,6 +161,7 @@ class NginxGrpcProxy:
         except ProcessLookupError:
             pass
         process.wait()
+        shutil.rmtree(self.prefix, ignore_errors=True)
 
     def __enter__(self) -> NginxGrpcProxy:
         self.start()
