@@ -1,8 +1,8 @@
 """Live catalog: upsert, delete and roll back the catalog a running tritonserver serves.
 
 Every change writes a complete new catalog version (ids, item-tower embeddings, raw features,
-filter attributes, text digests, the retrieval index) into REPO/catalog_versions/<n>/ and only then
-replaces REPO/catalog_versions/served.json, the one file naming the served version. The served
+filter attributes, text digests, the retrieval index) into REPO/item_store/1/catalog_versions/<n>/
+and only then replaces catalog_versions/served.json there, the one file naming the served version. The served
 python models check that file before each batch and switch by themselves
 (model_repository/catalog_store.py), so nothing here talks to the server's control API: the
 control path is write access to the repository directory, which the inference ports never give.
@@ -37,7 +37,6 @@ import numpy as np
 from aisle.data.format import Item
 from aisle.errors import ExportError
 from aisle.export.repo_format import (
-    CATALOG_VERSIONS_DIR,
     GRAPH_FILE,
     KEEP_VERSIONS,
     MODEL_VERSION,
@@ -45,6 +44,7 @@ from aisle.export.repo_format import (
     Catalog,
     RepoManifest,
     ServedCatalog,
+    catalog_versions_dir,
     version_catalog_dir,
 )
 from aisle.export.search_index import TEXT_DIGESTS_FILE, text_digest, write_index
@@ -293,7 +293,7 @@ class Rows:
 @contextmanager
 def _writer_lock(repo: Path) -> Iterator[None]:
     """One catalog writer per repository at a time (an advisory lock, released if the process dies)."""
-    root = Path(repo) / CATALOG_VERSIONS_DIR
+    root = catalog_versions_dir(repo)
     root.mkdir(exist_ok=True)
     with (root / LOCK_FILE).open("w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -304,7 +304,7 @@ def _writer_lock(repo: Path) -> Iterator[None]:
 
 
 def _versions_on_disk(repo: Path) -> list[int]:
-    root = Path(repo) / CATALOG_VERSIONS_DIR
+    root = catalog_versions_dir(repo)
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
 
 
@@ -357,7 +357,7 @@ def _prune(repo: Path, state: ServedCatalog) -> None:
     """Remove version directories neither served nor kept for rollback (stubs still reading one keep
     its pages until their next batch: an unlinked file lives while it is mapped)."""
     wanted = {state.version, *state.previous}
-    root = Path(repo) / CATALOG_VERSIONS_DIR
+    root = catalog_versions_dir(repo)
     for version in _versions_on_disk(repo):
         if version not in wanted:
             shutil.rmtree(root / str(version), ignore_errors=True)

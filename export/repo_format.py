@@ -6,10 +6,10 @@
                                     .npy file each), plus what retrieval reads beside them (item
                                     attributes, the ANN index when there is one)
     REPO/<tokenizer>/1/tokenizer.json   the tower's fast tokenizer (truncating, never padding)
-    REPO/catalog_versions/<n>/      later catalog versions (n >= 2) written by `aisle catalog`, each a
-                                    complete catalog directory like item_store/1/catalog/
-    REPO/catalog_versions/served.json   ServedCatalog: the version every catalog reader serves
-                                    (absent: version 1, the rendered catalog) and the previous ones
+    REPO/item_store/1/catalog_versions/<n>/   later catalog versions (n >= 2) written by `aisle
+                                    catalog`, each a complete catalog directory like item_store/1/catalog/
+    REPO/item_store/1/catalog_versions/served.json   ServedCatalog: the version every catalog reader
+                                    serves (absent: version 1, the rendered catalog) and the previous ones
 
 numpy and the standard library only: the python-backend models inside tritonserver read these
 files with the same code that writes them.
@@ -81,7 +81,7 @@ class RepoManifest:
 
     @classmethod
     def load(cls, repo: Path) -> RepoManifest:
-        return load_manifest(
+        manifest = load_manifest(
             cls,
             Path(repo) / REPO_MANIFEST,
             required=("target", "embedding_dim"),
@@ -89,6 +89,13 @@ class RepoManifest:
             error=RepositoryError,
             absent=f"{repo}: not a rendered aisle repository (missing {REPO_MANIFEST})",
         )
+        misplaced = Path(repo) / CATALOG_VERSIONS_DIR
+        if misplaced.is_dir():  # where aisle kept them before: served from there, tritonserver won't start
+            raise RepositoryError(
+                f"{misplaced}: live catalog versions at the repository's top level, where tritonserver takes "
+                f"every directory for a model and refuses to start; move it to {catalog_versions_dir(repo)}"
+            )
+        return manifest
 
 
 #: Catalog versions a live catalog keeps on disk: the served one and KEEP_VERSIONS - 1 previous ones
@@ -101,7 +108,8 @@ def catalog_dir(repo: Path, version: str = MODEL_VERSION) -> Path:
     return Path(repo) / ITEM_STORE / version / CATALOG_DIR
 
 
-#: Where catalog versions after the rendered one live, and the file naming the served version.
+#: Where catalog versions after the rendered one live (beside the rendered catalog, see
+#: catalog_versions_dir), and the file naming the served version.
 CATALOG_VERSIONS_DIR = "catalog_versions"
 SERVED_FILE = "served.json"
 #: The rendered catalog's version number (item_store/1/catalog/).
@@ -143,8 +151,15 @@ class ServedCatalog:
         os.replace(staging, path)
 
 
+def catalog_versions_dir(repo: Path) -> Path:
+    """The live catalog's directory: inside the item store's version directory, beside the rendered
+    catalog. Not at the repository's top level, where tritonserver takes every directory for a model
+    (a server started on the repository after a catalog change would refuse to start)."""
+    return catalog_dir(repo).parent / CATALOG_VERSIONS_DIR
+
+
 def served_file(repo: Path) -> Path:
-    return Path(repo) / CATALOG_VERSIONS_DIR / SERVED_FILE
+    return catalog_versions_dir(repo) / SERVED_FILE
 
 
 def served_state_key(repo: Path) -> tuple[int, int] | None:
@@ -160,7 +175,7 @@ def version_catalog_dir(repo: Path, version: int) -> Path:
     """The directory of catalog `version`: the rendered one for version 1, catalog_versions/<n> after."""
     if version == BASE_CATALOG_VERSION:
         return catalog_dir(repo)
-    return Path(repo) / CATALOG_VERSIONS_DIR / str(version)
+    return catalog_versions_dir(repo) / str(version)
 
 
 def served_catalog_dir(repo: Path) -> Path:

@@ -5,8 +5,8 @@ process. They all open the same catalog directory with memory maps, so the embed
 exist once in memory (the page cache's) however many stubs read them.
 
 Live catalog (`aisle catalog upsert|delete|rollback`): a new catalog version is a new directory
-and REPO/catalog_versions/served.json names the served one (export/repo_format.py). Every
-catalog-reading model runs its logic through `FollowsServedCatalog`, which checks that file's
+and REPO/item_store/1/catalog_versions/served.json names the served one (export/repo_format.py).
+Every catalog-reading model runs its logic through `FollowsServedCatalog`, which checks that file's
 fingerprint (one stat) before each dynamic batch and, when it changed, opens the new version and
 swaps its logic object in one assignment. A python stub executes one batch at a time, so a batch
 (and every request in it) runs entirely on one version; the old version's arrays and index are

@@ -161,7 +161,10 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on the port. SO_REUSEADDR, as tritonserver's own listeners set it: the
+    closed connections of a server just stopped (TIME_WAIT, up to a minute) must not block a restart."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -51,9 +51,9 @@ def _record(item: Item, **changes) -> dict:
 def _served(repo: Path) -> tuple:
     """Everything a failed change must leave as it was: served state and the version directories."""
     from aisle.export.live_catalog import LOCK_FILE
-    from aisle.export.repo_format import CATALOG_VERSIONS_DIR, ServedCatalog
+    from aisle.export.repo_format import ServedCatalog, catalog_versions_dir
 
-    root = repo / CATALOG_VERSIONS_DIR
+    root = catalog_versions_dir(repo)
     names = sorted(p.name for p in root.iterdir() if p.name != LOCK_FILE) if root.is_dir() else []
     return ServedCatalog.read(repo), names
 
@@ -144,6 +144,16 @@ def test_failure_halfway_leaves_the_served_version_untouched(
     with pytest.raises(OSError, match="No space left"):
         live.upsert(repo, [new])
     assert _served(repo) == before  # no half-written version directory either
+
+
+def test_versions_at_the_repository_top_level_are_refused_with_where_they_belong(repo: Path) -> None:
+    """Where an older aisle wrote them tritonserver refuses to start; serving version 1 instead would
+    silently drop every change."""
+    from aisle.export.repo_format import RepoManifest, RepositoryError, catalog_versions_dir
+
+    (repo / "catalog_versions").mkdir()
+    with pytest.raises(RepositoryError, match=f"refuses to start; move it to {catalog_versions_dir(repo)}"):
+        RepoManifest.load(repo)
 
 
 def test_delete_refuses_unknown_ids_and_rollback_needs_a_previous_version(repo: Path) -> None:
@@ -243,3 +253,21 @@ def test_upsert_through_the_server_embeds_as_the_local_item_tower(live_server, c
     np.testing.assert_allclose(catalog.embeddings[rows], local, atol=1e-5)
     with AisleClient(live_server.grpc_url) as client:
         assert items[1].item_id in client.search(items[1].title, top_k=100).ids.tolist()
+
+
+@pytest.mark.server
+def test_a_server_restarted_after_a_catalog_change_starts_and_serves_the_changed_catalog(
+    live_server, catalog_items: list[Item]
+) -> None:
+    """A replica restarting on a repository that has live versions (a failover, a rollout) must start:
+    tritonserver takes every top-level directory of the repository for a model."""
+    from aisle.client import AisleClient
+    from aisle.export.live_catalog import local_embedder, upsert
+
+    repo = Path(live_server.config.repo)
+    item = dataclasses.replace(catalog_items[0], item_id=81000, title="Quetzal Velvet Reading Armchair")
+    upsert(repo, [item], embed=local_embedder(repo))
+    live_server.stop()
+    live_server.start()
+    with AisleClient(live_server.grpc_url) as client:
+        assert item.item_id in client.search(item.title, top_k=10).ids.tolist()
