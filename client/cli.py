@@ -83,7 +83,12 @@ def _catalog_options() -> argparse.ArgumentParser:
     parent.add_argument("--top-k", type=int, default=10, help="results to return (default: %(default)s)")
     add_ids_option(parent, "--ids", help="rank only these candidate ids instead of the whole catalog")
     parent.add_argument(
-        "--data", metavar="DIR", help="dataset directory: show each item's title, brand, category, price"
+        "--data",
+        metavar="PATH",
+        action="append",
+        default=[],
+        help="a dataset directory or an items.jsonl file: show each item's title, brand, category, price; "
+        "repeat it for items added later (e.g. those given to `aisle catalog upsert`: the last one wins)",
     )
     return parent
 
@@ -133,14 +138,16 @@ def _filters(args: argparse.Namespace) -> Filters:
     )
 
 
-def _item_table(data: str | None) -> dict[int, Item]:
-    if data is None:
-        return {}
+def _item_table(paths: list[str]) -> dict[int, Item]:
+    """Items by id from dataset directories or items files, later ones replacing earlier ones."""
     from pathlib import Path
 
     from aisle.data.format import ITEMS, read_items
 
-    return {item.item_id: item for item in read_items(Path(data) / ITEMS)}
+    table: dict[int, Item] = {}
+    for path in map(Path, paths):
+        table.update((item.item_id, item) for item in read_items(path / ITEMS if path.is_dir() else path))
+    return table
 
 
 def _print_results(result: RankResult | SearchResult, items: dict[int, Item], as_json: bool) -> None:
@@ -154,6 +161,8 @@ def _print_results(result: RankResult | SearchResult, items: dict[int, Item], as
         item = items.get(int(item_id))
         if item is not None:
             line += f"  {item.title} | {item.brand} | {' > '.join(item.category)} | {item.price:.2f}"
+        elif items:
+            line += "  (not in --data: an item added since? give its items file as another --data)"
         print(line)
 
 

@@ -7,6 +7,8 @@ exactly min(top_k, allowed) items however few the filter allows.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import math
 import re
 import urllib.request
@@ -22,7 +24,7 @@ from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from aisle.cli import main as aisle_main
 from aisle.client import AisleClient, AsyncAisleClient, Filters, InvalidInputError
-from aisle.data.format import ITEMS, Item, read_items
+from aisle.data.format import ITEMS, Item, read_items, write_jsonl
 from aisle.export.repo_format import RepoManifest
 from aisle.model_repository.server import TritonServer
 from aisle.retrieval.attributes import category_path
@@ -256,7 +258,11 @@ def test_the_client_refuses_what_the_server_limits_before_sending(client: AisleC
 
 
 def test_search_and_recommend_cli_print_titles_brands_and_prices(
-    triton_server: TritonServer, tiny_data: Path, items: dict[int, Item], capsys: pytest.CaptureFixture[str]
+    triton_server: TritonServer,
+    tiny_data: Path,
+    items: dict[int, Item],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     url = ["--url", triton_server.grpc_url, "--data", str(tiny_data)]
     assert aisle_main(["search", "running shoes", "--top-k", "3", "--max-price", "1000000", *url]) == 0
@@ -264,9 +270,17 @@ def test_search_and_recommend_cli_print_titles_brands_and_prices(
     assert len(lines) == 4 and "title | brand | category | price" in lines[0]
     item = items[int(lines[1].split()[1])]
     assert item.title in lines[1] and item.brand in lines[1] and f"{item.price:.2f}" in lines[1]
+    # A later --data (e.g. the items given to `aisle catalog upsert`) wins; ids in none are marked.
+    renamed = tmp_path / "renamed.jsonl"
+    write_jsonl(renamed, [dataclasses.replace(item, title="Renamed Thing")])
+    assert aisle_main(["search", "running shoes", "--top-k", "3", *url, "--data", str(renamed)]) == 0
+    assert "Renamed Thing |" in capsys.readouterr().out.splitlines()[1]
+    only_renamed = ["--url", triton_server.grpc_url, "--data", str(renamed)]
+    assert aisle_main(["search", "running shoes", "--top-k", "3", *only_renamed]) == 0
+    assert "(not in --data" in capsys.readouterr().out.splitlines()[2]
     history = ",".join(str(i) for i in sorted(items)[:3])
     assert aisle_main(["recommend", "--history", history, "--top-k", "2", "--json", *url]) == 0
-    assert len(__import__("json").loads(capsys.readouterr().out)["results"]) == 2
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 2
     assert math.isfinite(RepoManifest.load(triton_server.config.repo).catalog_items)
 
 
