@@ -36,6 +36,7 @@ from aisle.export.repo_format import (
     Catalog,
     RepoManifest,
     catalog_dir,
+    catalog_versions_dir,
 )
 from aisle.export.search_index import write_search_files
 from aisle.export.targets import RenderTarget
@@ -190,6 +191,9 @@ def render_repository(spec: RepoSpec) -> RepoManifest:
             catalog_dir(staging), catalog, dataset.items, index_kind=spec.index_kind, progress=spec.progress
         )
         spec.target.write_files(schema, staging)
+        # Empty until the first `aisle catalog` change; there from the start so that a deployment
+        # can mount a shared copy of it over each replica's own (deploy/base/deployment.yaml).
+        catalog_versions_dir(staging).mkdir()
         shutil.rmtree(staging / "onnx_export.partial", ignore_errors=True)
         manifest = RepoManifest(
             target=spec.target.name,

@@ -128,16 +128,40 @@ def test_resources_and_gpu_requests_per_overlay(overlay: tuple[str, list[dict]])
     assert gpus == ("1" if name == "gpu" else None)
 
 
+def repository_name(objects: list[dict], container: dict) -> str:
+    """The AISLE_REPOSITORY a container gets, read through the ConfigMap it references."""
+    (var,) = [e for e in container["env"] if e["name"] == "AISLE_REPOSITORY"]
+    ref = var["valueFrom"]["configMapKeyRef"]
+    (config_map,) = [c for c in by_kind(objects, "ConfigMap") if c["metadata"]["name"] == ref["name"]]
+    return config_map["data"][ref["key"]]
+
+
 def test_the_repository_comes_from_a_volume_through_the_init_container(overlay: tuple[str, list[dict]]) -> None:
     name, objects = overlay
     pod = the(objects, "Deployment")["spec"]["template"]["spec"]
     (init,) = pod["initContainers"]
-    target = next(e["value"] for e in init["env"] if e["name"] == "AISLE_REPOSITORY")
-    assert target == {"cpu": "repo_onnxruntime", "gpu": "repo_tensorrt"}[name]
+    assert repository_name(objects, init) == {"cpu": "repo_onnxruntime", "gpu": "repo_tensorrt"}[name]
     mounts = {m["name"]: m["mountPath"] for m in tritonserver(objects)["volumeMounts"]}
     assert mounts["models"] == "/models"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "persistentVolumeClaim" in volumes["model-source"] and "emptyDir" in volumes["models"]
+
+
+def test_every_replica_serves_the_shared_repositorys_live_catalog(overlay: tuple[str, list[dict]]) -> None:
+    """`aisle catalog` changes written to the shared volume's repository reach every pod: the server
+    sees that repository's catalog_versions directory where the catalog readers look for it, over
+    the pod's own copy, read-only; the same repository the init container copied."""
+    from aisle.export.repo_format import catalog_versions_dir
+
+    _, objects = overlay
+    pod = the(objects, "Deployment")["spec"]["template"]["spec"]
+    server = tritonserver(objects)
+    (init,) = pod["initContainers"]
+    assert repository_name(objects, server) == repository_name(objects, init)
+    versions = catalog_versions_dir(Path("/models"))
+    (mount,) = [m for m in server["volumeMounts"] if m["mountPath"] == str(versions)]
+    assert mount["name"] == "model-source" and mount["readOnly"] is True
+    assert mount["subPathExpr"] == f"$(AISLE_REPOSITORY)/{versions.relative_to('/models')}"
 
 
 
@@ -183,7 +207,8 @@ def test_the_hpa_metric_is_the_one_the_adapter_rule_serves_from_triton_counters(
 ) -> None:
     _, objects = overlay
     (metric,) = the(objects, "HorizontalPodAutoscaler")["spec"]["metrics"]
-    rules = yaml.safe_load(the(objects, "ConfigMap")["data"]["config.yaml"])["rules"]
+    (adapter,) = [c for c in by_kind(objects, "ConfigMap") if "config.yaml" in c["data"]]
+    rules = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
     served = {rule["name"]["as"]: rule for rule in rules}
     rule = served[metric["pods"]["metric"]["name"]]
     assert re.fullmatch(rule["name"]["matches"], "nv_inference_queue_duration_us")

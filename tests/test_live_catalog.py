@@ -146,6 +146,13 @@ def test_failure_halfway_leaves_the_served_version_untouched(
     assert _served(repo) == before  # no half-written version directory either
 
 
+def test_a_rendered_repository_has_its_empty_versions_directory_for_a_deployment_to_mount(repo: Path) -> None:
+    from aisle.export.repo_format import ServedCatalog, catalog_versions_dir
+
+    assert catalog_versions_dir(repo).is_dir() and not any(catalog_versions_dir(repo).iterdir())
+    assert ServedCatalog.read(repo) == ServedCatalog()  # version 1, the rendered catalog
+
+
 def test_versions_at_the_repository_top_level_are_refused_with_where_they_belong(repo: Path) -> None:
     """Where an older aisle wrote them tritonserver refuses to start; serving version 1 instead would
     silently drop every change."""
