@@ -77,7 +77,11 @@ class GpuRoutedIndex:
 
 
 def honours_selectors(index: FaissIndex) -> bool:
-    """Whether a filtered search on `index` keeps masked rows out: rows' own vectors, those rows masked."""
+    """Whether a filtered search on `index` keeps masked rows out: rows' own vectors, those rows masked.
+
+    Ignoring the mask, each query's own row scores the highest possible (1, unit vectors) and its IVF
+    cell is the one probed first, so it is among its best `probe` rows unless more rows duplicate it.
+    """
     n = len(index.embeddings)
     probe = min(PROBE_ROWS, n - 1)
     if probe < 1:
@@ -85,7 +89,7 @@ def honours_selectors(index: FaissIndex) -> bool:
     mask = np.ones(n, dtype=bool)
     mask[:probe] = False
     queries = np.ascontiguousarray(index.embeddings[:probe], dtype=np.float32)
-    rows, _ = index.index_search(queries, 1, mask, n - probe)
+    rows, _ = index.index_search(queries, probe, mask, n - probe)
     return not np.isin(rows, np.arange(probe)).any()
 
 
