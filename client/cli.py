@@ -106,7 +106,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     recommend = subparsers.add_parser(
         "recommend", parents=[parent, catalog], help="recommend from the whole catalog for a user history"
     )
-    add_ids_option(recommend, "--history", required=True, help="user history item ids, oldest first")
+    add_ids_option(
+        recommend,
+        "--history",
+        default=[],
+        help="user history item ids, oldest first (none: a new visitor's shelf, the most popular items "
+        "the filters allow, ranked by the fusion head)",
+    )
     recommend.set_defaults(func=recommend_command)
 
     embed = subparsers.add_parser("embed", parents=[parent], help="embed texts with the query (or item) tower")

@@ -281,6 +281,9 @@ def test_search_and_recommend_cli_print_titles_brands_and_prices(
     history = ",".join(str(i) for i in sorted(items)[:3])
     assert aisle_main(["recommend", "--history", history, "--top-k", "2", "--json", *url]) == 0
     assert len(json.loads(capsys.readouterr().out)["results"]) == 2
+    # No history: a new visitor's shelf (the popularity fallback), not a usage error.
+    assert aisle_main(["recommend", "--top-k", "2", "--json", *url]) == 0
+    assert len(json.loads(capsys.readouterr().out)["results"]) == 2
     assert math.isfinite(RepoManifest.load(triton_server.config.repo).catalog_items)
 
 
