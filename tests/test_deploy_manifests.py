@@ -162,6 +162,8 @@ def test_every_replica_serves_the_shared_repositorys_live_catalog(overlay: tuple
     (mount,) = [m for m in server["volumeMounts"] if m["mountPath"] == str(versions)]
     assert mount["name"] == "model-source" and mount["readOnly"] is True
     assert mount["subPathExpr"] == f"$(AISLE_REPOSITORY)/{versions.relative_to('/models')}"
+    # The init container leaves the versions (full catalogs each) out of the pod's own copy.
+    assert f"--exclude=./{versions.relative_to('/models')} " in init["command"][-1]
 
 
 
