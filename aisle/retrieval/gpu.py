@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from aisle.retrieval.index import EXACT, HNSW, FaissIndex, IndexParams, RetrievalIndex, _faiss
+from aisle.retrieval.index import EXACT, HNSW, FaissIndex, IndexParams, RetrievalIndex, load_faiss
 
 CPU = "cpu"
 GPU = "gpu"
@@ -100,7 +100,7 @@ def flat_index(embeddings: np.ndarray) -> Any:
 
 def gpu_copy(host: RetrievalIndex, embeddings: np.ndarray, gpu: int) -> FaissIndex:
     """The host index cloned onto GPU `gpu` (IVF as stored; exact as a flat index), as a FaissIndex."""
-    faiss = _faiss()
+    faiss = load_faiss()
     resources = faiss.StandardGpuResources()
     resources.setTempMemory(GPU_TEMP_MEMORY_BYTES)
     cpu_index = host.index if isinstance(host, FaissIndex) else flat_index(embeddings)
@@ -118,7 +118,7 @@ def place_index(host: RetrievalIndex, embeddings: np.ndarray, device: str, gpu: 
         raise ValueError(f"index_device={device!r}: expected one of {INDEX_DEVICES}")
     if device == CPU:
         return host
-    faiss = _faiss()
+    faiss = load_faiss()
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
         log("index_device=gpu, but this faiss has no GPU (faiss-cpu, or no GPU visible): searching on the CPU")
         return host

@@ -137,7 +137,7 @@ def choose_index(catalog_size: int, override: str | None = None) -> IndexParams:
     raise RetrievalError(f"index kind={kind!r} is not one of {KINDS}")
 
 
-def _faiss() -> Any:
+def load_faiss() -> Any:
     """faiss, typed loosely: its bundled stubs lack the SWIG conveniences used here
     (SearchParameters keywords, IDSelectorBitmap(array), swig_ptr)."""
     import faiss
@@ -208,7 +208,7 @@ def brute_force_search(
     one thread, after a pass over 120 MB had evicted the caches (as the query encoder does between
     searches): 0.45 vs 0.70 ms for one query (the product alone), 1.03 vs 1.43-1.79 for five.
     """
-    faiss = _faiss()
+    faiss = load_faiss()
     n, d = embeddings.shape
     batch = len(queries)
     kk = min(k, n)
@@ -238,7 +238,7 @@ class ExactIndex:
 
     def __post_init__(self) -> None:
         self.embeddings = np.ascontiguousarray(self.embeddings, dtype=np.float32)
-        _faiss()  # loaded now, so a caller limiting its threads after building the index covers it
+        load_faiss()  # loaded now, so a caller limiting its threads after building the index covers it
 
     def search(self, queries: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         n, d = self.embeddings.shape
@@ -278,7 +278,7 @@ class FaissIndex:
 
     @classmethod
     def build(cls, embeddings: np.ndarray, params: IndexParams, *, seed: int = 0) -> FaissIndex:
-        faiss = _faiss()
+        faiss = load_faiss()
         embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
         n, d = embeddings.shape
         if params.kind == EXACT:  # a flat index: what a GPU copy of exact search is made from
@@ -296,19 +296,19 @@ class FaissIndex:
         return cls(index, embeddings, params)
 
     def save(self, path: Path) -> None:
-        faiss = _faiss()
+        faiss = load_faiss()
         faiss.write_index(self.index, str(path))
 
     @classmethod
     def load(cls, path: Path, embeddings: np.ndarray, params: IndexParams) -> FaissIndex:
-        faiss = _faiss()
+        faiss = load_faiss()
         if not Path(path).is_file():
             raise RetrievalError(f"{path}: index file not found")
         return cls(faiss.read_index(str(path)), embeddings, params)
 
     def _search_params(self, selector: object | None, widen: float) -> object:
         """faiss search parameters; `widen` (N / allowed rows) scales the probes a filter thins out."""
-        faiss = _faiss()
+        faiss = load_faiss()
         if self.params.kind == EXACT:
             return faiss.SearchParameters(sel=selector)
         if self.params.kind == IVF:
@@ -320,7 +320,7 @@ class FaissIndex:
         self, queries: np.ndarray, k: int, mask: np.ndarray | None, allowed: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """The faiss index's own answer (`allowed` rows pass `mask`), without the exact fallbacks."""
-        faiss = _faiss()
+        faiss = load_faiss()
         # A filter allowing a share s of the rows leaves ~s of each probed list: probing 1/s times
         # as many lists keeps the number of allowed candidates scanned about constant. Recall still
         # dips for mid-selective filters (their top-k reaches further out): see EXACT_FALLBACK_ROWS.
