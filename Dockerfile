@@ -6,12 +6,13 @@
 #   # onnxruntime target (GPU; render with --gpu [--trt-accelerator], or without --gpu for CPU-only),
 #   # under aisle's launcher (token-locked control API, stub watchdog, GET /ready on 8003, drain):
 #   docker run --gpus all --rm -p 8000-8003:8000-8003 -v "$PWD/artifacts/repo_onnxruntime:/models" \
-#       aisle-triton aisle serve --repo /models --host 0.0.0.0 --tritonserver tritonserver --health-port 8003
+#       aisle-triton aisle serve --repo /models --host 0.0.0.0 --tritonserver tritonserver --health-port 8003 \
+#       --log-stdout   # Triton's log on the container's stdout (docker logs), as well as in its file
 #   # tensorrt target: the script builds the engines on this GPU (cached in the repository, which must
 #   # be writable), then execs tritonserver with the launcher's arguments:
 #   docker run --gpus all --rm -p 8000-8003:8000-8003 -v "$PWD/artifacts/repo_tensorrt:/models" \
 #       aisle-triton aisle serve --repo /models --host 0.0.0.0 --tritonserver /models/start_tritonserver.sh \
-#       --health-port 8003
+#       --health-port 8003 --log-stdout
 #   # bare tritonserver works too (`tritonserver --model-repository=/models`, `/models/start_tritonserver.sh`),
 #   # without those four.
 #

@@ -48,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--start-timeout-s", type=float, default=240.0, help="give up if not ready by then")
     parser.add_argument("--log-verbose", type=int, default=0, help="tritonserver --log-verbose level")
     parser.add_argument(
+        "--log-stdout",
+        action="store_true",
+        help="also print tritonserver's log on stdout (in a container: what `kubectl logs` shows); "
+        "it is always written to the log file named at start",
+    )
+    parser.add_argument(
         "--response-cache-mb",
         type=int,
         default=0,
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         response_cache_mb=args.response_cache_mb,
         tritonserver=args.tritonserver,
         health_port=args.health_port,
+        log_stdout=args.log_stdout,
     )
     serve_until_signalled(config, start_timeout_s=args.start_timeout_s)
     return 0

@@ -50,12 +50,14 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 from aisle.export.repo_format import REPO_MANIFEST, RepoManifest
 from aisle.model_repository.errors import ServerStartError, ServingError
@@ -66,6 +68,8 @@ from aisle.model_repository.watchdog import ControlApi, StubWatchdog
 LOG_TAIL_LINES = 60
 #: How often start() polls readiness.
 POLL_INTERVAL_S = 0.5
+#: How long a stop waits for the last of the server's output to be copied (log_stdout).
+OUTPUT_DRAIN_S = 5.0
 #: Header that unlocks the model-repository API of a server this launcher started.
 CONTROL_HEADER = "aisle-control-token"
 PR_SET_PDEATHSIG = 1
@@ -160,6 +164,17 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             sock.close()
 
 
+def copy_output(source: IO[bytes], log_path: Path) -> None:
+    """tritonserver's output, line by line, appended to its log file and echoed on stdout, until the
+    server and its stubs (which share the pipe) have all exited."""
+    with source, log_path.open("ab") as log:
+        for line in iter(source.readline, b""):
+            log.write(line)
+            log.flush()
+            sys.stdout.write(line.decode("utf-8", errors="replace"))
+            sys.stdout.flush()
+
+
 def port_in_use(host: str, port: int) -> bool:
     """Whether something listens on the port. SO_REUSEADDR, as tritonserver's own listeners set it: the
     closed connections of a server just stopped (TIME_WAIT, up to a minute) must not block a restart."""
@@ -192,6 +207,9 @@ class ServerConfig:
         wheel, set up by this module.
     health_port: where the launcher answers GET /ready (200 only when every ensemble is READY; see
         the module docstring) on `host`; None: no such endpoint.
+    log_stdout: also copy tritonserver's output, line by line, to this process's stdout. In a
+        container that is what the platform collects (`kubectl logs`); the log file stays too, for
+        the start-up error's tail.
     """
 
     repo: Path
@@ -205,6 +223,7 @@ class ServerConfig:
     watch_stubs: bool = True
     tritonserver: Path | None = None
     health_port: int | None = None
+    log_stdout: bool = False
 
     def __post_init__(self) -> None:
         if self.response_cache_mb < 0:
@@ -218,6 +237,7 @@ class TritonServer:
         self.config = config
         self._process: subprocess.Popen[bytes] | None = None
         self._log_dir: Path | None = None
+        self._output_copier: threading.Thread | None = None
         self._control_token = secrets.token_urlsafe(24)
         self.watchdog: StubWatchdog | None = None
         self.readiness: ReadinessEndpoint | None = None
@@ -346,11 +366,17 @@ class TritonServer:
             self._process = subprocess.Popen(
                 self.command(),
                 env=self.env(),
-                stdout=log,
+                stdout=subprocess.PIPE if c.log_stdout else log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
+        if c.log_stdout:
+            assert self._process.stdout is not None
+            self._output_copier = threading.Thread(
+                target=copy_output, args=(self._process.stdout, self.log_path), name="tritonserver-output", daemon=True
+            )
+            self._output_copier.start()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             code = self._process.poll()
@@ -359,6 +385,7 @@ class TritonServer:
                 # it had started; they live on in its process group.
                 self._kill_leftover_stubs(self._process.pid)
                 self._process = None
+                self._finish_output()
                 raise ServerStartError(f"tritonserver exited with code {code} during start-up:\n{self.log_tail()}")
             if self.is_ready():
                 self._start_watchdog()
@@ -451,6 +478,13 @@ class TritonServer:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self._kill_leftover_stubs(process.pid)
+        self._finish_output()
+
+    def _finish_output(self) -> None:
+        """Wait for the output copier to reach the end of the server's output (log_stdout)."""
+        copier, self._output_copier = self._output_copier, None
+        if copier is not None:
+            copier.join(timeout=OUTPUT_DRAIN_S)
 
     @staticmethod
     def _kill_leftover_stubs(pgid: int) -> None:

@@ -178,6 +178,7 @@ def test_the_launcher_runs_the_targets_tritonserver_and_drains_on_sigterm(overla
     assert container["command"] == ["aisle", "serve"]
     args = build_parser().parse_args(["serve", *container["args"]])
     assert str(args.repo) == "/models" and args.host == "0.0.0.0"
+    assert args.log_stdout  # Triton's log where the platform collects it (kubectl logs)
     assert str(args.tritonserver) == {"cpu": "tritonserver", "gpu": "/models/start_tritonserver.sh"}[name]
     startup = container["startupProbe"]
     assert args.start_timeout_s >= startup["periodSeconds"] * startup["failureThreshold"]

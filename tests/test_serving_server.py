@@ -137,7 +137,7 @@ def test_aisle_serve_drains_in_flight_requests_and_exits_zero_on_sigterm(
     ports = ["--grpc-port", str(grpc_port), "--http-port", str(http_port), "--metrics-port", str(metrics_port)]
     tritonserver = wheel_tritonserver_script(tmp_path / "tritonserver")
     command = [sys.executable, "-m", "aisle.cli", "serve", "--repo", str(embedded_repo), *ports]
-    command += ["--tritonserver", str(tritonserver), "--health-port", str(health_port)]
+    command += ["--tritonserver", str(tritonserver), "--health-port", str(health_port), "--log-stdout"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_ready(f"127.0.0.1:{http_port}", process)
@@ -187,6 +187,8 @@ def test_aisle_serve_drains_in_flight_requests_and_exits_zero_on_sigterm(
     # The ensembles were drained before SIGTERM, and rejected requests left nothing behind in flight.
     log = Path(log_path).read_text()
     assert "successfully unloaded 'rank_cold'" in log
+    # --log-stdout: Triton's own lines reach the launcher's stdout too (what a platform collects).
+    assert "successfully unloaded 'rank_cold'" in output and "successfully loaded 'search'" in output
     assert "Found 0 model versions that have in-flight inferences" in log
     assert not re.search(r"has \d+ in-flight inferences", log)
 
