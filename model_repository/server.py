@@ -166,13 +166,22 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 def copy_output(source: IO[bytes], log_path: Path) -> None:
     """tritonserver's output, line by line, appended to its log file and echoed on stdout, until the
-    server and its stubs (which share the pipe) have all exited."""
+    server and its stubs (which share the pipe) have all exited.
+
+    The pipe is drained to the end whatever happens to stdout (closed, a broken pipe): a full pipe
+    would block the server at its next log line.
+    """
+    echo = True
     with source, log_path.open("ab") as log:
         for line in iter(source.readline, b""):
             log.write(line)
             log.flush()
-            sys.stdout.write(line.decode("utf-8", errors="replace"))
-            sys.stdout.flush()
+            if echo:
+                try:
+                    sys.stdout.write(line.decode("utf-8", errors="replace"))
+                    sys.stdout.flush()
+                except (OSError, ValueError):  # stdout gone; the log file still gets every line
+                    echo = False
 
 
 def port_in_use(host: str, port: int) -> bool:

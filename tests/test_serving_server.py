@@ -88,6 +88,30 @@ def wheel_tritonserver_script(path: Path) -> Path:
     return path
 
 
+def test_log_stdout_drains_the_servers_output_to_its_file_even_when_stdout_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A closed stdout must not stop the copy: the server would block on a full pipe."""
+    import io
+
+    from aisle.model_repository.server import copy_output
+
+    gone = io.StringIO()
+    gone.close()
+    monkeypatch.setattr(sys, "stdout", gone)
+    lines = 100_000  # several pipe buffers' worth
+    writer = subprocess.Popen(
+        [sys.executable, "-c", f"for i in range({lines}): print('line', i)"], stdout=subprocess.PIPE
+    )
+    assert writer.stdout is not None
+    copier = threading.Thread(target=copy_output, args=(writer.stdout, tmp_path / "log"))
+    copier.start()
+    assert writer.wait(timeout=60) == 0
+    copier.join(timeout=30)
+    assert not copier.is_alive()
+    assert len((tmp_path / "log").read_text().splitlines()) == lines
+
+
 def test_start_refuses_a_port_already_in_use(triton_server) -> None:
     grpc_port = int(triton_server.grpc_url.rsplit(":", 1)[1])
     _, http_port, metrics_port = free_ports(3)
