@@ -34,9 +34,10 @@ CPU = "cpu"
 GPU = "gpu"
 INDEX_DEVICES = (CPU, GPU)
 
-#: faiss's StandardGpuResources reserves 18% of the GPU's memory as scratch space by default; on a
-#: GPU shared with the encoders' engines (and one copy per catalog_search instance) that is far
-#: too much. Retrieving a dynamic batch of queries over a catalog needs a few MB of scratch.
+#: faiss's StandardGpuResources reserves up to 1.5 GiB of GPU scratch per resources object by
+#: default (faiss/gpu/StandardGpuResources.cpp, kMaxTempMem); with one per catalog_search instance
+#: beside the encoders' engines that is too much. Retrieving a dynamic batch of queries over a
+#: catalog needs a few MB of scratch.
 GPU_TEMP_MEMORY_BYTES = 256 << 20
 #: The largest k (and IVF nprobe) faiss's GPU selection takes: GPU_MAX_SELECTION_K, 2048 or 1024
 #: depending on the build (faiss/gpu/utils/DeviceDefs.cuh); the smaller one, so both builds take it.
