@@ -2,8 +2,8 @@
 
 Every change writes a complete new catalog version (ids, item-tower embeddings, raw features,
 filter attributes, text digests, the retrieval index) into REPO/item_store/1/catalog_versions/<n>/
-and only then replaces catalog_versions/served.json there, the one file naming the served version. The served
-python models check that file before each batch and switch by themselves
+and only then replaces catalog_versions/served.json there, the one file naming the served version.
+The served python models check that file before each batch and switch by themselves
 (model_repository/catalog_store.py), so nothing here talks to the server's control API: the
 control path is write access to the repository directory, which the inference ports never give.
 

@@ -24,11 +24,10 @@ where faiss reports a GPU.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import numpy as np
 
-from aisle.retrieval.index import EXACT, HNSW, FaissIndex, IndexParams, RetrievalIndex, load_faiss
+from aisle.retrieval.index import HNSW, FaissIndex, IndexParams, RetrievalIndex, load_faiss
 
 CPU = "cpu"
 GPU = "gpu"
@@ -94,17 +93,13 @@ def honours_selectors(index: FaissIndex) -> bool:
     return not np.isin(rows, np.arange(probe)).any()
 
 
-def flat_index(embeddings: np.ndarray) -> Any:
-    """A CPU flat inner-product index over the catalog: what a GPU copy of exact search is cloned from."""
-    return FaissIndex.build(embeddings, IndexParams(kind=EXACT)).index
-
-
 def gpu_copy(host: RetrievalIndex, embeddings: np.ndarray, gpu: int) -> FaissIndex:
     """The host index cloned onto GPU `gpu` (IVF as stored; exact as a flat index), as a FaissIndex."""
     faiss = load_faiss()
     resources = faiss.StandardGpuResources()
     resources.setTempMemory(GPU_TEMP_MEMORY_BYTES)
-    cpu_index = host.index if isinstance(host, FaissIndex) else flat_index(embeddings)
+    # Exact search has no faiss index of its own: a flat one (FaissIndex.build, kind exact) is what is cloned.
+    cpu_index = host.index if isinstance(host, FaissIndex) else FaissIndex.build(embeddings, host.params).index
     device_index = faiss.index_cpu_to_gpu(resources, gpu, cpu_index)
     return FaissIndex(device_index, embeddings, host.params)
 
