@@ -7,10 +7,11 @@ Starts its own tritonserver on a copy of REPO (the original is never written), t
    through the SDK with retries off, so every failure counts;
 2. during it: `upserts` upserts of `upsert_items` new items each (generated items, fresh ids and
    titles), after each one every new item is searched by its own title and must be found; then one
-   delete of `delete_items` ids (half rendered ones no load request names, where the catalog has
-   that many, the rest new items),
-   after which no search result may hold a deleted id (the load's and one search per deleted title)
-   and rank with a deleted id must fail INVALID_ARGUMENT naming it;
+   delete of `delete_items` ids (half rendered ones no load request names as a candidate, those in
+   load histories first, where the catalog has that many; the rest new items), after which no
+   search result may hold a deleted id (the load's and one search per deleted title), rank with a
+   deleted candidate must fail INVALID_ARGUMENT naming it, and a rank whose history names a deleted
+   item must score exactly as before the delete (the item is retired, its embedding kept);
 3. server RSS (tritonserver + stubs, /proc) before the first upsert and after the fifth;
 4. after the load, quiet: a probe set's results; freshness: `freshness_items` new items upserted,
    split into embedding, writing (files + index + served.json) and the time until a search finds a
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -91,6 +93,10 @@ class DrillReport:
     deleted_ids: list[int] = field(default_factory=list)
     deleted_seen: int = 0
     rank_deleted_error: str = ""
+    #: Largest score change of a rank whose history names a deleted item, before -> after the delete
+    #: (retired items keep their embedding for histories: 0 expected); None if that rank failed.
+    history_deleted_change: float | None = None
+    deleted_in_load_histories: int = 0  # deleted ids the load's own requests name in their histories
     rss_before_mb: float = 0.0
     rss_after_upserts_mb: float = 0.0
     rss_change_pct: float = 0.0
@@ -112,6 +118,8 @@ class DrillReport:
             v.append(f"{self.deleted_seen} search results after the delete held a deleted id")
         if "INVALID_ARGUMENT" not in self.rank_deleted_error and "InvalidInput" not in self.rank_deleted_error:
             v.append(f"rank with a deleted id did not fail INVALID_ARGUMENT: {self.rank_deleted_error!r}")
+        if self.history_deleted_change is None or self.history_deleted_change > 1e-5:
+            v.append(f"a history naming a deleted item changed its scores by {self.history_deleted_change}")
         if abs(self.rss_change_pct) > rss_tolerance_pct:
             v.append(f"server RSS changed {self.rss_change_pct:+.1f}% over the upserts (> {rss_tolerance_pct}%)")
         if self.rollback_identical is False:
@@ -213,16 +221,20 @@ async def _probe(client, searches: Sequence[dict], ranks: Sequence[dict]) -> lis
     return out
 
 
-def _unnamed_ids(dataset: Dataset, requests: Sequence[dict]) -> np.ndarray:
-    """Rendered item ids that no load request names (as a candidate or in a history)."""
+def _deletable_ids(dataset: Dataset, requests: Sequence[dict]) -> tuple[np.ndarray, int]:
+    """Rendered item ids no load request names as a candidate (a rank naming one would rightly fail
+    after the delete), those in load requests' histories first (those requests must keep working),
+    and how many of them the histories name."""
     from aisle.schema import CANDIDATE_IDS, USER_HISTORY_IDS
 
-    named: set[int] = set()
+    named: dict[str, set[int]] = {CANDIDATE_IDS: set(), USER_HISTORY_IDS: set()}
     for request in requests:
-        for tensor in (CANDIDATE_IDS, USER_HISTORY_IDS):
+        for tensor, ids in named.items():
             if tensor in request:
-                named.update(np.asarray(request[tensor]).tolist())
-    return np.array(sorted({i.item_id for i in dataset.items} - named), np.int64)
+                ids.update(np.asarray(request[tensor]).tolist())
+    allowed = {i.item_id for i in dataset.items} - named[CANDIDATE_IDS]
+    in_histories = allowed & named[USER_HISTORY_IDS]
+    return np.array([*sorted(in_histories), *sorted(allowed - in_histories)], np.int64), len(in_histories)
 
 
 async def run_drill(url: str, server_pid: int, repo: Path, dataset: Dataset, config: DrillConfig) -> DrillReport:
@@ -234,7 +246,6 @@ async def run_drill(url: str, server_pid: int, repo: Path, dataset: Dataset, con
     from aisle.export.live_catalog_cli import remote_embedder
 
     report = DrillReport()
-    rng = np.random.default_rng(config.seed)
     workloads = WorkloadConfig(requests=128, seed=config.seed)
     searches = search_workload(dataset, workloads).requests
     ranks = rank_workload(dataset, workloads).requests
@@ -242,12 +253,13 @@ async def run_drill(url: str, server_pid: int, repo: Path, dataset: Dataset, con
     fresh = new_items(dataset.items, count, config.seed, config.items_preset)
     batches = [fresh[k * config.upsert_items : (k + 1) * config.upsert_items] for k in range(config.upserts)]
     freshness_batch = fresh[config.upserts * config.upsert_items :]
-    unnamed = _unnamed_ids(dataset, [*searches, *ranks])
-    # Half rendered items no load request names (a request naming one would rightly fail after the
-    # delete), as many as there are; the rest new items.
-    old = rng.choice(unnamed, size=min(config.delete_items // 2, len(unnamed)), replace=False)
+    deletable, in_histories = _deletable_ids(dataset, [*searches, *ranks])
+    # Half rendered items (named in load histories where possible), as many as there are; the rest new items.
+    old = deletable[: config.delete_items // 2]
+    report.deleted_in_load_histories = min(len(old), in_histories)
     doomed_new = [item for batch in batches for item in batch][: config.delete_items - len(old)]
     doomed = np.concatenate([[i.item_id for i in doomed_new], old]).astype(np.int64)
+    kept_ids = [i.item_id for i in dataset.items if i.item_id not in set(doomed.tolist())][:5]
     embed = remote_embedder(url) if config.embed_url else None
     # Spread the changes over the load: upserts, delete, then a tail of load on the final version.
     pause_s = config.duration_s / (config.upserts + 2)
@@ -283,6 +295,8 @@ async def run_drill(url: str, server_pid: int, repo: Path, dataset: Dataset, con
                 await asyncio.sleep(max(0.0, pause_s - (time.perf_counter() - called)))
             report.rss_after_upserts_mb = rss_mb()
             report.rss_change_pct = 100 * (report.rss_after_upserts_mb / report.rss_before_mb - 1)
+            history_rank = ("lamp", kept_ids, [int(doomed[-1])])
+            before = await checker.rank(*history_rank)
             result = await asyncio.to_thread(delete, repo, doomed.tolist())
             deleted_at = time.perf_counter()
             report.delete = dataclasses.asdict(result)
@@ -299,6 +313,9 @@ async def run_drill(url: str, server_pid: int, repo: Path, dataset: Dataset, con
                 report.rank_deleted_error = f"INVALID_ARGUMENT: {e}"
                 if str(int(doomed[0])) not in str(e):
                     report.violations.append(f"rank's error does not name the deleted id {int(doomed[0])}: {e}")
+            with contextlib.suppress(InvalidInputError):
+                after = await checker.rank(*history_rank)
+                report.history_deleted_change = float(np.abs(after.raw_scores - before.raw_scores).max())
             await asyncio.sleep(max(0.0, config.duration_s - (time.perf_counter() - began)))
         finally:
             load.stopping.set()

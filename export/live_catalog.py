@@ -1,7 +1,8 @@
 """Live catalog: upsert, delete and roll back the catalog a running tritonserver serves.
 
 Every change writes a complete new catalog version (ids, item-tower embeddings, raw features,
-filter attributes, text digests, the retrieval index) into REPO/item_store/1/catalog_versions/<n>/
+filter attributes, text digests, the retrieval index, the retired items that user histories may
+still name) into REPO/item_store/1/catalog_versions/<n>/
 and only then replaces catalog_versions/served.json there, the one file naming the served version.
 The served python models check that file before each batch and switch by themselves
 (model_repository/catalog_store.py), so nothing here talks to the server's control API: the
@@ -43,6 +44,7 @@ from aisle.export.repo_format import (
     TOKENIZER_FILE,
     Catalog,
     RepoManifest,
+    RetiredItems,
     ServedCatalog,
     catalog_versions_dir,
     version_catalog_dir,
@@ -78,13 +80,17 @@ class UpdateReport:
     changed: int = 0
     embedded: int = 0
     deleted: int = 0
+    retired: int = 0  # deleted items the version keeps for user histories (RetiredItems)
+    forgotten: int = 0
     embed_s: float = 0.0
     write_s: float = 0.0
 
     def summary(self) -> str:
         return (
             f"served catalog version {self.previous} -> {self.version}: {self.items} items "
-            f"(+{self.added} new, {self.changed} updated, {self.embedded} embedded, -{self.deleted} deleted); "
+            f"(+{self.added} new, {self.changed} updated, {self.embedded} embedded, -{self.deleted} deleted"
+            + (f", {self.forgotten} forgotten" if self.forgotten else "")
+            + f"; {self.retired} deleted items kept for user histories); "
             f"embedding {self.embed_s:.2f} s, writing {self.write_s:.2f} s"
         )
 
@@ -273,12 +279,12 @@ class Rows:
     def __add__(self, other: Rows) -> Rows:
         return Rows(*(np.concatenate([getattr(self, f), getattr(other, f)]) for f in Rows.__dataclass_fields__))
 
-    def sorted(self) -> tuple[Catalog, ItemAttributes, np.ndarray]:
+    def sorted(self, retired: RetiredItems) -> tuple[Catalog, ItemAttributes, np.ndarray]:
         """The version's files' contents, in catalog row order (ids ascending)."""
         order = np.argsort(self.item_ids, kind="stable")
         brands, brand_codes = np.unique(self.brands[order], return_inverse=True)
         categories, category_codes = np.unique(self.categories[order], return_inverse=True)
-        catalog = Catalog.build(self.item_ids, self.embeddings, self.features)
+        catalog = Catalog.build(self.item_ids, self.embeddings, self.features, retired)
         attributes = ItemAttributes(
             item_ids=catalog.item_ids,
             brand_codes=brand_codes.astype(np.int32),
@@ -317,12 +323,17 @@ def _fsync_tree(directory: Path) -> None:
             os.close(fd)
 
 
-def _write_version(repo: Path, version: int, rows: Rows, *, progress: bool) -> None:
+def _retired_without(retired: RetiredItems, item_ids: np.ndarray) -> RetiredItems:
+    keep = ~np.isin(retired.item_ids, item_ids)
+    return RetiredItems(np.asarray(retired.item_ids)[keep], np.asarray(retired.embeddings)[keep])
+
+
+def _write_version(repo: Path, version: int, rows: Rows, retired: RetiredItems, *, progress: bool) -> None:
     """Write a complete version directory, or nothing (a failure removes the partial one)."""
     repo = Path(repo)
     manifest = RepoManifest.load(repo)
     params = IndexParams.from_dict(manifest.index) if manifest.index else IndexParams()
-    catalog, attributes, digests = rows.sorted()
+    catalog, attributes, digests = rows.sorted(retired)
     if catalog.dim != manifest.embedding_dim:
         raise CatalogUpdateError(f"embeddings of dim {catalog.dim}; the repository serves {manifest.embedding_dim}")
     final = version_catalog_dir(repo, version)
@@ -381,8 +392,9 @@ def upsert(
     """Add new items and replace existing ones (by item_id) in a new served catalog version.
 
     Only new items and items whose text changed are embedded (`embed`, default: `local_embedder`);
-    an item whose price, rating, reviews or popularity alone changed keeps its embedding. Returns
-    once served.json names the new version: the next batch of every catalog reader serves it.
+    an item whose price, rating, reviews or popularity alone changed keeps its embedding. A retired
+    item (deleted earlier) given again is back in the catalog and no longer retired. Returns once
+    served.json names the new version: the next batch of every catalog reader serves it.
     """
     repo = Path(repo)
     _check_keep(keep)
@@ -414,9 +426,10 @@ def upsert(
         kept = np.ones(len(base.catalog.item_ids), bool)
         kept[rows[existing]] = False
         merged = Rows.of_version(base, kept) + Rows.of_items(items, embeddings)
+        retired = _retired_without(base.catalog.retired_items, ids)
         started = time.perf_counter()
         version = _next_version(repo, state)
-        _write_version(repo, version, merged, progress=progress)
+        _write_version(repo, version, merged, retired, progress=progress)
         _serve(repo, state, version, keep)
         return UpdateReport(
             version=version,
@@ -425,13 +438,21 @@ def upsert(
             added=int((~existing).sum()),
             changed=int(existing.sum()),
             embedded=len(todo),
+            retired=len(retired.item_ids),
             embed_s=embed_s,
             write_s=time.perf_counter() - started,
         )
 
 
-def delete(repo: Path, item_ids: Sequence[int], *, keep: int = KEEP_VERSIONS, progress: bool = False) -> UpdateReport:
-    """Remove items by id in a new served catalog version; every id must be in the served catalog."""
+def delete(
+    repo: Path, item_ids: Sequence[int], *, forget: bool = False, keep: int = KEEP_VERSIONS, progress: bool = False
+) -> UpdateReport:
+    """Remove items by id in a new served catalog version; every id must be in the served catalog.
+
+    A deleted item is retired (RetiredItems): never a candidate or a result again, but still
+    counted in the user histories that name it. forget: remove the ids for good instead, served or
+    retired ones (a history naming one is then refused like any unknown id).
+    """
     repo = Path(repo)
     _check_keep(keep)
     ids = np.unique(np.asarray(list(item_ids), np.int64))
@@ -440,26 +461,39 @@ def delete(repo: Path, item_ids: Sequence[int], *, keep: int = KEEP_VERSIONS, pr
     with _writer_lock(repo):
         state = ServedCatalog.read(repo)
         base = CatalogVersion.open(repo, state.version)
+        old_retired = base.catalog.retired_items
         rows = base.rows_of(ids)
-        unknown = ids[rows < 0]
+        was_retired = np.isin(ids, old_retired.item_ids)
+        unknown = ids[(rows < 0) & ~(forget & was_retired)]
         if len(unknown):
+            where = "served catalog" if not forget else "served catalog or its retired items"
             raise CatalogUpdateError(
-                f"delete: {len(unknown)} id(s) not in the served catalog (version {state.version}), e.g. "
+                f"delete: {len(unknown)} id(s) not in the {where} (version {state.version}), e.g. "
                 f"{unknown[:5].tolist()}; nothing was deleted"
             )
+        served = rows[rows >= 0]
         kept = np.ones(len(base.catalog.item_ids), bool)
-        kept[rows] = False
+        kept[served] = False
         if not kept.any():
             raise CatalogUpdateError("delete: that would leave the catalog empty; nothing was deleted")
+        if forget:
+            retired = _retired_without(old_retired, ids)
+        else:
+            retired = RetiredItems.build(
+                np.concatenate([old_retired.item_ids, np.asarray(base.catalog.item_ids)[served]]),
+                np.concatenate([old_retired.embeddings, np.asarray(base.catalog.embeddings)[served]]),
+            )
         started = time.perf_counter()
         version = _next_version(repo, state)
-        _write_version(repo, version, Rows.of_version(base, kept), progress=progress)
+        _write_version(repo, version, Rows.of_version(base, kept), retired, progress=progress)
         _serve(repo, state, version, keep)
         return UpdateReport(
             version=version,
             previous=state.version,
             items=int(kept.sum()),
-            deleted=len(ids),
+            deleted=len(served),
+            retired=len(retired.item_ids),
+            forgotten=len(ids) if forget else 0,
             write_s=time.perf_counter() - started,
         )
 
@@ -480,5 +514,9 @@ def rollback(repo: Path) -> UpdateReport:
         new.write(repo)
         _prune(repo, new)
         return UpdateReport(
-            version=target, previous=state.version, items=len(catalog.item_ids), write_s=time.perf_counter() - started
+            version=target,
+            previous=state.version,
+            items=len(catalog.item_ids),
+            retired=len(catalog.retired_items.item_ids),
+            write_s=time.perf_counter() - started,
         )

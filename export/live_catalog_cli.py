@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.set_defaults(func=run_upsert)
     rm = actions.add_parser("delete", help="remove items by id")
     rm.add_argument("--ids", type=int, nargs="+", required=True, help="item ids to remove")
+    rm.add_argument(
+        "--forget",
+        action="store_true",
+        help="remove the ids for good, served or already deleted ones (default: a deleted item is kept "
+        "for the user histories that name it, never a candidate or a result)",
+    )
     rm.set_defaults(func=run_delete)
     back = actions.add_parser("rollback", help="serve the previous catalog version again")
     back.set_defaults(func=run_rollback)
@@ -73,7 +79,7 @@ def run_upsert(args: argparse.Namespace) -> int:
 def run_delete(args: argparse.Namespace) -> int:
     from aisle.export.live_catalog import delete
 
-    print(delete(args.repo, args.ids, keep=args.keep).summary())
+    print(delete(args.repo, args.ids, forget=args.forget, keep=args.keep).summary())
     return 0
 
 

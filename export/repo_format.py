@@ -3,7 +3,8 @@
     REPO/aisle_repo.json            RepoManifest: target, the schema's sizes, the checkpoint's
                                     manifest and the data fingerprint it was rendered from
     REPO/item_store/1/catalog/      Catalog: item ids, item-tower embeddings, raw features (one
-                                    .npy file each), plus what retrieval reads beside them (item
+                                    .npy file each), the retired items of a live catalog version
+                                    (RetiredItems), plus what retrieval reads beside them (item
                                     attributes, the ANN index when there is one)
     REPO/<tokenizer>/1/tokenizer.json   the tower's fast tokenizer (truncating, never padding)
     REPO/item_store/1/catalog_versions/<n>/   later catalog versions (n >= 2) written by `aisle
@@ -32,6 +33,9 @@ from aisle.schema import ITEM_STORE, Schema, ServingLimits, build_schema
 REPO_MANIFEST = "aisle_repo.json"
 #: The catalog's arrays, each a .npy file of the catalog directory.
 CATALOG_ARRAYS = ("item_ids", "embeddings", "features")
+#: A catalog version's retired items (RetiredItems), .npy files beside the catalog's arrays; absent
+#: when the version has none (every rendered catalog).
+RETIRED_ARRAYS = ("retired_ids", "retired_embeddings")
 #: The catalog's directory in the item store's version directory. Every model that reads the
 #: catalog memory-maps the same files, so the server holds one physical copy (the page cache's)
 #: however many python-backend processes read it.
@@ -200,13 +204,77 @@ def read_item_ids(directory: Path) -> np.ndarray:
     return np.load(_array_file(directory, "item_ids"), mmap_mode="r", allow_pickle=False)
 
 
+def read_retired_ids(directory: Path) -> np.ndarray:
+    """Only the retired item ids of a catalog (memory-mapped; empty when it has none)."""
+    path = Path(directory) / f"{RETIRED_ARRAYS[0]}.npy"
+    return np.load(path, mmap_mode="r", allow_pickle=False) if path.is_file() else np.zeros(0, np.int64)
+
+
+@dataclass(frozen=True)
+class RetiredItems:
+    """Items deleted from a live catalog whose item-tower embeddings are kept for user histories.
+
+    Why keep them: a history is what a shopper did in the past, and shops discontinue items every
+    day, so the histories an application sends keep naming deleted items for months. Refusing those
+    requests would break search and recommendations for exactly the loyal shoppers; dropping the
+    ids would silently change their user vectors. A retired item still counts in a history, with
+    the embedding it had when deleted, and is never a candidate or a result. `aisle catalog delete
+    --forget` removes ids for good (a history naming one is then refused like any unknown id).
+    """
+
+    item_ids: np.ndarray  # int64 [R], strictly ascending, none of them an item of the catalog
+    embeddings: np.ndarray  # float32 [R, D]
+
+    def __post_init__(self) -> None:
+        if self.item_ids.ndim != 1 or self.embeddings.ndim != 2 or len(self.embeddings) != len(self.item_ids):
+            raise RepositoryError(
+                f"catalog: expected retired_ids [R] and retired_embeddings [R, D]; got shapes "
+                f"{self.item_ids.shape}, {self.embeddings.shape}"
+            )
+        if len(self.item_ids) > 1 and not (np.diff(self.item_ids) > 0).all():
+            raise RepositoryError("catalog: retired_ids must be strictly ascending (sorted, no duplicates)")
+
+    @classmethod
+    def build(cls, item_ids: np.ndarray, embeddings: np.ndarray) -> RetiredItems:
+        order = np.argsort(item_ids, kind="stable")
+        return cls(
+            np.ascontiguousarray(np.asarray(item_ids)[order], dtype=np.int64),
+            np.ascontiguousarray(np.asarray(embeddings)[order], dtype=np.float32),
+        )
+
+    @classmethod
+    def none(cls, dim: int) -> RetiredItems:
+        return cls(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
+
+    def save(self, directory: Path) -> None:
+        """Written only when there are retired items; absent files load as none (`load`)."""
+        if len(self.item_ids):
+            for name, array in zip(RETIRED_ARRAYS, (self.item_ids, self.embeddings)):
+                np.save(Path(directory) / f"{name}.npy", array, allow_pickle=False)
+
+    @classmethod
+    def load(cls, directory: Path, dim: int) -> RetiredItems:
+        if not (Path(directory) / f"{RETIRED_ARRAYS[0]}.npy").is_file():
+            return cls.none(dim)
+        ids, embeddings = (
+            np.load(_array_file(directory, name), mmap_mode="r", allow_pickle=False) for name in RETIRED_ARRAYS
+        )
+        return cls(ids, embeddings)
+
+
 @dataclass(frozen=True)
 class Catalog:
-    """The served catalog, row-aligned: ascending item ids, their embeddings and raw features."""
+    """The served catalog, row-aligned: ascending item ids, their embeddings and raw features;
+    beside it the retired items, whose embeddings only user histories read.
+
+    Row numbers: 0..N-1 are the catalog's rows; N + r is retired item r, a row only a history can
+    name (CatalogIndex.history_rows), which `history_embeddings` resolves.
+    """
 
     item_ids: np.ndarray  # int64 [N], strictly ascending
     embeddings: np.ndarray  # float32 [N, D]
     features: np.ndarray  # float32 [N, F], schema.ITEM_FEATURES order, NaN = unknown
+    retired: RetiredItems | None = None  # None: no retired items
 
     def __post_init__(self) -> None:
         n = len(self.item_ids)
@@ -226,15 +294,33 @@ class Catalog:
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
 
+    @property
+    def retired_items(self) -> RetiredItems:
+        return self.retired if self.retired is not None else RetiredItems.none(self.dim)
+
     @classmethod
-    def build(cls, item_ids: np.ndarray, embeddings: np.ndarray, features: np.ndarray) -> Catalog:
+    def build(
+        cls, item_ids: np.ndarray, embeddings: np.ndarray, features: np.ndarray, retired: RetiredItems | None = None
+    ) -> Catalog:
         """Sort rows by item id (any input order), with the dtypes the wire uses."""
         order = np.argsort(item_ids, kind="stable")
         return cls(
             np.ascontiguousarray(item_ids[order], dtype=np.int64),
             np.ascontiguousarray(embeddings[order], dtype=np.float32),
             np.ascontiguousarray(features[order], dtype=np.float32),
+            retired if retired is not None and len(retired.item_ids) else None,
         )
+
+    def history_embeddings(self, rows: np.ndarray) -> np.ndarray:
+        """Embeddings of history rows (any shape; N + r is retired item r) -> [*rows.shape, D]."""
+        n = len(self.item_ids)
+        if self.retired is None or not (rows >= n).any():
+            return self.embeddings[rows]
+        out = np.empty((*rows.shape, self.dim), np.float32)
+        served = rows < n
+        out[served] = self.embeddings[rows[served]]
+        out[~served] = self.retired.embeddings[rows[~served] - n]
+        return out
 
     def save(self, directory: Path) -> None:
         """One .npy per array (memory-mappable, unlike an .npz); the directory is created."""
@@ -242,6 +328,7 @@ class Catalog:
         directory.mkdir(parents=True, exist_ok=True)
         for name in CATALOG_ARRAYS:
             np.save(directory / f"{name}.npy", getattr(self, name), allow_pickle=False)
+        self.retired_items.save(directory)
 
     @classmethod
     def load(cls, directory: Path) -> Catalog:
@@ -252,4 +339,5 @@ class Catalog:
         arrays = {
             name: np.load(_array_file(directory, name), mmap_mode="r", allow_pickle=False) for name in CATALOG_ARRAYS
         }
-        return cls(**arrays)
+        retired = RetiredItems.load(directory, int(arrays["embeddings"].shape[1]))
+        return cls(**arrays, retired=retired if len(retired.item_ids) else None)

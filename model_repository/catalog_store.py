@@ -37,7 +37,7 @@ class CatalogStore:
     @classmethod
     def open(cls, directory: Path) -> CatalogStore:
         catalog = Catalog.load(directory)
-        return cls(Path(directory), catalog, CatalogIndex(catalog.item_ids))
+        return cls(Path(directory), catalog, CatalogIndex.of(catalog))
 
     @classmethod
     def from_context(cls, context: ModelContext) -> CatalogStore:

@@ -32,7 +32,7 @@ class ItemStore:
 
     def __init__(self, catalog: Catalog, schema: Schema) -> None:
         self.catalog = catalog
-        self.index = CatalogIndex(catalog.item_ids)
+        self.index = CatalogIndex.of(catalog)
         self.schema = schema
 
     @classmethod

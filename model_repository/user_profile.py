@@ -26,7 +26,7 @@ class UserProfile:
 
     def __init__(self, catalog: Catalog, max_history: int, decay: float) -> None:
         self.catalog = catalog
-        self.index = CatalogIndex(catalog.item_ids)
+        self.index = CatalogIndex.of(catalog)
         self.max_history = max_history
         self.decay = decay
 
@@ -46,7 +46,7 @@ class UserProfile:
 
 
 def user_embeddings(catalog: Catalog, rows: np.ndarray, decay: float) -> np.ndarray:
-    """[B, H] catalog rows of B histories (oldest first) -> [B, D] user vectors."""
+    """[B, H] history rows of B histories (oldest first, CatalogIndex.history_rows) -> [B, D] user vectors."""
     if not len(rows):
         return np.zeros((0, catalog.dim), np.float32)
-    return np.stack([user_vector(catalog.embeddings[user], decay) for user in rows])
+    return np.stack([user_vector(catalog.history_embeddings(user), decay) for user in rows])

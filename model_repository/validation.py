@@ -11,10 +11,11 @@ the same checks only for clients that call them directly (no siblings there).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 
-from aisle.export.repo_format import Catalog, read_item_ids, served_catalog_dir
+from aisle.export.repo_format import Catalog, read_item_ids, read_retired_ids, served_catalog_dir
 from aisle.model_repository.batching import Outcome, Tensors, merge, validate_each
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
@@ -117,14 +118,66 @@ def check_features(features: np.ndarray, texts: np.ndarray, num_features: int) -
         )
 
 
-class CatalogIndex:
-    """Row lookup by item id with validation (ids ascending, as Catalog stores them)."""
+def _lookup(known: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of `ids` in the ascending `known`, and where each id was found."""
+    if not len(known):
+        return np.zeros(ids.shape, np.int64), np.zeros(ids.shape, bool)
+    rows = np.searchsorted(known, ids).clip(max=len(known) - 1)
+    return rows, known[rows] == ids
 
-    def __init__(self, item_ids: np.ndarray) -> None:
+
+class CatalogIndex:
+    """Row lookup by item id with validation (ids ascending, as Catalog stores them).
+
+    A candidate must be a served item; a history item may also be a retired one (deleted from a
+    live catalog, its embedding kept: RetiredItems), whose row is N + its retired row (Catalog's
+    row numbering, resolved by Catalog.history_embeddings).
+    """
+
+    def __init__(self, item_ids: np.ndarray, retired_ids: np.ndarray | None = None) -> None:
         self.item_ids = item_ids
+        self.retired_ids = retired_ids if retired_ids is not None else np.zeros(0, np.int64)
+
+    @classmethod
+    def of(cls, catalog: Catalog) -> CatalogIndex:
+        return cls(catalog.item_ids, catalog.retired_items.item_ids)
+
+    @classmethod
+    def load(cls, directory: Path) -> CatalogIndex:
+        """Only the ids of a catalog directory (memory-mapped): what a validator needs."""
+        return cls(read_item_ids(directory), read_retired_ids(directory))
 
     def rows(self, ids: np.ndarray, tensor: str) -> np.ndarray:
         """Catalog rows of `ids` (any shape); InvalidInput names the first bad id and its position."""
+        ids = self._non_negative(ids, tensor)
+        rows, served = _lookup(self.item_ids, ids)
+        if not served.all():
+            position = tuple(np.argwhere(~served)[0])
+            _, retired = _lookup(self.retired_ids, ids[position])
+            reason = "was deleted from the catalog (only user histories may name it)" if retired else self._not_an_item
+            raise InvalidInput(tensor, f"{_at(position)} = {ids[position]} {reason}")
+        return rows
+
+    def history_rows(self, ids: np.ndarray, tensor: str) -> np.ndarray:
+        """Rows of history ids, served or retired (N + retired row); InvalidInput names an unknown one."""
+        ids = self._non_negative(ids, tensor)
+        rows, served = _lookup(self.item_ids, ids)
+        if served.all():
+            return rows
+        retired_rows, retired = _lookup(self.retired_ids, ids)
+        unknown = ~(served | retired)
+        if unknown.any():
+            position = tuple(np.argwhere(unknown)[0])
+            raise InvalidInput(tensor, f"{_at(position)} = {ids[position]} {self._not_an_item}")
+        return np.where(served, rows, len(self.item_ids) + retired_rows)
+
+    @property
+    def _not_an_item(self) -> str:
+        known = self.item_ids
+        return f"is not an item of the served catalog ({len(known)} items, ids {known[0]}..{known[-1]})"
+
+    @staticmethod
+    def _non_negative(ids: np.ndarray, tensor: str) -> np.ndarray:
         ids = np.asarray(ids)
         negative = np.argwhere(ids < 0)
         if len(negative):
@@ -132,17 +185,7 @@ class CatalogIndex:
             raise InvalidInput(
                 tensor, f"{_at(position)} = {ids[position]} is negative; item ids are non-negative integers"
             )
-        known = self.item_ids
-        rows = np.searchsorted(known, ids).clip(max=len(known) - 1)
-        unknown = np.argwhere(known[rows] != ids)
-        if len(unknown):
-            position = tuple(unknown[0])
-            raise InvalidInput(
-                tensor,
-                f"{_at(position)} = {ids[position]} is not an item of the served catalog "
-                f"({len(known)} items, ids {known[0]}..{known[-1]})",
-            )
-        return rows
+        return ids
 
 
 def candidate_rows(request: Tensors, index: CatalogIndex, max_candidates: int) -> np.ndarray:
@@ -156,7 +199,7 @@ def history_rows(request: Tensors, index: CatalogIndex, max_history: int) -> np.
     """Catalog rows of a request's USER_HISTORY_IDS, after checking their count and every id."""
     ids = request[USER_HISTORY_IDS]
     check_count(ids, USER_HISTORY_IDS, max_history, "max_history", "history items")
-    return index.rows(ids, USER_HISTORY_IDS)
+    return index.history_rows(ids, USER_HISTORY_IDS)
 
 
 class RequestValidator:
@@ -192,8 +235,8 @@ class RequestValidator:
         inputs = [t.name for t in context.decl.inputs]
         if USER_EMBEDDING in {t.name for t in context.decl.outputs}:
             catalog = Catalog.load(served_catalog_dir(context.repo))
-            return cls(inputs, CatalogIndex(catalog.item_ids), context.schema, catalog)
-        return cls(inputs, CatalogIndex(read_item_ids(served_catalog_dir(context.repo))), context.schema)
+            return cls(inputs, CatalogIndex.of(catalog), context.schema, catalog)
+        return cls(inputs, CatalogIndex.load(served_catalog_dir(context.repo)), context.schema)
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         outcomes, valid, checked = validate_each(requests, self._check)

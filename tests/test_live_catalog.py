@@ -172,6 +172,38 @@ def test_delete_refuses_unknown_ids_and_rollback_needs_a_previous_version(repo: 
         rollback(repo)
 
 
+def test_a_deleted_item_is_retired_for_histories_until_upserted_again_or_forgotten(
+    repo: Path, catalog_items: list[Item]
+) -> None:
+    from aisle.export.live_catalog import CatalogUpdateError, delete, upsert
+    from aisle.export.repo_format import Catalog, served_catalog_dir
+    from aisle.model_repository.validation import CatalogIndex
+
+    first, second = catalog_items[0].item_id, catalog_items[1].item_id
+    rendered = Catalog.load(served_catalog_dir(repo))
+    row = int(np.searchsorted(rendered.item_ids, first))
+    embedding = np.array(rendered.embeddings[row])
+
+    report = delete(repo, [first, second])
+    assert (report.deleted, report.retired, report.forgotten) == (2, 2, 0)
+    assert "2 deleted items kept for user histories" in report.summary()
+    catalog = Catalog.load(served_catalog_dir(repo))
+    assert first not in catalog.item_ids and catalog.retired_items.item_ids.tolist() == sorted([first, second])
+    history_row = CatalogIndex.load(served_catalog_dir(repo)).history_rows(np.array([[first]]), "H")
+    np.testing.assert_array_equal(catalog.history_embeddings(history_row)[0, 0], embedding)
+
+    upsert(repo, [catalog_items[0]])  # back in stock: served again, no longer retired
+    catalog = Catalog.load(served_catalog_dir(repo))
+    assert first in catalog.item_ids and catalog.retired_items.item_ids.tolist() == [second]
+
+    with pytest.raises(CatalogUpdateError, match=rf"not in the served catalog .*\[{second}\]"):
+        delete(repo, [second])  # already deleted: only --forget takes it
+    report = delete(repo, [first, second], forget=True)
+    assert (report.deleted, report.retired, report.forgotten) == (1, 0, 2)
+    catalog = Catalog.load(served_catalog_dir(repo))
+    assert catalog.retired is None and first not in catalog.item_ids
+
+
 def test_keeps_the_last_versions_and_removes_older_ones(repo: Path, catalog_items: list[Item]) -> None:
     from aisle.export.live_catalog import rollback, upsert
     from aisle.export.repo_format import ServedCatalog
@@ -229,15 +261,10 @@ def test_upserts_and_delete_under_load_fail_no_request(live_server, tiny_data: P
     assert report.violations == []
     assert report.failed == 0 and report.requests > 50
     assert report.title_checks == 40 and report.deleted_seen == 0
-    assert "is not an item of the served catalog" in report.rank_deleted_error
+    assert "was deleted from the catalog (only user histories may name it)" in report.rank_deleted_error
+    assert report.history_deleted_change == 0.0
     assert report.rollback_identical is True
     assert report.freshness["not_found_by_title"] == 0
-    # rank_cold's one catalog reader (its validator) refuses a deleted history id, naming it.
-    from aisle.client import AisleClient, InvalidInputError
-
-    deleted = int(report.deleted_ids[0])
-    with AisleClient(live_server.grpc_url) as client, pytest.raises(InvalidInputError, match=f"= {deleted} is not"):
-        client.rank_cold("lamp", ["a desk lamp"], np.ones((1, 4), np.float32), [deleted])
 
 
 @pytest.mark.server
@@ -278,3 +305,47 @@ def test_a_server_restarted_after_a_catalog_change_starts_and_serves_the_changed
     live_server.start()
     with AisleClient(live_server.grpc_url) as client:
         assert item.item_id in client.search(item.title, top_k=10).ids.tolist()
+
+
+@pytest.mark.server
+def test_histories_naming_a_deleted_item_keep_their_scores_until_it_is_forgotten(
+    live_server, catalog_items: list[Item]
+) -> None:
+    """Shops discontinue items every day, and the histories applications send keep naming them:
+    every catalog reader (rank's item store, search's retriever, rank_cold's validator) must keep
+    serving them with the user vector they had, while the item itself is never a result again."""
+    from aisle.client import AisleClient, InvalidInputError
+    from aisle.export.live_catalog import delete, local_embedder, upsert
+
+    repo = Path(live_server.config.repo)
+    gone = dataclasses.replace(catalog_items[2], item_id=82000, title="Obsidian Pour-Over Coffee Kettle")
+    upsert(repo, [gone], embed=local_embedder(repo))
+    history = [catalog_items[3].item_id, gone.item_id]
+    candidates = [i.item_id for i in catalog_items[4:9]]
+    texts, features = ["a steel kettle", "a paper filter"], np.full((2, 4), np.nan, np.float32)
+    with AisleClient(live_server.grpc_url) as client:
+
+        def served() -> tuple:
+            return (
+                client.rank("coffee", candidates, history).raw_scores,
+                client.rank_cold("coffee", texts, features, history).raw_scores,
+                client.search("", user_history_ids=history, top_k=20),
+            )
+
+        rank_before, cold_before, shelf_before = served()
+        assert gone.item_id in client.search(gone.title, top_k=5).ids.tolist()
+        delete(repo, [gone.item_id])
+        rank_after, cold_after, shelf_after = served()
+        np.testing.assert_allclose(rank_after, rank_before, atol=1e-6)
+        np.testing.assert_allclose(cold_after, cold_before, atol=1e-6)
+        assert gone.item_id not in client.search(gone.title, top_k=5, user_history_ids=history).ids.tolist()
+        before = dict(zip(shelf_before.ids.tolist(), shelf_before.scores.tolist()))
+        common = [
+            (score, before[i]) for i, score in zip(shelf_after.ids.tolist(), shelf_after.scores.tolist()) if i in before
+        ]
+        assert len(common) >= 15 and all(abs(a - b) < 1e-5 for a, b in common)
+        with pytest.raises(InvalidInputError, match=f"= {gone.item_id} was deleted from the catalog"):
+            client.rank("coffee", [gone.item_id], history)
+        delete(repo, [gone.item_id], forget=True)
+        with pytest.raises(InvalidInputError, match=f"= {gone.item_id} is not an item of the served catalog"):
+            client.search("", user_history_ids=history)

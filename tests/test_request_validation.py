@@ -16,11 +16,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from aisle.export.repo_format import Catalog
+from aisle.export.repo_format import Catalog, RetiredItems
 from aisle.model_repository.errors import InvalidInput
 from aisle.model_repository.item_store import ItemStore
 from aisle.model_repository.tokenizer_logic import BatchTokenizer
 from aisle.model_repository.validation import CatalogIndex, RequestValidator, check_features, decode_texts, utf8_prefix
+from aisle.modeling.user import user_vector
 from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_IDS,
@@ -29,6 +30,7 @@ from aisle.schema import (
     NUM_ITEM_FEATURES,
     QUERY,
     TEXT,
+    USER_EMBEDDING,
     USER_HISTORY_IDS,
     ServingLimits,
     build_schema,
@@ -39,6 +41,8 @@ from aisle.tokenization import Bucketing, load_tokenizer
 LIMITS = ServingLimits(max_candidates=12, max_history=6)
 SCHEMA = build_schema(6, LIMITS)
 ITEM_IDS = np.array([3, 10, 11, 12, 20, 30, 4000], np.int64)
+#: Items deleted from the live catalog: a history may name them, a candidate may not.
+RETIRED_IDS = np.array([5, 25], np.int64)
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 #: Words as shops and shoppers write them: latin (accents), digits, CJK, emoji, punctuation.
@@ -51,8 +55,9 @@ WORD = st.text(
 def catalog() -> Catalog:
     rng = np.random.default_rng(0)
     n = len(ITEM_IDS)
+    retired = RetiredItems.build(RETIRED_IDS, rng.standard_normal((len(RETIRED_IDS), 6)).astype(np.float32))
     return Catalog.build(
-        ITEM_IDS, rng.standard_normal((n, 6)).astype(np.float32), rng.random((n, 4)).astype(np.float32)
+        ITEM_IDS, rng.standard_normal((n, 6)).astype(np.float32), rng.random((n, 4)).astype(np.float32), retired
     )
 
 
@@ -131,12 +136,30 @@ def test_infinite_features_are_refused_naming_position_and_nan_is_unknown() -> N
         check_features(features, texts, NUM_ITEM_FEATURES)
 
 
+def test_a_history_counts_a_deleted_item_with_its_kept_embedding_and_a_candidate_may_not_name_it(
+    catalog: Catalog,
+) -> None:
+    retired = catalog.retired_items
+    request = {
+        QUERY: np.array([[b"lamp"]], dtype=object),
+        CANDIDATE_IDS: ITEM_IDS[None, :2],
+        USER_HISTORY_IDS: np.array([[ITEM_IDS[0], RETIRED_IDS[1]]]),
+    }
+    (outcome,) = ItemStore(catalog, SCHEMA)([request])
+    history = np.stack([catalog.embeddings[0], retired.embeddings[1]])
+    np.testing.assert_allclose(outcome[USER_EMBEDDING][0], user_vector(history, LIMITS.history_decay), rtol=1e-6)
+    (refused,) = ItemStore(catalog, SCHEMA)([{**request, CANDIDATE_IDS: RETIRED_IDS[None, :1]}])
+    assert str(refused) == "CANDIDATE_IDS: [0, 0] = 5 was deleted from the catalog (only user histories may name it)"
+    (unknown,) = ItemStore(catalog, SCHEMA)([{**request, USER_HISTORY_IDS: np.array([[3, 7]])}])
+    assert str(unknown) == "USER_HISTORY_IDS: [0, 1] = 7 is not an item of the served catalog (7 items, ids 3..4000)"
+
+
 # --- fuzzing the validators ------------------------------------------------------------------------------
 
 ids = hnp.arrays(
     np.int64,
     st.tuples(st.just(1), st.integers(0, 15)),
-    elements=st.sampled_from(ITEM_IDS.tolist()) | st.integers(-(2**63), 2**63 - 1),
+    elements=st.sampled_from([*ITEM_IDS.tolist(), *RETIRED_IDS.tolist()]) | st.integers(-(2**63), 2**63 - 1),
 )
 texts = st.binary(max_size=40) | WORD.map(str.encode)
 features_value = st.floats(width=32, allow_nan=True, allow_infinity=True)
@@ -155,12 +178,12 @@ def expected_valid(candidates: np.ndarray, history: np.ndarray, query: bytes) ->
         query.decode("utf-8")
     except UnicodeDecodeError:
         return False
-    known = set(ITEM_IDS.tolist())
+    served = set(ITEM_IDS.tolist())
     return (
         candidates.shape[-1] <= LIMITS.max_candidates
         and history.shape[-1] <= LIMITS.max_history
-        and set(candidates.reshape(-1).tolist()) <= known
-        and set(history.reshape(-1).tolist()) <= known
+        and set(candidates.reshape(-1).tolist()) <= served
+        and set(history.reshape(-1).tolist()) <= served | set(RETIRED_IDS.tolist())
     )
 
 
@@ -194,7 +217,7 @@ def test_rank_cold_validator_never_fails_otherwise_than_naming_a_tensor(
         CANDIDATE_FEATURES: data.draw(hnp.arrays(np.float32, (1, rows, NUM_ITEM_FEATURES), elements=features_value)),
         USER_HISTORY_IDS: history,
     }
-    validator = RequestValidator(list(request), CatalogIndex(catalog.item_ids), SCHEMA)
+    validator = RequestValidator(list(request), CatalogIndex.of(catalog), SCHEMA)
     (outcome,) = validator([request])
     outcome_is_well_formed(outcome, set(request))
     if rows != count or np.isinf(request[CANDIDATE_FEATURES]).any():
