@@ -25,6 +25,7 @@ from aisle.training.catalog_eval import (
     format_report,
     prepare,
     reference_ranking,
+    rerank,
     retrieval_scores,
     top_rows,
 )
@@ -149,6 +150,17 @@ def test_top_rows_equals_a_full_stable_sort_with_ties() -> None:
     for n in (1, 37, 199, 200, 500):
         expected = np.argsort(-scores, axis=1, kind="stable")[:, :n]
         np.testing.assert_array_equal(top_rows(scores, n), expected)
+
+
+def test_the_bm25_engine_with_a_re_ranker_orders_its_matches_by_the_re_ranker_and_returns_nothing_else() -> None:
+    lexical = np.array([[0.0, 3.0, 1.0, 2.0, 0.0, 5.0]], np.float32)
+    semantic = np.array([[0.9, 0.1, 0.8, 0.3, 0.7, 0.2]], np.float32)
+    scores = rerank(lexical, semantic, depth=3)  # BM25's top 3: rows 5, 1, 3; row 2 matched but too deep
+    np.testing.assert_array_equal(np.argsort(-scores[0], kind="stable")[:3], [3, 5, 1])
+    assert np.isneginf(scores[0, [0, 2, 4]]).all()
+    few = rerank(lexical, semantic, depth=6)  # only four items match: rows 0 and 4 are never returned
+    np.testing.assert_array_equal(np.argsort(-few[0], kind="stable")[:4], [2, 3, 5, 1])
+    assert np.isneginf(few[0, [0, 4]]).all()
 
 
 def test_report_names_each_system_and_goal_verdict(prepared: Prepared) -> None:

@@ -8,6 +8,10 @@ search sessions (query != ""):
 - bm25: lexical BM25 over `Item.text()` (bm25s, English stopwords, default parameters), what many
   shops run today;
 - zero_shot: cosine of the base model's query and item embeddings over the whole catalog;
+- bm25_rerank: a BM25 engine with a re-ranker: BM25's top `search_depth` matches (items sharing
+  a term with the query) re-ranked by the base model's cosine. A cross-encoder is the usual
+  re-ranker, but none can be loaded offline here; the base bi-encoder is the re-ranker a shop
+  without training data would deploy;
 - towers: the same with the fine-tuned towers (stage 1 alone);
 - aisle: `reference_ranking`: towers retrieval of the top `search_depth`, re-ranked by the fusion
   head with the user vector from the session history (stages 1 + 2).
@@ -54,7 +58,7 @@ from aisle.training.corpus import Corpus, RankingLists
 from aisle.training.metrics import ndcg_at_k, recall_at_k
 from aisle.training.presets import Evaluation
 
-SEARCH_SYSTEMS = ("bm25", "zero_shot", "towers", "aisle")
+SEARCH_SYSTEMS = ("bm25", "zero_shot", "bm25_rerank", "towers", "aisle")
 FEED_SYSTEMS = ("popularity", "user_cosine", "aisle")
 #: Sessions ranked together: bounds the [B, catalog] score arrays and the head's [B, N, 5D] input.
 SESSION_BATCH = 32
@@ -76,7 +80,7 @@ class Goal:
 
 
 GOALS = (
-    Goal("search_over_bm25", "search", "aisle", ("bm25",), 0.10),
+    Goal("search_over_bm25", "search", "aisle", ("bm25", "bm25_rerank"), 0.10),
     Goal("search_over_towers", "search", "aisle", ("towers",), 0.05),
     Goal("recommend_over_baselines", "feed", "aisle", ("popularity", "user_cosine"), 0.05),
 )
@@ -112,6 +116,16 @@ def retrieval_scores(queries: np.ndarray, users: np.ndarray, items: np.ndarray, 
     scores = vectors @ items.T
     scores[~has_vector] = features[:, POPULARITY]
     return scores
+
+
+def rerank(first: np.ndarray, second: np.ndarray, depth: int) -> np.ndarray:
+    """[B, I] scores of a two-stage engine: `first`'s top `depth` items with a positive score (a
+    lexical engine returns only matches), ordered by `second`; every other item after them."""
+    rows = top_rows(first, depth)
+    matched = np.take_along_axis(first, rows, axis=1) > 0
+    out = np.full(second.shape, -np.inf, dtype=np.float32)
+    np.put_along_axis(out, rows, np.where(matched, np.take_along_axis(second, rows, axis=1), -np.inf), axis=1)
+    return out
 
 
 @dataclass
@@ -365,6 +379,7 @@ def system_scores(prepared: Prepared, index: np.ndarray, kind: str, config: Cata
     if kind == "search":
         scores["bm25"] = prepared.bm25.scores([prepared.sessions.query_texts[s] for s in index])
         scores["zero_shot"] = base.queries[index] @ base.items.T
+        scores["bm25_rerank"] = rerank(scores["bm25"], scores["zero_shot"], prepared.limits.search_depth)
         scores["towers"] = stage1
     else:
         scores["popularity"] = np.broadcast_to(features[:, POPULARITY], (len(index), len(features)))

@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="whole-catalog search and recommendation quality against BM25, zero-shot and popularity",
         description="Rank the whole catalog for every held-out test session with a click: BM25, zero-shot "
-        "MiniLM, the fine-tuned towers and aisle (towers retrieval + fusion head) for searches; popularity, "
+        "MiniLM, BM25 re-ranked by zero-shot MiniLM, the fine-tuned towers and aisle (towers retrieval + fusion "
+        "head) for searches; popularity, "
         "user-vector cosine and aisle for feeds. Prints nDCG@10 / Recall@100 and the quality goals.",
     )
     parser.add_argument("--data", type=Path, required=True, help="dataset directory the checkpoint was trained on")
