@@ -16,6 +16,7 @@ released with the old logic object (its memory maps close, so its pages leave th
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,23 +55,38 @@ class FollowsServedCatalog:
     request sees the new version" holds without any signal to the server.
     """
 
+    #: After a version fails to open, seconds before a batch tries it again (unless served.json
+    #: changes meanwhile). Opening a large version (a 1M-item IVF index) takes seconds; retrying it
+    #: at every batch would stall every request behind a version that cannot open.
+    RETRY_S = 10.0
+
     def __init__(self, context: ModelContext, build: Callable[[ModelContext], Logic]) -> None:
         self.context = context
         self.build = build
         self.key = served_state_key(context.repo)
         self.logic = build(context)
+        self.failed: tuple[object, float] | None = None  # (served state, when) of the last failed switch
 
     def current(self) -> Logic:
         """The logic of the served version, opened now if the served state changed since last batch."""
         key = served_state_key(self.context.repo)
-        if key != self.key:
-            try:
-                logic = self.build(self.context)
-            except Exception as e:  # noqa: BLE001 - keep serving: the next batch tries again
-                print(f"aisle: catalog switch failed, still serving the open version: {e!r}", file=sys.stderr)
-                return self.logic
-            # Built first, then swapped: no batch ever sees a half-opened version.
-            self.logic, self.key = logic, key
+        if key == self.key:
+            return self.logic
+        now = time.monotonic()
+        if self.failed is not None and self.failed[0] == key and now - self.failed[1] < self.RETRY_S:
+            return self.logic
+        try:
+            logic = self.build(self.context)
+        except Exception as e:  # noqa: BLE001 - keep serving the open version; retried after RETRY_S
+            self.failed = (key, now)
+            print(
+                f"aisle: catalog switch failed, still serving the open version (retry in {self.RETRY_S:.0f} s): {e!r}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return self.logic
+        # Built first, then swapped: no batch ever sees a half-opened version.
+        self.logic, self.key, self.failed = logic, key, None
         return self.logic
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,6 +203,36 @@ def test_a_deleted_item_is_retired_for_histories_until_upserted_again_or_forgott
     assert (report.deleted, report.retired, report.forgotten) == (1, 0, 2)
     catalog = Catalog.load(served_catalog_dir(repo))
     assert catalog.retired is None and first not in catalog.item_ids
+
+
+def test_a_version_that_cannot_open_keeps_the_open_one_served_and_is_retried_later_not_every_batch(
+    repo: Path, catalog_items: list[Item], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aisle.export.live_catalog import upsert
+    from aisle.export.repo_format import served_catalog_dir
+    from aisle.model_repository.catalog_store import FollowsServedCatalog
+    from aisle.model_repository.context import ModelContext
+    from aisle.model_repository.item_store import ItemStore
+
+    opened: list[Path] = []
+
+    def build(context: ModelContext) -> ItemStore:
+        opened.append(served_catalog_dir(context.repo))
+        return ItemStore.from_context(context)
+
+    follower = FollowsServedCatalog(ModelContext.load(repo, "item_store"), build)
+    first = follower.current()
+    upsert(repo, [dataclasses.replace(catalog_items[0], price=1.0)])
+    broken = served_catalog_dir(repo)
+    embeddings = broken / "embeddings.npy"
+    good = embeddings.read_bytes()
+    embeddings.write_bytes(good[:100])  # a damaged disk, a hand edit: the version cannot open
+    monkeypatch.setattr(FollowsServedCatalog, "RETRY_S", 0.5)
+    assert follower.current() is first and follower.current() is first
+    assert opened.count(broken) == 1  # the second batch did not try again
+    embeddings.write_bytes(good)
+    time.sleep(0.6)
+    assert follower.current() is not first and opened.count(broken) == 2
 
 
 def test_keeps_the_last_versions_and_removes_older_ones(repo: Path, catalog_items: list[Item]) -> None:
