@@ -142,6 +142,16 @@ class Counted:
             )
 
 
+def recent_history(history: np.ndarray, limits: ServingLimits) -> np.ndarray:
+    """The most recent `max_history` ids of a history (oldest first), what the server takes.
+
+    Why cut rather than refuse: an application holds a shopper's whole history, and the fusion head
+    was trained on the last `max_history` items of each history (aisle.training.corpus cuts them the
+    same way), where the k-th most recent already weighs decay**k (0.9**50 = 0.005 by default).
+    """
+    return history[len(history) - limits.max_history :] if len(history) > limits.max_history else history
+
+
 def check_top_k(top_k: int | None) -> int | None:
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise InvalidInputError(f"top_k = {top_k!r}: must be a positive integer or None")
@@ -279,7 +289,8 @@ class RankRequest:
         if len(self.ids) == 0:
             return []
         decl = schema.ensemble(self.ensemble)
-        arrays = {QUERY: np.array([[self.query]], dtype=object), USER_HISTORY_IDS: self.history[None, :]}
+        history = recent_history(self.history, schema.limits)
+        arrays = {QUERY: np.array([[self.query]], dtype=object), USER_HISTORY_IDS: history[None, :]}
         arrays.update({name: array[None] for name, array in self.candidates.items()})
         return [InferCall(decl.name, build_inputs(decl, arrays), _outputs(decl), request_id)]
 
@@ -314,7 +325,6 @@ def rank_request(
         top_k=check_top_k(top_k),
         counted=(
             Counted("candidate_ids", len(ids), "max_candidates"),
-            Counted("user_history_ids", len(history), "max_history"),
         ),
     )
 
@@ -338,7 +348,6 @@ def rank_cold_request(
         top_k=check_top_k(top_k),
         counted=(
             Counted("candidate_texts", len(texts), "max_candidates"),
-            Counted("user_history_ids", len(history), "max_history"),
         ),
     )
 
@@ -361,7 +370,7 @@ class SearchRequest:
         f = self.filters
         arrays = {
             QUERY: np.array([[self.query]], dtype=object),
-            USER_HISTORY_IDS: self.history[None, :],
+            USER_HISTORY_IDS: recent_history(self.history, schema.limits)[None, :],
             TOP_K: np.array([[self.top_k]], dtype=np.int64),
             CATEGORY: np.array([[f.category or ""]], dtype=object),
             BRANDS: _object_row(f.brands),
@@ -409,7 +418,6 @@ def search_request(
         top_k=top_k,
         filters=filters,
         counted=(
-            Counted("user_history_ids", len(history), "max_history"),
             Counted("top_k", top_k, "max_results", unit="results asked"),
             Counted("filters.exclude_ids", len(filters.exclude_ids), "max_excluded_ids"),
             Counted("filters.brands", len(filters.brands), "max_filter_brands"),

@@ -303,6 +303,17 @@ def test_an_unknown_history_id_names_the_history_tensor(client: AisleClient, ids
     assert info.value.status == "INVALID_ARGUMENT"
 
 
+def test_a_history_longer_than_the_server_takes_is_scored_as_its_most_recent_items(
+    client: AisleClient, ids: np.ndarray
+) -> None:
+    """An application sends a shopper's whole history; the server takes `max_history` ids (a raw
+    request with more is INVALID_ARGUMENT, tests/test_serving.py), so the SDK sends the newest."""
+    history = np.resize(ids, MAX_HISTORY + 9)
+    whole = client.rank("tent", ids[:4], history)
+    np.testing.assert_array_equal(whole.raw_scores, client.rank("tent", ids[:4], history[-MAX_HISTORY:]).raw_scores)
+    assert not np.array_equal(whole.raw_scores, client.rank("tent", ids[:4], history[:MAX_HISTORY]).raw_scores)
+
+
 def test_text_that_is_not_utf8_is_refused_by_the_server_naming_the_tensor(client: AisleClient) -> None:
     with pytest.raises(InvalidInputError, match=f"{QUERY}.*not valid UTF-8") as info:
         client.embed_queries([b"ok", b"caf\xe9"])
@@ -338,13 +349,6 @@ BAD_INPUTS = {
             USER_HISTORY_IDS: NO_HISTORY,
         },
         CANDIDATE_IDS,
-    ),
-    "history too long": BadInput(
-        lambda c, ids: c.rank("", ids[:2], np.resize(ids, MAX_HISTORY + 1)),
-        "user_history_ids",
-        RANK,
-        lambda ids: {CANDIDATE_IDS: ids[None, :2], USER_HISTORY_IDS: np.resize(ids, (1, MAX_HISTORY + 1))},
-        USER_HISTORY_IDS,
     ),
     "cold features not matching the texts": BadInput(
         lambda c, ids: c.rank_cold("q", ["a", "b"], np.zeros((3, 4))),
