@@ -50,7 +50,7 @@ from aisle.export.repo_format import (
     version_catalog_dir,
 )
 from aisle.export.search_index import TEXT_DIGESTS_FILE, text_digest, write_index
-from aisle.retrieval import ATTRIBUTES_FILE, IndexParams, ItemAttributes
+from aisle.retrieval import ATTRIBUTES_FILE, INDEX_FILE, IndexParams, ItemAttributes, load_index
 from aisle.retrieval.attributes import category_path
 from aisle.schema import ITEM_ENCODER, ITEM_TOKENIZER
 
@@ -345,10 +345,21 @@ def _write_version(repo: Path, version: int, rows: Rows, retired: RetiredItems, 
         np.save(staging / TEXT_DIGESTS_FILE, digests, allow_pickle=False)
         write_index(staging, catalog, params, progress=progress)
         _fsync_tree(staging)
+        _check_opens(staging, params)
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _check_opens(directory: Path, params: IndexParams) -> None:
+    """Open a written version as the catalog readers will (arrays, attributes, index), from disk,
+    before it can be served: a version that cannot open would leave every replica on the old one."""
+    catalog = Catalog.load(directory)
+    attributes = ItemAttributes.load(directory / ATTRIBUTES_FILE)
+    if not np.array_equal(attributes.item_ids, catalog.item_ids):
+        raise CatalogUpdateError(f"{directory}: the attributes' rows differ from the catalog's item ids")
+    load_index(directory / INDEX_FILE, catalog.embeddings, params)
 
 
 def _check_keep(keep: int) -> None:

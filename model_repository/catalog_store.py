@@ -15,7 +15,9 @@ released with the old logic object (its memory maps close, so its pages leave th
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +48,50 @@ class CatalogStore:
         return cls.open(served_catalog_dir(context.repo))
 
 
+#: Where catalog readers report a served version they could not open, one file per stub process
+#: (`<model>-<pid>.failed`, its text the reason); set by the launcher (aisle serve), which counts
+#: such a replica as not ready (TritonServer.not_ready_reason). Unset (bare tritonserver): no reports.
+CATALOG_STATE_ENV = "AISLE_CATALOG_STATE_DIR"
+FAILED_SUFFIX = ".failed"
+
+
+def failed_catalog_switches(directory: Path) -> list[str]:
+    """The reasons reported by live stub processes whose served catalog version did not open."""
+    reasons = []
+    for path in sorted(Path(directory).glob(f"*{FAILED_SUFFIX}")):
+        if _alive(path.stem.rpartition("-")[2]):  # a dead stub's report is void (a reload replaced it)
+            reasons.append(path.read_text(errors="replace").strip())
+    return reasons
+
+
+def _alive(pid: str) -> bool:
+    """Whether `pid` runs and is a python process (a stub, or the test calling a reader in-process),
+    not some later process that was given a dead stub's number."""
+    try:
+        return pid.isdigit() and b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+class SwitchReport:
+    """This stub's `<model>-<pid>.failed` file in the launcher's state directory, if there is one."""
+
+    def __init__(self, model: str) -> None:
+        directory = os.environ.get(CATALOG_STATE_ENV)
+        self.path = Path(directory) / f"{model}-{os.getpid()}{FAILED_SUFFIX}" if directory else None
+        self.model = model
+
+    def failed(self, reason: str) -> None:
+        if self.path is not None:
+            staging = self.path.with_suffix(".tmp")
+            staging.write_text(f"{self.model}: {reason}\n")
+            staging.replace(self.path)
+
+    def cleared(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
 class FollowsServedCatalog:
     """A catalog reader's logic, rebuilt on the served catalog version whenever that changes.
 
@@ -53,11 +99,17 @@ class FollowsServedCatalog:
     per batch plus opening memory maps once per version (no stub restart, no second copy of the
     model's other state, no ensemble reload), and "after `aisle catalog upsert` returns, the next
     request sees the new version" holds without any signal to the server.
+
+    A served version that cannot be opened (a damaged file, memory) leaves the open version
+    answering, but this replica no longer serves what the catalog says (a deleted item could still
+    be found here), so the stub reports it (SwitchReport: the launcher's readiness turns false and
+    a balancer stops sending traffic) and a thread of its own tries again every RETRY_S, without
+    waiting for requests that a not-ready replica no longer gets; the next success clears the report.
     """
 
-    #: After a version fails to open, seconds before a batch tries it again (unless served.json
-    #: changes meanwhile). Opening a large version (a 1M-item IVF index) takes seconds; retrying it
-    #: at every batch would stall every request behind a version that cannot open.
+    #: Seconds between attempts to open a served version that failed to open. Batches never retry
+    #: it themselves: opening a large version (a 1M-item IVF index) takes seconds, and every request
+    #: would wait for it.
     RETRY_S = 10.0
 
     def __init__(self, context: ModelContext, build: Callable[[ModelContext], Logic]) -> None:
@@ -65,29 +117,52 @@ class FollowsServedCatalog:
         self.build = build
         self.key = served_state_key(context.repo)
         self.logic = build(context)
-        self.failed: tuple[object, float] | None = None  # (served state, when) of the last failed switch
+        self.report = SwitchReport(context.decl.name)
+        self.failed_key: object = None  # the served state that failed to open; None when none did
+        self.lock = threading.Lock()
+        self.retrying: threading.Thread | None = None
 
     def current(self) -> Logic:
         """The logic of the served version, opened now if the served state changed since last batch."""
         key = served_state_key(self.context.repo)
-        if key == self.key:
-            return self.logic
-        now = time.monotonic()
-        if self.failed is not None and self.failed[0] == key and now - self.failed[1] < self.RETRY_S:
-            return self.logic
+        if key != self.key and key != self.failed_key:
+            self._switch(key)
+        return self.logic
+
+    def _switch(self, key: object) -> None:
         try:
             logic = self.build(self.context)
-        except Exception as e:  # noqa: BLE001 - keep serving the open version; retried after RETRY_S
-            self.failed = (key, now)
-            print(
-                f"aisle: catalog switch failed, still serving the open version (retry in {self.RETRY_S:.0f} s): {e!r}",
-                file=sys.stderr,
-                flush=True,
-            )
-            return self.logic
-        # Built first, then swapped: no batch ever sees a half-opened version.
-        self.logic, self.key, self.failed = logic, key, None
-        return self.logic
+        except Exception as e:  # noqa: BLE001 - keep serving the open version; the retry thread tries again
+            reason = f"catalog version {served_catalog_dir(self.context.repo).name!r} did not open: {e!r}"
+            print(f"aisle: {reason}; still serving the open version, retrying every {self.RETRY_S:.0f} s",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            with self.lock:
+                self.failed_key = key
+            self.report.failed(reason)
+            self._retry_in_background()
+            return
+        with self.lock:
+            # Built first, then swapped: no batch ever sees a half-opened version. A retry that
+            # finishes after a newer version was served must not swap an older one back in.
+            if key == served_state_key(self.context.repo):
+                self.logic, self.key, self.failed_key = logic, key, None
+                self.report.cleared()
+
+    def _retry_in_background(self) -> None:
+        if self.retrying is None or not self.retrying.is_alive():
+            self.retrying = threading.Thread(target=self._retry, name="aisle-catalog-retry", daemon=True)
+            self.retrying.start()
+
+    def _retry(self) -> None:
+        while self.failed_key is not None:
+            time.sleep(self.RETRY_S)
+            key = served_state_key(self.context.repo)
+            if key == self.key:  # served.json went back to the open version (a rollback)
+                with self.lock:
+                    self.failed_key = None
+                    self.report.cleared()
+            elif self.failed_key is not None:
+                self._switch(key)
 
     def __call__(self, requests: Sequence[Tensors]) -> list[Outcome]:
         return self.current()(requests)

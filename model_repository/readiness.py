@@ -6,7 +6,8 @@ unloaded (see aisle.model_repository.server). What "can serve" means is the laun
 (TritonServer.not_ready_reason); this module only answers it over HTTP:
 
     GET /ready -> 200 "ready"            every ensemble READY
-               -> 503 "<why not>"        e.g. "ensembles not READY: embed_query UNAVAILABLE"
+               -> 503 "<why not>"        e.g. "ensembles not READY: embed_query UNAVAILABLE", or a
+                                         catalog reader not serving the served catalog version
     anything else -> 404
 
 It exposes no control: nothing here loads, unloads or changes the server.

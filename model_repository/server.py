@@ -60,6 +60,7 @@ from types import TracebackType
 from typing import IO
 
 from aisle.export.repo_format import REPO_MANIFEST, RepoManifest
+from aisle.model_repository.catalog_store import CATALOG_STATE_ENV, failed_catalog_switches
 from aisle.model_repository.errors import ServerStartError, ServingError
 from aisle.model_repository.readiness import READY_PATH, ReadinessEndpoint
 from aisle.model_repository.watchdog import ControlApi, StubWatchdog
@@ -281,6 +282,11 @@ class TritonServer:
         """The server's combined stdout/stderr of the current or last run."""
         return self._log_dir / "tritonserver.log" if self._log_dir else None
 
+    @property
+    def catalog_state_dir(self) -> Path | None:
+        """Where this run's catalog readers report a served version they could not open."""
+        return self._log_dir / "catalog" if self._log_dir else None
+
     def command(self) -> list[str]:
         """The plain tritonserver command line (run it with env())."""
         c = self.config
@@ -370,11 +376,12 @@ class TritonServer:
         if not repo.is_dir():
             raise ServerStartError(f"{repo}: model repository does not exist")
         self._log_dir = Path(tempfile.mkdtemp(prefix="aisle-tritonserver-"))
-        assert self.log_path is not None
+        assert self.log_path is not None and self.catalog_state_dir is not None
+        self.catalog_state_dir.mkdir()
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 self.command(),
-                env=self.env(),
+                env={**self.env(), CATALOG_STATE_ENV: str(self.catalog_state_dir)},
                 stdout=subprocess.PIPE if c.log_stdout else log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -436,7 +443,12 @@ class TritonServer:
         except (urllib.error.URLError, OSError, ValueError) as e:
             return f"tritonserver's model index did not answer: {e}"
         missing = [f"{name} {states.get(name) or 'absent'}" for name in self.ensembles if states.get(name) != "READY"]
-        return "ensembles not READY: " + ", ".join(missing) if missing else None
+        if missing:
+            return "ensembles not READY: " + ", ".join(missing)
+        # A catalog reader still answering from an older version than the served one: this replica
+        # would return what the catalog no longer holds (model_repository/catalog_store.py).
+        failed = failed_catalog_switches(self.catalog_state_dir) if self.catalog_state_dir else []
+        return "not serving the served catalog version: " + "; ".join(failed) if failed else None
 
     def drain(self, timeout_s: float = 30.0) -> None:
         """Unload the ensembles and wait up to `timeout_s` until their in-flight requests are done.

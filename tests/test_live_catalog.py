@@ -146,6 +146,14 @@ def test_failure_halfway_leaves_the_served_version_untouched(
         live.upsert(repo, [new])
     assert _served(repo) == before  # no half-written version directory either
 
+    def damaged(directory: Path, *args, **kwargs) -> None:  # written, but unreadable from disk
+        (directory / "embeddings.npy").write_bytes(b"\x93NUMPY damaged")
+
+    monkeypatch.setattr(live, "write_index", damaged)
+    with pytest.raises(ValueError):
+        live.upsert(repo, [new])
+    assert _served(repo) == before  # a version no reader could open is never served
+
 
 def test_a_rendered_repository_has_its_empty_versions_directory_for_a_deployment_to_mount(repo: Path) -> None:
     from aisle.export.repo_format import ServedCatalog, catalog_versions_dir
@@ -205,12 +213,12 @@ def test_a_deleted_item_is_retired_for_histories_until_upserted_again_or_forgott
     assert catalog.retired is None and first not in catalog.item_ids
 
 
-def test_a_version_that_cannot_open_keeps_the_open_one_served_and_is_retried_later_not_every_batch(
-    repo: Path, catalog_items: list[Item], monkeypatch: pytest.MonkeyPatch
+def test_a_version_that_cannot_open_is_reported_keeps_the_open_one_and_is_retried_without_requests(
+    repo: Path, catalog_items: list[Item], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from aisle.export.live_catalog import upsert
     from aisle.export.repo_format import served_catalog_dir
-    from aisle.model_repository.catalog_store import FollowsServedCatalog
+    from aisle.model_repository.catalog_store import CATALOG_STATE_ENV, FollowsServedCatalog, failed_catalog_switches
     from aisle.model_repository.context import ModelContext
     from aisle.model_repository.item_store import ItemStore
 
@@ -220,6 +228,10 @@ def test_a_version_that_cannot_open_keeps_the_open_one_served_and_is_retried_lat
         opened.append(served_catalog_dir(context.repo))
         return ItemStore.from_context(context)
 
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv(CATALOG_STATE_ENV, str(state))
+    monkeypatch.setattr(FollowsServedCatalog, "RETRY_S", 0.3)
     follower = FollowsServedCatalog(ModelContext.load(repo, "item_store"), build)
     first = follower.current()
     upsert(repo, [dataclasses.replace(catalog_items[0], price=1.0)])
@@ -227,12 +239,16 @@ def test_a_version_that_cannot_open_keeps_the_open_one_served_and_is_retried_lat
     embeddings = broken / "embeddings.npy"
     good = embeddings.read_bytes()
     embeddings.write_bytes(good[:100])  # a damaged disk, a hand edit: the version cannot open
-    monkeypatch.setattr(FollowsServedCatalog, "RETRY_S", 0.5)
     assert follower.current() is first and follower.current() is first
     assert opened.count(broken) == 1  # the second batch did not try again
+    (reason,) = failed_catalog_switches(state)
+    assert reason.startswith(f"item_store: catalog version '{broken.name}' did not open")
     embeddings.write_bytes(good)
-    time.sleep(0.6)
-    assert follower.current() is not first and opened.count(broken) == 2
+    deadline = time.monotonic() + 10
+    while follower.logic is first and time.monotonic() < deadline:  # no request: the stub's own retry
+        time.sleep(0.05)
+    assert follower.current() is not first and opened.count(broken) >= 2
+    assert failed_catalog_switches(state) == []
 
 
 def test_keeps_the_last_versions_and_removes_older_ones(repo: Path, catalog_items: list[Item]) -> None:
@@ -259,8 +275,12 @@ def live_server(embedded_repo: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     repo = tmp_path_factory.mktemp("live") / "repo"
     shutil.copytree(embedded_repo, repo)
-    grpc_port, http_port, metrics_port = free_ports(3)
-    server = TritonServer(ServerConfig(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port))
+    grpc_port, http_port, metrics_port, health_port = free_ports(4)
+    server = TritonServer(
+        ServerConfig(
+            repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, health_port=health_port
+        )
+    )
     try:
         server.start()
         yield server
@@ -380,3 +400,48 @@ def test_histories_naming_a_deleted_item_keep_their_scores_until_it_is_forgotten
         delete(repo, [gone.item_id], forget=True)
         with pytest.raises(InvalidInputError, match=f"= {gone.item_id} is not an item of the served catalog"):
             client.search("", user_history_ids=history)
+
+
+def _ready(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.server
+def test_a_replica_whose_reader_cannot_open_the_served_version_is_not_ready_until_it_recovers_by_itself(
+    live_server, catalog_items: list[Item]
+) -> None:
+    """It would answer from the old version (a deleted item still found here): not ready, so a
+    balancer stops sending traffic; the stub retries by itself, with no request arriving."""
+    from aisle.client import AisleClient
+    from aisle.export.live_catalog import local_embedder, upsert
+    from aisle.export.repo_format import served_catalog_dir
+
+    repo = Path(live_server.config.repo)
+    item = dataclasses.replace(catalog_items[1], item_id=83000, title="Saffron Linen Hammock Chair")
+    upsert(repo, [item], embed=local_embedder(repo))
+    embeddings = served_catalog_dir(repo) / "embeddings.npy"
+    good = embeddings.read_bytes()
+
+    def replace(data: bytes) -> None:  # a new file: a reader that mapped the old one keeps it whole
+        staging = embeddings.with_name("replacing.npy")
+        staging.write_bytes(data)
+        staging.replace(embeddings)
+
+    replace(good[:100])
+    with AisleClient(live_server.grpc_url) as client:
+        assert item.item_id not in client.search(item.title, top_k=10).ids.tolist()  # the open version
+        status, reason = _ready(live_server.readiness_url)
+        assert status == 503 and f"catalog_search: catalog version '{embeddings.parent.name}' did not open" in reason
+        replace(good)
+        deadline = time.monotonic() + 40
+        while _ready(live_server.readiness_url)[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _ready(live_server.readiness_url) == (200, "ready\n")
+        assert item.item_id in client.search(item.title, top_k=10).ids.tolist()
