@@ -323,9 +323,7 @@ def rank_request(
         history=history,
         ids=ids,
         top_k=check_top_k(top_k),
-        counted=(
-            Counted("candidate_ids", len(ids), "max_candidates"),
-        ),
+        counted=(Counted("candidate_ids", len(ids), "max_candidates"),),
     )
 
 
@@ -346,9 +344,7 @@ def rank_cold_request(
         history=history,
         ids=np.arange(len(texts), dtype=np.int64),
         top_k=check_top_k(top_k),
-        counted=(
-            Counted("candidate_texts", len(texts), "max_candidates"),
-        ),
+        counted=(Counted("candidate_texts", len(texts), "max_candidates"),),
     )
 
 

@@ -134,8 +134,8 @@ class FollowsServedCatalog:
             logic = self.build(self.context)
         except Exception as e:  # noqa: BLE001 - keep serving the open version; the retry thread tries again
             reason = f"catalog version {served_catalog_dir(self.context.repo).name!r} did not open: {e!r}"
-            print(f"aisle: {reason}; still serving the open version, retrying every {self.RETRY_S:.0f} s",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            retrying = f"still serving the open version, retrying every {self.RETRY_S:.0f} s"
+            print(f"aisle: {reason}; {retrying}", file=sys.stderr, flush=True)
             with self.lock:
                 self.failed_key = key
             self.report.failed(reason)
