@@ -478,9 +478,16 @@ def delete(
         unknown = ids[(rows < 0) & ~(forget & was_retired)]
         if len(unknown):
             where = "served catalog" if not forget else "served catalog or its retired items"
+            retired_too = np.isin(unknown, old_retired.item_ids)
+            hint = (
+                f"; {retired_too.sum()} of them already deleted, e.g. {unknown[retired_too][:5].tolist()} "
+                "(kept for user histories: --forget removes them for good)"
+                if retired_too.any()
+                else ""
+            )
             raise CatalogUpdateError(
                 f"delete: {len(unknown)} id(s) not in the {where} (version {state.version}), e.g. "
-                f"{unknown[:5].tolist()}; nothing was deleted"
+                f"{unknown[:5].tolist()}{hint}; nothing was deleted"
             )
         served = rows[rows >= 0]
         kept = np.ones(len(base.catalog.item_ids), bool)

@@ -205,7 +205,7 @@ def test_a_deleted_item_is_retired_for_histories_until_upserted_again_or_forgott
     catalog = Catalog.load(served_catalog_dir(repo))
     assert first in catalog.item_ids and catalog.retired_items.item_ids.tolist() == [second]
 
-    with pytest.raises(CatalogUpdateError, match=rf"not in the served catalog .*\[{second}\]"):
+    with pytest.raises(CatalogUpdateError, match=rf"not in the served catalog .*\[{second}\]; 1 of them already"):
         delete(repo, [second])  # already deleted: only --forget takes it
     report = delete(repo, [first, second], forget=True)
     assert (report.deleted, report.retired, report.forgotten) == (1, 0, 2)
