@@ -14,6 +14,7 @@ import triton_python_backend_utils as pb_utils
 from threadpoolctl import threadpool_limits
 
 from aisle.model_repository.batching import Logic, Outcome
+from aisle.model_repository.catalog_store import FollowsServedCatalog, ReaderState
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
 
@@ -27,6 +28,50 @@ def to_response(outcome: Outcome) -> Any:
     )
 
 
+#: The server's /metrics gauges of every catalog reader instance (model and instance labels).
+CATALOG_VERSION_METRIC = "aisle_catalog_version"
+CATALOG_SWITCH_FAILED_METRIC = "aisle_catalog_switch_failed"
+
+
+class CatalogGauges:
+    """A catalog reader's state as gauges on Triton's /metrics, so a scrape of every replica shows
+    which catalog version each one answers from, and which could not open the served one."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        gauge = pb_utils.MetricFamily.GAUGE
+        self.families = [
+            pb_utils.MetricFamily(
+                name=CATALOG_VERSION_METRIC, description="catalog version this reader answers from", kind=gauge
+            ),
+            pb_utils.MetricFamily(
+                name=CATALOG_SWITCH_FAILED_METRIC,
+                description="1 while the served catalog version failed to open here (answers from an older one)",
+                kind=gauge,
+            ),
+        ]
+        self.metrics = [family.Metric(labels=labels) for family in self.families]
+
+    def __call__(self, state: ReaderState) -> None:
+        version, failed = self.metrics
+        version.set(float(state.version))
+        failed.set(float(state.switch_failed))
+
+    def close(self) -> None:
+        """Metrics before their families, as the python backend requires."""
+        self.metrics.clear()
+        self.families.clear()
+
+
+def catalog_reader(logic: Logic) -> FollowsServedCatalog | None:
+    """The catalog follower of a model's logic, also behind wrappers (text_encoder.EmbedsItsText
+    keeps the logic it wraps as `.logic`); None for models that do not read the catalog."""
+    while not isinstance(logic, FollowsServedCatalog):
+        logic = getattr(logic, "logic", None)
+        if logic is None:
+            return None
+    return logic
+
+
 class PythonModel:
     """Base of the TritonPythonModel classes: build the logic once, then adapt every batch to it."""
 
@@ -37,6 +82,11 @@ class PythonModel:
         context = ModelContext.from_triton_args(args)
         self.input_names = [tensor.name for tensor in context.decl.inputs]
         self.logic = self.build(context)
+        self.gauges: CatalogGauges | None = None
+        reader = catalog_reader(self.logic)
+        if reader is not None:
+            self.gauges = CatalogGauges({"model": context.decl.name, "instance": args["model_instance_name"]})
+            reader.observe(self.gauges)
         # One thread for numpy's BLAS and faiss's OpenMP in this stub. Left at one per core, they
         # spread each small product over every core and busy-wait between calls, burning the CPU
         # that the other stubs on the same cores need: catalog_search at concurrency 16 spent
@@ -44,6 +94,10 @@ class PythonModel:
         # set per model instead (ModelDecl.intra_op_threads). threadpoolctl limits the libraries
         # loaded so far, so this runs after the logic is built (and has imported what it uses).
         threadpool_limits(1)
+
+    def finalize(self) -> None:
+        if self.gauges is not None:
+            self.gauges.close()
 
     def execute(self, requests: list[Any]) -> list[Any]:
         inputs = [

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aisle.export.repo_format import Catalog, served_catalog_dir, served_state_key
+from aisle.export.repo_format import Catalog, ServedCatalog, served_catalog_dir, served_state_key
 from aisle.model_repository.batching import Logic, Outcome, Tensors
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.validation import CatalogIndex
@@ -92,6 +92,14 @@ class SwitchReport:
             self.path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class ReaderState:
+    """What one catalog reader serves, for the server's metrics (adapter.catalog_gauges)."""
+
+    version: int  # the catalog version it answers from
+    switch_failed: bool  # the served version did not open: it answers from an older one
+
+
 class FollowsServedCatalog:
     """A catalog reader's logic, rebuilt on the served catalog version whenever that changes.
 
@@ -116,8 +124,11 @@ class FollowsServedCatalog:
         self.context = context
         self.build = build
         self.key = served_state_key(context.repo)
+        self.version = ServedCatalog.read(context.repo).version
         self.logic = build(context)
         self.report = SwitchReport(context.decl.name)
+        #: Called with the reader's state at every change (and by whoever registers, at once).
+        self.observers: list[Callable[[ReaderState], None]] = []
         self.failed_key: object = None  # the served state that failed to open; None when none did
         self.lock = threading.Lock()
         self.retrying: threading.Thread | None = None
@@ -129,7 +140,20 @@ class FollowsServedCatalog:
             self._switch(key)
         return self.logic
 
+    def observe(self, observer: Callable[[ReaderState], None]) -> None:
+        self.observers.append(observer)
+        observer(self.state())
+
+    def state(self) -> ReaderState:
+        return ReaderState(self.version, self.failed_key is not None)
+
+    def _notify(self) -> None:
+        state = self.state()
+        for observer in self.observers:
+            observer(state)
+
     def _switch(self, key: object) -> None:
+        version = ServedCatalog.read(self.context.repo).version
         try:
             logic = self.build(self.context)
         except Exception as e:  # noqa: BLE001 - keep serving the open version; the retry thread tries again
@@ -139,14 +163,17 @@ class FollowsServedCatalog:
             with self.lock:
                 self.failed_key = key
             self.report.failed(reason)
+            self._notify()
             self._retry_in_background()
             return
         with self.lock:
             # Built first, then swapped: no batch ever sees a half-opened version. A retry that
             # finishes after a newer version was served must not swap an older one back in.
-            if key == served_state_key(self.context.repo):
-                self.logic, self.key, self.failed_key = logic, key, None
-                self.report.cleared()
+            if key != served_state_key(self.context.repo):
+                return
+            self.logic, self.key, self.version, self.failed_key = logic, key, version, None
+            self.report.cleared()
+        self._notify()
 
     def _retry_in_background(self) -> None:
         if self.retrying is None or not self.retrying.is_alive():
@@ -161,6 +188,7 @@ class FollowsServedCatalog:
                 with self.lock:
                     self.failed_key = None
                     self.report.cleared()
+                self._notify()
             elif self.failed_key is not None:
                 self._switch(key)
 

@@ -277,9 +277,7 @@ def live_server(embedded_repo: Path, tmp_path_factory: pytest.TempPathFactory) -
     shutil.copytree(embedded_repo, repo)
     grpc_port, http_port, metrics_port, health_port = free_ports(4)
     server = TritonServer(
-        ServerConfig(
-            repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, health_port=health_port
-        )
+        ServerConfig(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, health_port=health_port)
     )
     try:
         server.start()
@@ -413,6 +411,17 @@ def _ready(url: str) -> tuple[int, str]:
         return e.code, e.read().decode()
 
 
+def _catalog_gauges(server, name: str) -> dict[str, float]:
+    """Each catalog_search instance's value of gauge `name` on the server's /metrics."""
+    import re
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{server.metrics_url}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    pattern = rf'^{name}{{(?=[^}}]*model="catalog_search")[^}}]*instance="([^"]+)"[^}}]*}} (\S+)$'
+    return {m.group(1): float(m.group(2)) for m in re.finditer(pattern, text, re.MULTILINE)}
+
+
 @pytest.mark.server
 def test_a_replica_whose_reader_cannot_open_the_served_version_is_not_ready_until_it_recovers_by_itself(
     live_server, catalog_items: list[Item]
@@ -421,11 +430,12 @@ def test_a_replica_whose_reader_cannot_open_the_served_version_is_not_ready_unti
     balancer stops sending traffic; the stub retries by itself, with no request arriving."""
     from aisle.client import AisleClient
     from aisle.export.live_catalog import local_embedder, upsert
-    from aisle.export.repo_format import served_catalog_dir
+    from aisle.export.repo_format import ServedCatalog, served_catalog_dir
 
     repo = Path(live_server.config.repo)
     item = dataclasses.replace(catalog_items[1], item_id=83000, title="Saffron Linen Hammock Chair")
     upsert(repo, [item], embed=local_embedder(repo))
+    served = ServedCatalog.read(repo).version
     embeddings = served_catalog_dir(repo) / "embeddings.npy"
     good = embeddings.read_bytes()
 
@@ -439,9 +449,15 @@ def test_a_replica_whose_reader_cannot_open_the_served_version_is_not_ready_unti
         assert item.item_id not in client.search(item.title, top_k=10).ids.tolist()  # the open version
         status, reason = _ready(live_server.readiness_url)
         assert status == 503 and f"catalog_search: catalog version '{embeddings.parent.name}' did not open" in reason
+        failed = _catalog_gauges(live_server, "aisle_catalog_switch_failed")
+        assert sorted(failed.values()) == [0.0, 1.0]  # the instance that took the search, of two
+        (stale,) = [instance for instance, value in failed.items() if value == 1.0]
+        assert _catalog_gauges(live_server, "aisle_catalog_version")[stale] < served  # the version it has open
         replace(good)
         deadline = time.monotonic() + 40
         while _ready(live_server.readiness_url)[0] != 200 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _ready(live_server.readiness_url) == (200, "ready\n")
+        assert _catalog_gauges(live_server, "aisle_catalog_switch_failed")[stale] == 0.0
+        assert _catalog_gauges(live_server, "aisle_catalog_version")[stale] == served
         assert item.item_id in client.search(item.title, top_k=10).ids.tolist()
