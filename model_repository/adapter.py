@@ -96,8 +96,9 @@ class PythonModel:
         threadpool_limits(1)
 
     def finalize(self) -> None:
-        if self.gauges is not None:
-            self.gauges.close()
+        gauges = getattr(self, "gauges", None)  # absent when initialize failed before it
+        if gauges is not None:
+            gauges.close()
 
     def execute(self, requests: list[Any]) -> list[Any]:
         inputs = [
