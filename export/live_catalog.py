@@ -389,6 +389,40 @@ def _next_version(repo: Path, state: ServedCatalog) -> int:
     return max([state.version, *state.previous, *_versions_on_disk(repo)]) + 1
 
 
+@dataclass(frozen=True)
+class CatalogStatus:
+    """What a repository serves, from its files alone: the served version, the rollback stack and
+    what each kept version holds (what `aisle catalog status` prints)."""
+
+    served: int
+    previous: tuple[int, ...]
+    versions: dict[int, dict[str, Any]]  # version -> items, retired items, bytes on disk
+
+    @classmethod
+    def read(cls, repo: Path) -> CatalogStatus:
+        state = ServedCatalog.read(repo)
+        versions = {}
+        for version in (state.version, *state.previous):
+            directory = version_catalog_dir(repo, version)
+            catalog = Catalog.load(directory)
+            versions[version] = {
+                "items": len(catalog.item_ids),
+                "retired": len(catalog.retired_items.item_ids),
+                "bytes": sum(f.stat().st_size for f in directory.rglob("*") if f.is_file()),
+            }
+        return cls(state.version, state.previous, versions)
+
+    def summary(self) -> str:
+        lines = []
+        for version, info in self.versions.items():
+            role = "served" if version == self.served else "kept for rollback"
+            lines.append(
+                f"version {version} ({role}): {info['items']} items, {info['retired']} deleted items kept for "
+                f"user histories, {info['bytes'] / 2**20:.1f} MiB"
+            )
+        return "\n".join(lines)
+
+
 # --- the three operations -------------------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""`aisle catalog upsert|delete|rollback`: change the catalog a running server serves (export/live_catalog.py).
+"""`aisle catalog upsert|delete|rollback|status`: change (or show) the catalog a running server serves
+(export/live_catalog.py).
 
 With --url the new and changed items are embedded by that server's `embed_item` ensemble (a GPU
 server does the work); the CLI is the one place that joins the export-side write with the client
@@ -17,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "catalog",
-        help="live catalog: upsert or delete items, or roll back, on a served repository",
+        help="live catalog: upsert or delete items, roll back, or show the status of a served repository",
         description="Write a new catalog version of a rendered repository and make it the served one. A running "
         "tritonserver switches at its next batch, without a restart and without failing requests.",
     )
@@ -41,7 +42,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     rm.set_defaults(func=run_delete)
     back = actions.add_parser("rollback", help="serve the previous catalog version again")
     back.set_defaults(func=run_rollback)
-    for sub in (up, rm, back):
+    status = actions.add_parser(
+        "status", help="which catalog version is served, the versions kept for rollback and what each holds"
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of lines")
+    status.set_defaults(func=run_status)
+    for sub in (up, rm, back, status):
         sub.add_argument("--repo", type=Path, required=True, help="the rendered repository the server serves")
     for sub in (up, rm):
         sub.add_argument(
@@ -87,4 +93,15 @@ def run_rollback(args: argparse.Namespace) -> int:
     from aisle.export.live_catalog import rollback
 
     print(rollback(args.repo).summary())
+    return 0
+
+
+def run_status(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from aisle.export.live_catalog import CatalogStatus
+
+    status = CatalogStatus.read(args.repo)
+    print(json.dumps(dataclasses.asdict(status)) if args.json else status.summary())
     return 0

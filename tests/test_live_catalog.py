@@ -265,6 +265,23 @@ def test_keeps_the_last_versions_and_removes_older_ones(repo: Path, catalog_item
     assert ServedCatalog.read(repo) == ServedCatalog(4, (3,))
 
 
+def test_status_shows_the_served_version_the_rollback_stack_and_what_each_holds(
+    repo: Path, catalog_items: list[Item], capsys: pytest.CaptureFixture
+) -> None:
+    from aisle.cli import main
+    from aisle.export.live_catalog import delete
+
+    delete(repo, [catalog_items[0].item_id])
+    assert main(["catalog", "status", "--repo", str(repo), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    items = len(catalog_items)
+    assert (status["served"], status["previous"]) == (2, [1])
+    assert status["versions"]["2"]["items"] == items - 1 and status["versions"]["2"]["retired"] == 1
+    assert status["versions"]["1"]["items"] == items and status["versions"]["1"]["retired"] == 0
+    assert main(["catalog", "status", "--repo", str(repo)]) == 0
+    assert capsys.readouterr().out.startswith(f"version 2 (served): {items - 1} items, 1 deleted items kept")
+
+
 # --- against a real tritonserver ----------------------------------------------------------------------
 
 
