@@ -323,11 +323,6 @@ def _fsync_tree(directory: Path) -> None:
             os.close(fd)
 
 
-def _retired_without(retired: RetiredItems, item_ids: np.ndarray) -> RetiredItems:
-    keep = ~np.isin(retired.item_ids, item_ids)
-    return RetiredItems(np.asarray(retired.item_ids)[keep], np.asarray(retired.embeddings)[keep])
-
-
 def _write_version(repo: Path, version: int, rows: Rows, retired: RetiredItems, *, progress: bool) -> None:
     """Write a complete version directory, or nothing (a failure removes the partial one)."""
     repo = Path(repo)
@@ -471,7 +466,7 @@ def upsert(
         kept = np.ones(len(base.catalog.item_ids), bool)
         kept[rows[existing]] = False
         merged = Rows.of_version(base, kept) + Rows.of_items(items, embeddings)
-        retired = _retired_without(base.catalog.retired_items, ids)
+        retired = base.catalog.retired_items.without(ids)
         started = time.perf_counter()
         version = _next_version(repo, state)
         _write_version(repo, version, merged, retired, progress=progress)
@@ -529,11 +524,10 @@ def delete(
         if not kept.any():
             raise CatalogUpdateError("delete: that would leave the catalog empty; nothing was deleted")
         if forget:
-            retired = _retired_without(old_retired, ids)
+            retired = old_retired.without(ids)
         else:
-            retired = RetiredItems.build(
-                np.concatenate([old_retired.item_ids, np.asarray(base.catalog.item_ids)[served]]),
-                np.concatenate([old_retired.embeddings, np.asarray(base.catalog.embeddings)[served]]),
+            retired = old_retired.plus(
+                np.asarray(base.catalog.item_ids)[served], np.asarray(base.catalog.embeddings)[served]
             )
         started = time.perf_counter()
         version = _next_version(repo, state)

@@ -246,6 +246,17 @@ class RetiredItems:
     def none(cls, dim: int) -> RetiredItems:
         return cls(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
 
+    def without(self, item_ids: np.ndarray) -> RetiredItems:
+        """These retired items less `item_ids` (upserted again, or forgotten)."""
+        keep = ~np.isin(self.item_ids, item_ids)
+        return RetiredItems(np.asarray(self.item_ids)[keep], np.asarray(self.embeddings)[keep])
+
+    def plus(self, item_ids: np.ndarray, embeddings: np.ndarray) -> RetiredItems:
+        """These retired items and the given ones (just deleted, so none of them retired already)."""
+        return RetiredItems.build(
+            np.concatenate([self.item_ids, item_ids]), np.concatenate([self.embeddings, embeddings])
+        )
+
     def save(self, directory: Path) -> None:
         """Written only when there are retired items; absent files load as none (`load`)."""
         if len(self.item_ids):
@@ -253,9 +264,10 @@ class RetiredItems:
                 np.save(Path(directory) / f"{name}.npy", array, allow_pickle=False)
 
     @classmethod
-    def load(cls, directory: Path, dim: int) -> RetiredItems:
+    def load(cls, directory: Path) -> RetiredItems | None:
+        """Memory-mapped; None where the catalog directory has no retired items."""
         if not (Path(directory) / f"{RETIRED_ARRAYS[0]}.npy").is_file():
-            return cls.none(dim)
+            return None
         ids, embeddings = (
             np.load(_array_file(directory, name), mmap_mode="r", allow_pickle=False) for name in RETIRED_ARRAYS
         )
@@ -339,5 +351,4 @@ class Catalog:
         arrays = {
             name: np.load(_array_file(directory, name), mmap_mode="r", allow_pickle=False) for name in CATALOG_ARRAYS
         }
-        retired = RetiredItems.load(directory, int(arrays["embeddings"].shape[1]))
-        return cls(**arrays, retired=retired if len(retired.item_ids) else None)
+        return cls(**arrays, retired=RetiredItems.load(directory))

@@ -94,7 +94,7 @@ class SwitchReport:
 
 @dataclass(frozen=True)
 class ReaderState:
-    """What one catalog reader serves, for the server's metrics (adapter.catalog_gauges)."""
+    """What one catalog reader serves, for the server's metrics (adapter.CatalogGauges)."""
 
     version: int  # the catalog version it answers from
     switch_failed: bool  # the served version did not open: it answers from an older one
