@@ -54,8 +54,8 @@ class AsyncAisleClient(ClientBase):
     def __init__(self, url: str | None = None, *, config: ClientConfig | None = None) -> None:
         super().__init__(url, config)
         self._pool: ReplicaPool[aioclient.InferenceServerClient] | None = None
-        #: Replicas whose address left a resolved name: closed with the client (calls may use them).
-        self._retired: list[Replica[aioclient.InferenceServerClient]] = []
+        #: Replicas whose address left a resolved name and that an attempt still uses: closed when idle.
+        self._departed: list[Replica[aioclient.InferenceServerClient]] = []
         self._prober: asyncio.Task[None] | None = None
         self._contract_lock = asyncio.Lock()
 
@@ -174,10 +174,10 @@ class AsyncAisleClient(ClientBase):
             await asyncio.gather(self._prober, return_exceptions=True)
             self._prober = None
         if self._pool is not None:
-            for replica in self._pool.replicas + self._retired:
+            for replica in self._pool.replicas + self._departed:
                 await replica.connection.close()
             self._pool = None
-            self._retired = []
+            self._departed = []
 
     async def __aenter__(self) -> AsyncAisleClient:
         return self
@@ -202,8 +202,7 @@ class AsyncAisleClient(ClientBase):
         route = self._replicas().route()
 
         async def attempt(timeout_s: float | None) -> T:
-            replica = route.pick()
-            with route.reporting(replica), translated(what, request_id):
+            with route.attempt() as replica, translated(what, request_id):
                 return await send(replica.connection, timeout_s)
 
         return await acall_with_retry(attempt, self._attempts(what, request_id, deadline, route), asyncio.sleep)
@@ -230,7 +229,10 @@ class AsyncAisleClient(ClientBase):
         while True:
             await asyncio.sleep(replicas.health_interval_s)
             endpoints = await asyncio.to_thread(self._members_now) if replicas.resolve_names else []
-            self._retired += pool.reconcile(endpoints, self._connect)  # in the loop: aio channels bind to it
+            self._departed += pool.reconcile(endpoints, self._connect)  # in the loop: aio channels bind to it
+            for replica in pool.idle(self._departed)[0]:
+                await replica.connection.close()
+                self._departed.remove(replica)  # after the close: cancelled mid-close, close() closes it
             await asyncio.gather(*(self._probe(replica, replicas.probe_timeout_s) for replica in pool.replicas))
 
     async def _ensemble_ready(self, name: str, request_id: str, deadline: float | None) -> bool:

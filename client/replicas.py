@@ -8,7 +8,8 @@ not healthy" while /v2/health/ready still answers true). The pool combines two s
 - active: Triton's readiness (the server and every aisle ensemble), probed by the clients every
   `ReplicaConfig.health_interval_s`; a replica that is not ready gets no calls until it is again;
 - membership: with `resolve_names`, the names are resolved again every probe round, so pods that
-  join a headless Service get calls and pods that leave stop getting them;
+  join a headless Service get calls and pods that leave stop getting them (their channels close at
+  the first probe round that finds no attempt still under way on them);
 - passive: a replica whose call failed with a retryable error is ejected for `eject_s`, doubled per
   consecutive failure up to `max_eject_s` (Envoy's outlier detection). This is the only signal for
   a dead stub. A burst of concurrent failures of one replica counts once.
@@ -88,6 +89,7 @@ class Replica(Generic[C]):
     ready: the last readiness probe's answer (optimistic until the first probe).
     ejected_until: monotonic time before which the replica gets no calls after a failure.
     failures: consecutive failed calls (reset by a success); each doubles the next ejection.
+    in_flight: attempts under way on its connection (a replica that left closes once none is).
     """
 
     address: str
@@ -95,6 +97,7 @@ class Replica(Generic[C]):
     ready: bool = True
     ejected_until: float = 0.0
     failures: int = 0
+    in_flight: int = 0
 
     def healthy(self, now: float) -> bool:
         return self.ready and now >= self.ejected_until
@@ -131,8 +134,9 @@ class ReplicaPool(Generic[C]):
 
     def reconcile(self, endpoints: Sequence[Endpoint], connect: Callable[[Endpoint], C]) -> list[Replica[C]]:
         """Make the replicas at `endpoints` the members: new addresses join (connected, ready until a
-        probe says otherwise), vanished ones leave. Returns those that left: calls may still be in
-        flight on them, so the caller closes them later. An empty `endpoints` changes nothing."""
+        probe says otherwise), vanished ones leave. Returns those that left: attempts may still be
+        under way on them, so the caller closes each once `idle` says so. An empty `endpoints`
+        changes nothing."""
         wanted = {e.address: e for e in endpoints}
         if not wanted:
             return []
@@ -149,10 +153,13 @@ class ReplicaPool(Generic[C]):
         return Route(self)
 
     def pick(self, tried: set[str]) -> Replica[C]:
-        """The next replica round-robin, preferring healthy and untried ones, in that order.
+        """The next replica round-robin, preferring healthy and untried ones, in that order; the
+        attempt counts as under way on it until `release`.
 
         Falls back to untried unhealthy replicas, then to tried healthy ones, then to any: the
         probes may be stale, and a call must go somewhere (the retry policy bounds the attempts).
+        Counting under the same lock as the choice means a replica that left the pool (and can no
+        longer be picked) is idle for good once its count reaches zero.
         """
         with self._lock:
             now = self.clock()
@@ -168,8 +175,20 @@ class ReplicaPool(Generic[C]):
                 index = next((i for i in rotation if admits(self._replicas[i])), None)
                 if index is not None:
                     self._next = (index + 1) % n
+                    self._replicas[index].in_flight += 1
                     return self._replicas[index]
         raise AssertionError("unreachable: the last tier admits every replica")
+
+    def release(self, replica: Replica[C]) -> None:
+        """An attempt on `replica` (from `pick`) ended."""
+        with self._lock:
+            replica.in_flight -= 1
+
+    def idle(self, departed: Sequence[Replica[C]]) -> tuple[list[Replica[C]], list[Replica[C]]]:
+        """Split replicas that left the pool into those to close now (no attempt under way) and
+        those still in use, to ask about again at the next round."""
+        with self._lock:
+            return [r for r in departed if r.in_flight == 0], [r for r in departed if r.in_flight > 0]
 
     def has_healthy_untried(self, tried: set[str]) -> bool:
         with self._lock:
@@ -223,11 +242,15 @@ class Route(Generic[C]):
         return len(self.tried) < len(self.pool) and self.pool.has_healthy_untried(self.tried)
 
     @contextmanager
-    def reporting(self, replica: Replica[C]) -> Iterator[None]:
-        """Tell the pool how the attempt on `replica` inside the block went."""
+    def attempt(self) -> Iterator[Replica[C]]:
+        """One attempt: the replica it goes to, for the block; the pool learns how it went."""
+        replica = self.pick()
         try:
-            yield
+            yield replica
         except AisleClientError as error:
             self.pool.failed(replica, error)
             raise
-        self.pool.succeeded(replica)
+        else:
+            self.pool.succeeded(replica)
+        finally:
+            self.pool.release(replica)

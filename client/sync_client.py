@@ -57,8 +57,8 @@ class AisleClient(ClientBase):
     def __init__(self, url: str | None = None, *, config: ClientConfig | None = None) -> None:
         super().__init__(url, config)
         self._pool = self._pool_of(self._connect)
-        #: Replicas whose address left a resolved name: closed with the client (calls may use them).
-        self._retired: list[Replica[grpcclient.InferenceServerClient]] = []
+        #: Replicas whose address left a resolved name and that an attempt still uses: closed when idle.
+        self._departed: list[Replica[grpcclient.InferenceServerClient]] = []
         self._closing = threading.Event()
         self._prober: threading.Thread | None = None
         if self._pool.probes_needed:
@@ -200,7 +200,7 @@ class AisleClient(ClientBase):
             if self._chunks is not None:
                 self._chunks.shutdown(wait=True)
                 self._chunks = None
-        for replica in self._pool.replicas + self._retired:
+        for replica in self._pool.replicas + self._departed:
             replica.connection.close()
 
     def __enter__(self) -> AisleClient:
@@ -218,8 +218,7 @@ class AisleClient(ClientBase):
         route = self._pool.route()
 
         def attempt(timeout_s: float | None) -> T:
-            replica = route.pick()
-            with route.reporting(replica), translated(what, request_id):
+            with route.attempt() as replica, translated(what, request_id):
                 return send(replica.connection, timeout_s)
 
         return call_with_retry(attempt, self._attempts(what, request_id, deadline, route), time.sleep)
@@ -244,7 +243,10 @@ class AisleClient(ClientBase):
         """The probe thread: members again (resolve_names), then every replica, every health_interval_s."""
         replicas = self.config.replicas
         while not self._closing.wait(replicas.health_interval_s):
-            self._retired += self._pool.reconcile(self._members_now(), self._connect)
+            departed = self._departed + self._pool.reconcile(self._members_now(), self._connect)
+            idle, self._departed = self._pool.idle(departed)
+            for replica in idle:
+                replica.connection.close()
             for replica in self._pool.replicas:
                 self._probe(replica, replicas.probe_timeout_s)
 

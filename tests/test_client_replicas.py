@@ -122,9 +122,8 @@ def run_call(replicas: ReplicaPool[str], outcomes: dict[str, list[AisleClientErr
     tried: list[str] = []
 
     def attempt(timeout_s: float | None) -> str:
-        replica = route.pick()
-        tried.append(replica.address)
-        with route.reporting(replica):
+        with route.attempt() as replica:
+            tried.append(replica.address)
             outcome = outcomes[replica.address].pop(0)
             if isinstance(outcome, AisleClientError):
                 raise outcome
@@ -189,6 +188,22 @@ def test_membership_follows_the_resolved_addresses_and_keeps_them_when_resolutio
     assert connected == ["10.0.0.7:8001"]  # only the new address gets a channel
     assert replicas.reconcile([], connect) == [] and len(replicas) == 2
     assert {replicas.route().pick().address for _ in range(4)} == {"10.0.0.1:8001", "10.0.0.7:8001"}
+
+
+def test_a_replica_that_left_closes_only_once_no_attempt_is_under_way_on_it() -> None:
+    from aisle.client.replicas import Endpoint
+
+    replicas = pool(Clock(), count=2)
+    with replicas.route().attempt() as busy:
+        with replicas.route().attempt() as other:
+            assert other.address != busy.address and (busy.in_flight, other.in_flight) == (1, 1)
+        assert other.in_flight == 0
+        departed = replicas.reconcile([Endpoint(other.address)], lambda endpoint: "unused")
+        assert departed == [busy]
+        assert replicas.idle(departed) == ([], [busy])  # the attempt under way still uses its channel
+        with replicas.route().attempt() as next_one:
+            assert next_one is other  # no new attempt goes to the replica that left
+    assert busy.in_flight == 0 and replicas.idle(departed) == ([busy], [])
 
 
 def test_a_single_name_to_resolve_again_still_needs_probes() -> None:
