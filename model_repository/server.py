@@ -9,7 +9,10 @@ and import paths, and `TritonServer.command()` is the plain tritonserver command
 by itself with that environment.
 
 The server is bound to loopback, refuses to start over ports in use, and is started in its own
-process group so that stopping it never leaves python stubs behind.
+process group so that stopping it never leaves python stubs behind. Its python backend names its
+shared-memory regions with a prefix of this server's own (`shm-region-prefix-name`, as PyTriton
+does), so that what a server that died (SIGKILL, the OOM killer) leaves in /dev/shm, which is
+memory until someone removes it, is removed when the launcher stops it.
 
 Draining: on SIGTERM, tritonserver 2.51 stops every model's scheduler at once, so an ensemble
 request caught between two steps fails ("scheduler for model has stopped accepting new inference
@@ -63,7 +66,7 @@ from aisle.export.repo_format import REPO_MANIFEST, RepoManifest
 from aisle.model_repository.catalog_store import CATALOG_STATE_ENV, failed_catalog_switches
 from aisle.model_repository.errors import ServerStartError, ServingError
 from aisle.model_repository.readiness import READY_PATH, ReadinessEndpoint
-from aisle.model_repository.watchdog import ControlApi, StubWatchdog
+from aisle.model_repository.watchdog import SHM_DIR, ControlApi, StubWatchdog
 
 #: Lines of the server log quoted in a ServerStartError.
 LOG_TAIL_LINES = 60
@@ -249,6 +252,8 @@ class TritonServer:
         self._log_dir: Path | None = None
         self._output_copier: threading.Thread | None = None
         self._control_token = secrets.token_urlsafe(24)
+        #: Starts the name of every shared-memory region of this server's python stubs.
+        self.shm_prefix = f"aisle_{os.getpid()}_{secrets.token_hex(4)}_"
         self.watchdog: StubWatchdog | None = None
         self.readiness: ReadinessEndpoint | None = None
 
@@ -310,6 +315,7 @@ class TritonServer:
             # Explicit control (everything loaded at start) lets stop() unload ensembles to drain them.
             "--model-control-mode=explicit",
             "--load-model=*",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *self._cache_args(),
             *c.extra_args,
         ]
@@ -402,6 +408,7 @@ class TritonServer:
                 self._kill_leftover_stubs(self._process.pid)
                 self._process = None
                 self._finish_output()
+                self.remove_shm_regions()
                 raise ServerStartError(f"tritonserver exited with code {code} during start-up:\n{self.log_tail()}")
             if self.is_ready():
                 self._start_watchdog()
@@ -500,6 +507,19 @@ class TritonServer:
                 process.wait()
         self._kill_leftover_stubs(process.pid)
         self._finish_output()
+        self.remove_shm_regions()
+
+    def remove_shm_regions(self) -> list[Path]:
+        """Remove this server's shared-memory regions; returns those that were left.
+
+        For a server and stubs that are gone: a server that stops cleanly removes its own, one that
+        was killed leaves them all. (Removing a region a live process has mapped would only hide it:
+        the mapping stays valid.)
+        """
+        left = sorted(SHM_DIR.glob(f"{self.shm_prefix}*"))
+        for region in left:
+            region.unlink(missing_ok=True)
+        return left
 
     def _finish_output(self) -> None:
         """Wait for the output copier to reach the end of the server's output (log_stdout)."""

@@ -22,6 +22,11 @@ unloads the dead stub's model and loads it again through the model-control API (
   be opened for it. Each scan therefore also takes a census: every READY python model must have as
   many live stubs as its config has instances, and a model short of them is recovered like a
   death seen directly. Without it such a model stays READY while every call to it fails.
+- A killed stub leaves its shared-memory region behind (the backend does not remove it when the
+  instance it cannot reach is unloaded): memory in /dev/shm, as large as the region had grown. The
+  watchdog reads each stub's region from its command line while it lives and removes a dead one's
+  after the unload. (One the census found has no command line left; the launcher removes its
+  server's regions at stop.)
 - Requests that fail between the death and the unload (a few ms) cannot be helped: the stub is
   already gone. A load that fails is retried with a growing pause (RELOAD_BACKOFF_S) until the
   watchdog is stopped.
@@ -50,6 +55,8 @@ log = logging.getLogger(__name__)
 
 #: The python backend's stub executable, as it appears in /proc/<pid>/cmdline.
 STUB_NAME = "triton_python_backend_stub"
+#: Where the python backend's shared-memory regions live (boost's shm_open on Linux).
+SHM_DIR = Path("/dev/shm")
 #: How often the stub list is rescanned (a reload starts new stubs); deaths are seen at once.
 RESCAN_INTERVAL_S = 0.5
 #: Seconds a control call may take: unload and index answer at once, a load once the model's
@@ -121,6 +128,18 @@ def stub_model(cmdline: list[str]) -> str | None:
     return Path(cmdline[1]).parent.parent.name
 
 
+def stub_region(pid: int) -> str | None:
+    """The shared-memory region a live stub was started with (its second argument), or None."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    cmdline = [part.decode(errors="replace") for part in raw if part]
+    if stub_model(cmdline) is None or len(cmdline) < 3 or "/" in cmdline[2]:
+        return None
+    return cmdline[2]
+
+
 def server_stubs(server_pid: int) -> dict[int, str]:
     """PID -> model of every live python stub whose parent is `server_pid` (read from /proc)."""
     stubs = {}
@@ -176,6 +195,7 @@ class StubWatchdog:
         self.recoveries: list[Recovery] = []
         self._stop = threading.Event()
         self._watched: dict[int, tuple[int, str]] = {}  # pidfd -> (pid, model)
+        self._regions: dict[int, str] = {}  # pid -> shared-memory region, of each watched stub
         self._retired: set[int] = set()  # stubs our unloads are ending: never watched again
         self._stub_counts: dict[str, int] = {}  # model -> stubs its config runs, read once per load
         self._thread = threading.Thread(target=self._run, name="aisle-stub-watchdog", daemon=True)
@@ -194,16 +214,23 @@ class StubWatchdog:
         return sorted({model for _, model in self._watched.values()})
 
     def _run(self) -> None:
+        # The server's own exit ends the watch: its stubs die after it, and those are no deaths to
+        # recover from (loads would fail until stop(); the launcher reports the exit).
         try:
-            while not self._stop.is_set():
+            server = os.pidfd_open(self.server_pid)
+        except ProcessLookupError:
+            return
+        try:
+            while not self._stop.is_set() and not _exited(server):
                 dead = self._census()
                 if not dead and not self._watched:
                     self._stop.wait(self.rescan_interval_s)
                     continue
                 dead = dead or self._dead(self.rescan_interval_s)
-                if dead and not self._stop.is_set():
+                if dead and not self._stop.is_set() and not _exited(server):
                     self._recover(dead)
         finally:
+            os.close(server)
             for fd in list(self._watched):
                 self._forget(fd)
 
@@ -220,6 +247,11 @@ class StubWatchdog:
             except ProcessLookupError:
                 continue  # died between the scan and now: its model is reloaded by the next death seen
             self._watched[fd] = (pid, model)
+            region = stub_region(pid)
+            if region is not None:
+                self._regions[pid] = region
+        watched = {pid for pid, _ in self._watched.values()}
+        self._regions = {pid: region for pid, region in self._regions.items() if pid in watched}
 
     def _census(self) -> list[tuple[int | None, str]]:
         """Rescan, then (None, model) for each READY python model with fewer live stubs than its
@@ -296,6 +328,9 @@ class StubWatchdog:
         except (urllib.error.URLError, OSError) as e:
             record.errors.append(f"unload: {e}")
         record.unloaded_at = time.monotonic()
+        region = self._regions.pop(record.pid, None) if record.pid is not None else None
+        if region is not None:
+            (SHM_DIR / region).unlink(missing_ok=True)
 
     def _reload(self, record: Recovery) -> None:
         self._stub_counts.pop(record.model, None)  # a load reads the config from disk again
@@ -314,6 +349,11 @@ class StubWatchdog:
                 f"model {record.model!r} is back after {record.ready_at - record.died_at:.1f} s (new python stub)"
             )
             return
+
+
+def _exited(pidfd: int) -> bool:
+    """Whether the process behind `pidfd` has exited (a pidfd turns readable then)."""
+    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def _backoff():

@@ -26,7 +26,7 @@ from aisle.benchmarks.drills.stub_kill import run_stub_kill
 from aisle.benchmarks.drills.traffic import wait_until_idle
 from aisle.export.repo_format import RepoManifest
 from aisle.model_repository.server import ServerConfig, TritonServer, free_ports, is_ready
-from aisle.model_repository.watchdog import StubWatchdog, server_stubs
+from aisle.model_repository.watchdog import SHM_DIR, StubWatchdog, server_stubs, stub_region
 from aisle.schema import (
     CANDIDATE_FEATURES,
     CANDIDATE_TEXTS,
@@ -246,9 +246,15 @@ def test_stubs_that_died_before_the_watchdog_started_are_found_by_its_census(unw
         watchdog.stop()
 
 
+def server_regions(server: TritonServer) -> list[str]:
+    """The shared-memory files in /dev/shm under the server's own prefix."""
+    return sorted(path.name for path in SHM_DIR.glob(f"{server.shm_prefix}*"))
+
+
 def test_a_killed_python_stub_turns_readiness_false_and_service_comes_back_by_itself(embedded_repo: Path) -> None:
     """Its own server: the shared one must not lose a model while other tests use it. Readiness as
-    deploy/ probes it: the launcher's /ready."""
+    deploy/ probes it: the launcher's /ready. Nothing is left in /dev/shm: not the killed stub's
+    region once it is back, nor the server's own after the server itself is SIGKILLed and stopped."""
     grpc_port, http_port, metrics_port, health_port = free_ports(4)
     config = ServerConfig(
         embedded_repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port, health_port=health_port
@@ -262,3 +268,7 @@ def test_a_killed_python_stub_turns_readiness_false_and_service_comes_back_by_it
         assert result.failed_after_ready == 0 and result.flips_after_ready == 0, result.summary()
         assert [r["model"] for r in result.watchdog] == [QUERY_ENCODER]
         assert embed(server, b"running shoes")[0].shape == (1, build_schema().embedding_dim)
+        live = sorted(str(stub_region(pid)) for pid in server_stubs(server.pid))
+        assert server_regions(server) == live, "a region of a dead stub was left in /dev/shm"
+        os.kill(server.pid, signal.SIGKILL)  # the server itself (the OOM killer): it removes nothing
+    assert server_regions(server) == []

@@ -16,6 +16,7 @@ import pytest
 
 from aisle.model_repository.watchdog import (
     DEATH_SETTLE_S,
+    SHM_DIR,
     STUB_NAME,
     StubWatchdog,
     server_stubs,
@@ -75,17 +76,26 @@ class CensusControl(FakeControl):
         return {"name": model, "backend": "python", "instance_group": [group]}
 
 
+def fake_region(stubs: tuple[str, ...], index: int) -> Path:
+    """The shared-memory file a fake server's stub `index` is started with (created with it)."""
+    return SHM_DIR / f"aisle_test_{os.getpid()}_{stubs[index]}_{index}"
+
+
 def spawn_fake_server(tmp_path: Path, stubs: tuple[str, ...]) -> Iterator[subprocess.Popen]:
     """A process with one sleeping 'stub' child per entry of `stubs` (a model named twice has two
-    instances)."""
+    instances), each given its own file in /dev/shm as a real stub is given its region."""
     stub = tmp_path / STUB_NAME
     stub.symlink_to(sys.executable)
     for model in set(stubs):
         (tmp_path / model / "1").mkdir(parents=True)
         (tmp_path / model / "1" / "model.py").write_text("import time\ntime.sleep(120)\n")
+    regions = [fake_region(stubs, k) for k in range(len(stubs))]
+    for region in regions:
+        region.write_bytes(b"")
     spawn = (
         "import subprocess, sys, time\n"
-        f"stubs = [subprocess.Popen([{str(stub)!r}, {str(tmp_path)!r} + f'/{{m}}/1/model.py']) for m in {stubs!r}]\n"
+        f"stubs = [subprocess.Popen([{str(stub)!r}, {str(tmp_path)!r} + f'/{{m}}/1/model.py', r])"
+        f" for m, r in zip({stubs!r}, {[r.name for r in regions]!r})]\n"
         "time.sleep(120)\n"
     )
     server = subprocess.Popen([sys.executable, "-c", spawn])
@@ -99,6 +109,8 @@ def spawn_fake_server(tmp_path: Path, stubs: tuple[str, ...]) -> Iterator[subpro
             os.kill(pid, signal.SIGKILL)
         server.kill()
         server.wait()
+        for region in regions:
+            region.unlink(missing_ok=True)
 
 
 @pytest.fixture
@@ -146,6 +158,25 @@ def test_a_killed_stub_is_noticed_at_once_and_its_model_unloaded_then_loaded(fak
         (recovery,) = watchdog.recoveries
         assert recovery.model == "item_store" and recovery.pid == pid and recovery.attempts == 1
         assert recovery.died_at - killed_at < 0.5  # pidfd: no polling delay
+        # The dead stub's shared memory is removed (a killed stub's would stay), the live ones' kept.
+        assert [fake_region(MODELS, k).exists() for k in range(len(MODELS))] == [m != "item_store" for m in MODELS]
+    finally:
+        watchdog.stop()
+
+
+def test_the_servers_own_exit_ends_the_watch_without_a_recovery(fake_server: subprocess.Popen) -> None:
+    """A server that dies takes its stubs with it: no model to unload or load on a dead server."""
+    control = FakeControl()
+    watchdog = StubWatchdog(fake_server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None)
+    watchdog.start()
+    try:
+        assert wait_for(lambda: watchdog.watched_models == sorted(MODELS))
+        stubs = list(server_stubs(fake_server.pid))
+        fake_server.kill()
+        for pid in stubs:
+            os.kill(pid, signal.SIGKILL)
+        assert wait_for(lambda: not watchdog._thread.is_alive())
+        assert control.calls == [] and watchdog.recoveries == []
     finally:
         watchdog.stop()
 

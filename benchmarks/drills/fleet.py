@@ -1,15 +1,13 @@
 """Replicas this process owns: tritonservers from one repository that a drill can SIGKILL and restart.
 
-Why not TritonServer.start() alone: a replica restarted after SIGKILL must come back on the same
-ports (clients and proxies know only those), and the launcher refuses a port that a plain bind()
-reports in use, which a killed server's ports are (TIME_WAIT) for a minute although tritonserver
-itself can bind them. So a Replica runs TritonServer's own command line and environment in its own
-process group, and keeps its pid: for SIGKILL of the whole group (server and python stubs) and for
-reading the group's memory.
-
-Why setpriv rather than the launcher's preexec_fn: a drill forks while gRPC threads are busy, and
-Python code run between fork and exec (preexec_fn) then crashes the child (SIGSEGV, seen here).
-`setpriv --pdeathsig KILL` sets the same "die with the parent" flag from a plain exec'd program.
+Why not TritonServer.start(): a drill forks while gRPC threads are busy, and Python code run
+between fork and exec (the launcher's preexec_fn) then crashes the child (SIGSEGV, seen here). So a
+Replica runs TritonServer's own command line and environment in its own process group through
+`setpriv --pdeathsig KILL` (the same "die with the parent" flag, set by a plain exec'd program), and
+keeps its pid: for SIGKILL of the whole group (server and python stubs) and for reading the
+group's memory. A restarted replica comes back on the same ports (clients and proxies know only
+those) and with the same shared-memory prefix (TritonServer.shm_prefix), whose regions a kill
+leaves behind and kill() removes.
 """
 
 from __future__ import annotations
@@ -44,9 +42,6 @@ def dying_with_parent(command: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "KILL", "--", *command]
 
 
-SHM_PREFIX = "/dev/shm/triton_python_backend_shm_region_"
-
-
 def group_pids(pgid: int) -> list[int]:
     """Every live process of group `pgid` (the server and its python stubs)."""
     pids = []
@@ -58,18 +53,6 @@ def group_pids(pgid: int) -> list[int]:
             except ProcessLookupError:
                 continue
     return pids
-
-
-def shm_regions(pgid: int) -> set[Path]:
-    """The python backend's shared-memory files the group has mapped; a killed server leaves them behind."""
-    regions: set[Path] = set()
-    for pid in group_pids(pgid):
-        try:
-            maps = Path(f"/proc/{pid}/maps").read_text()
-        except OSError:
-            continue
-        regions.update(Path(line.split()[-1]) for line in maps.splitlines() if SHM_PREFIX in line)
-    return regions
 
 
 def group_rss_bytes(pgid: int) -> int:
@@ -152,7 +135,6 @@ class Replica:
         process, self._process = self._process, None
         if process is None:
             return
-        regions = shm_regions(process.pid)
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -161,8 +143,7 @@ class Replica:
         deadline = time.monotonic() + 10
         while group_pids(process.pid) and time.monotonic() < deadline:
             time.sleep(0.05)  # stubs are reaped by init, a moment after the server
-        for region in regions:
-            region.unlink(missing_ok=True)
+        self.server.remove_shm_regions()
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Drain the ensembles and SIGTERM the server; SIGKILL the group if it lingers."""
