@@ -196,6 +196,7 @@ class StubWatchdog:
         self._stop = threading.Event()
         self._watched: dict[int, tuple[int, str]] = {}  # pidfd -> (pid, model)
         self._regions: dict[int, str] = {}  # pid -> shared-memory region, of each watched stub
+        self._server = -1  # a pidfd of the server while the thread runs
         self._retired: set[int] = set()  # stubs our unloads are ending: never watched again
         self._stub_counts: dict[str, int] = {}  # model -> stubs its config runs, read once per load
         self._thread = threading.Thread(target=self._run, name="aisle-stub-watchdog", daemon=True)
@@ -214,23 +215,23 @@ class StubWatchdog:
         return sorted({model for _, model in self._watched.values()})
 
     def _run(self) -> None:
-        # The server's own exit ends the watch: its stubs die after it, and those are no deaths to
+        # The server's own exit ends the watch: its stubs die with it, and those are no deaths to
         # recover from (loads would fail until stop(); the launcher reports the exit).
         try:
-            server = os.pidfd_open(self.server_pid)
+            self._server = os.pidfd_open(self.server_pid)
         except ProcessLookupError:
             return
         try:
-            while not self._stop.is_set() and not _exited(server):
+            while not self._stop.is_set() and not self._server_gone():
                 dead = self._census()
                 if not dead and not self._watched:
                     self._stop.wait(self.rescan_interval_s)
                     continue
                 dead = dead or self._dead(self.rescan_interval_s)
-                if dead and not self._stop.is_set() and not _exited(server):
+                if dead and not self._stop.is_set() and not self._server_gone():
                     self._recover(dead)
         finally:
-            os.close(server)
+            os.close(self._server)
             for fd in list(self._watched):
                 self._forget(fd)
 
@@ -252,6 +253,10 @@ class StubWatchdog:
                 self._regions[pid] = region
         watched = {pid for pid, _ in self._watched.values()}
         self._regions = {pid: region for pid, region in self._regions.items() if pid in watched}
+
+    def _server_gone(self) -> bool:
+        """Whether the server has exited (its pidfd turns readable then)."""
+        return bool(select.select([self._server], [], [], 0)[0])
 
     def _census(self) -> list[tuple[int | None, str]]:
         """Rescan, then (None, model) for each READY python model with fewer live stubs than its
@@ -335,7 +340,7 @@ class StubWatchdog:
     def _reload(self, record: Recovery) -> None:
         self._stub_counts.pop(record.model, None)  # a load reads the config from disk again
         for attempt, pause_s in enumerate(_backoff()):
-            if self._stop.wait(pause_s):
+            if self._stop.wait(pause_s) or self._server_gone():
                 return
             record.attempts = attempt + 1
             try:
@@ -349,11 +354,6 @@ class StubWatchdog:
                 f"model {record.model!r} is back after {record.ready_at - record.died_at:.1f} s (new python stub)"
             )
             return
-
-
-def _exited(pidfd: int) -> bool:
-    """Whether the process behind `pidfd` has exited (a pidfd turns readable then)."""
-    return bool(select.select([pidfd], [], [], 0)[0])
 
 
 def _backoff():
