@@ -79,7 +79,7 @@ def main() -> None:
     print(f"starting tritonserver on {config.host}:{config.grpc_port} (gRPC) ...")
     started = time.perf_counter()
     with TritonServer(config) as server:
-        print(f"ready in {time.perf_counter() - started:.0f} s: {' '.join(server.command())}")
+        print(f"ready in {time.perf_counter() - started:.0f} s: {' '.join(server.display_command())}")
         with AisleClient(server.grpc_url) as client:
             demo(client, data)
     print("\nserver stopped")

@@ -217,6 +217,20 @@ def test_aisle_serve_drains_in_flight_requests_and_exits_zero_on_sigterm(
     assert not re.search(r"has \d+ in-flight inferences", log)
 
 
+def test_the_demo_script_shops_over_grpc_and_prints_no_control_token(embedded_repo: Path, tiny_data: Path) -> None:
+    """`make demo`'s last step on the test repository: searches, a filtered search, a recommendation
+    and a cold-start ranking print their items; the command it prints masks the control token (the
+    key to the model-control API)."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "demo.py"
+    command = [sys.executable, str(script), "--repo", str(embedded_repo), "--data", str(tiny_data)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stdout
+    assert output.count("\nsearch ") == 4 and "recommendations for user" in output, output
+    assert "cold start:" in output and output.rstrip().endswith("server stopped"), output
+    assert re.findall(r"aisle-control-token=(\S+)", output) == ["<token>", "<token>"], output
+
+
 def test_aisle_serve_refuses_a_repository_rendered_for_the_ngc_image(tmp_path: Path, capsys) -> None:
     from aisle.cli import main
     from aisle.export.repo_format import RepoManifest
