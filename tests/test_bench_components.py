@@ -517,3 +517,23 @@ def test_report_says_the_cores_were_shared_only_when_the_server_ran_here() -> No
         point["server_cpu_cores"] = None
     text = markdown(results)
     assert "share the same cores" not in text and "server (embedded target) ran outside this machine's view" in text
+
+
+def test_the_int8_studys_weight_only_quantisation_writes_matmulnbits_close_to_fp32(
+    onnx_dir: Path, tmp_path: Path
+) -> None:
+    """The study's weight-only configurations run here too (onnx-ir is in the [bench] extra)."""
+    import onnx
+
+    from aisle.benchmarks.int8_static_study import WeightOnly, session
+    from aisle.export.graphs import graph_file
+    from aisle.schema import ATTENTION_MASK, INPUT_IDS, QUERY_ENCODER
+
+    source, quantised = onnx_dir / graph_file(QUERY_ENCODER), tmp_path / "weight_only.onnx"
+    WeightOnly("int8 weights, int8 products", 8, 4).quantize(source, quantised, [])
+    assert "MatMulNBits" in {node.op_type for node in onnx.load(str(quantised)).graph.node}
+    ids = np.array([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]], np.int64)
+    feed = {INPUT_IDS: ids, ATTENTION_MASK: (ids > 0).astype(np.int64)}
+    fp32, int8 = (session(path, 1).run(None, feed)[0] for path in (source, quantised))
+    cosine = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
+    assert cosine.min() > 0.99 and not np.array_equal(fp32, int8), cosine
