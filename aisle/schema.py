@@ -311,7 +311,8 @@ class ModelDecl:
     #: its short sequences gain little from a second thread within one run, and two single-threaded
     #: instances side by side served 17-27% more embed_query requests/s at concurrency 16 on 2 cores
     #: than one two-threaded instance (three interleaved pairs of runs), with the same p50 at
-    #: concurrency 1.
+    #: concurrency 1. On an Intel Xeon one two-threaded instance answered a lone caller sooner but
+    #: served 10-15% fewer at 4 and 16 (`python -m aisle.benchmarks.studies instances`; README).
     cpu_instances: int = 1
     #: Encoders only: where the target runs its graphs in python models (the embedded target), the
     #: tokenizer step feeding this encoder is folded into it (fuse_tokenizers), saving one process

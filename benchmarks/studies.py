@@ -7,6 +7,7 @@ README reports, and prints one JSON report:
     python -m aisle.benchmarks.studies buckets --repo REPO --data DATA
     python -m aisle.benchmarks.studies queue-delay --repo REPO --data DATA \\
         --encoder-us 0 500 1000 2000 --rank-us 0 250 500 1000
+    python -m aisle.benchmarks.studies instances --repo REPO --data DATA --counts 2 1 --rounds 2
     python -m aisle.benchmarks.studies response-cache --repo REPO --data DATA --cache-mb 64
     python -m aisle.benchmarks.studies client-cpu --repo REPO --data DATA
     python -m aisle.benchmarks.studies first-calls --repo REPO --data DATA
@@ -15,6 +16,9 @@ latency: embed_query (one query) and rank (100 candidates, a session's history),
 buckets: the item encoder on the same item texts tokenised to their length bucket vs padded to the
     largest bucket, as single-text requests (merged by the dynamic batcher) and batches of 64.
 queue-delay: each max_queue_delay_us setting on its own server: one caller, and `--concurrency`.
+instances: the query encoder's instance count (each instance takes cores / instances threads) on its
+    own server, embed_query with one caller, 4 and `--concurrency`; the counts alternate for
+    `--rounds` rounds, since the machine's speed drifts between runs.
 response-cache: Zipf-repeated queries, each sent once from an empty cache, on a server without a
     response cache and on one with `--cache-mb` MiB; the query encoder's cache hits.
 client-cpu: the client's own CPU per embed_query call, one caller: aisle's AsyncAisleClient against
@@ -170,18 +174,28 @@ class SweepPoint:
     loaded: LoadPoint
 
 
-def with_queue_delay(repo: Path, out: Path, delay_us: int, roles: frozenset[Role]) -> list[str]:
-    """Copy `repo` to `out` with every batching model of `roles` waiting `delay_us`; their names."""
-    from aisle.export.repo_format import RepoManifest
+def edited_copy(repo: Path, out: Path, names: Sequence[str], edit: Callable[[object], None]) -> None:
+    """Copy `repo` to `out`, then apply `edit` to the ModelConfig of each model in `names`."""
     from aisle.export.triton_config import read_config, write_config
 
     shutil.copytree(repo, out)
-    models = RepoManifest.load(repo).schema().models
-    names = [m.name for m in models if m.role in roles and m.batching.max_queue_delay_us is not None]
     for name in names:
         config = read_config(out / name)
-        config.dynamic_batching.max_queue_delay_microseconds = delay_us
+        edit(config)
         write_config(config, out / name)
+
+
+def with_queue_delay(repo: Path, out: Path, delay_us: int, roles: frozenset[Role]) -> list[str]:
+    """Copy `repo` to `out` with every batching model of `roles` waiting `delay_us`; their names."""
+    from aisle.export.repo_format import RepoManifest
+
+    models = RepoManifest.load(repo).schema().models
+    names = [m.name for m in models if m.role in roles and m.batching.max_queue_delay_us is not None]
+
+    def delay(config) -> None:
+        config.dynamic_batching.max_queue_delay_microseconds = delay_us
+
+    edited_copy(repo, out, names, delay)
     return names
 
 
@@ -202,6 +216,36 @@ def queue_delay_sweep(
                 idle = closed(url, workload.ensemble, requests, 1, load, workload.name)
                 loaded = closed(url, workload.ensemble, requests, concurrency, load, workload.name)
         results[delay] = SweepPoint(idle, loaded)
+    return results
+
+
+def instances_sweep(
+    repo: Path,
+    counts: Sequence[int],
+    workload: Workload,
+    load: LoadConfig,
+    *,
+    concurrencies: Sequence[int],
+    rounds: int,
+) -> dict[int, list[dict[int, LoadPoint]]]:
+    """`workload` at each concurrency on a copy of the repository whose query encoder runs `count`
+    instances, for each count in turn, `rounds` times: count -> one {concurrency: point} per round."""
+    from tqdm import tqdm
+
+    requests = batched(workload)
+    results: dict[int, list[dict[int, LoadPoint]]] = {count: [] for count in counts}
+    order = [count for _ in range(rounds) for count in counts]
+    for count in tqdm(order, desc="query encoder instances", unit="server"):
+
+        def instances(config, count: int = count) -> None:
+            config.instance_group[0].count = count
+
+        with tempfile.TemporaryDirectory(prefix="aisle-instances-") as scratch:
+            copy = Path(scratch) / "repo"
+            edited_copy(repo, copy, [QUERY_ENCODER], instances)
+            with serving(None, copy) as url:
+                points = {c: closed(url, workload.ensemble, requests, c, load, workload.name) for c in concurrencies}
+        results[count].append(points)
     return results
 
 
@@ -375,6 +419,20 @@ def _first_calls(args: argparse.Namespace) -> dict:
         return {"first_calls": first_calls(url, schema, list(workloads.values()), args.calls)}
 
 
+def _instances(args: argparse.Namespace) -> dict:
+    workload = query_workload(_dataset(args), WorkloadConfig())
+    concurrencies = sorted({1, 4, args.concurrency})
+    sweep = instances_sweep(
+        args.repo, args.counts, workload, args.load, concurrencies=concurrencies, rounds=args.rounds
+    )
+    return {
+        "query_encoder_instances": {
+            count: [{c: point.to_dict() for c, point in points.items()} for points in rounds]
+            for count, rounds in sweep.items()
+        }
+    }
+
+
 def _response_cache(args: argparse.Namespace) -> dict:
     workload = zipf_query_workload(_dataset(args), WorkloadConfig(requests=args.draws))
     report = response_cache_comparison(args.repo, workload, args.cache_mb, concurrency=args.concurrency)
@@ -409,6 +467,9 @@ def build_parser() -> argparse.ArgumentParser:
     delay.add_argument(
         "--rank-us", type=int, nargs="*", default=[], help="delays of rank's tokenizer, item store and head, on rank"
     )
+    counts = study("instances", _instances, "query encoder instance counts on embed_query", url=False)
+    counts.add_argument("--counts", type=int, nargs="+", default=[2, 1], help="instance counts (default 2 1)")
+    counts.add_argument("--rounds", type=int, default=2, help="times each count is measured, alternating (default 2)")
     cache = study("response-cache", _response_cache, "embed_query without and with a response cache", url=False)
     cache.add_argument("--cache-mb", type=int, required=True, help="size of the cache to compare with none")
     cache.add_argument("--draws", type=int, default=2000, help="Zipf-distributed queries sent (default 2000)")

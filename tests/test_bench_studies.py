@@ -86,6 +86,24 @@ def test_queue_delay_sweep_measures_each_delay_alone_and_loaded(embedded_repo: P
     assert (point.idle.level, point.loaded.level) == (1, 2)
 
 
+def test_instances_study_serves_a_copy_whose_query_encoder_runs_the_given_instances(
+    embedded_repo: Path, dataset, tmp_path: Path
+) -> None:
+    from aisle.benchmarks.studies import edited_copy, instances_sweep
+    from aisle.export.triton_config import read_config
+    from aisle.schema import QUERY_ENCODER
+
+    def one(config) -> None:
+        config.instance_group[0].count = 1
+
+    edited_copy(embedded_repo, tmp_path / "copy", [QUERY_ENCODER], one)
+    assert read_config(tmp_path / "copy" / QUERY_ENCODER).instance_group[0].count == 1
+    assert read_config(embedded_repo / QUERY_ENCODER).instance_group[0].count == 2  # the schema's two
+    sweep = instances_sweep(embedded_repo, [1], query_workload(dataset, SMALL), FAST, concurrencies=[1, 2], rounds=1)
+    ((points,),) = sweep.values()
+    assert list(sweep) == [1] and sorted(points) == [1, 2] and all(_served(point) for point in points.values())
+
+
 def test_response_cache_study_answers_every_repeat_from_the_cache_and_none_without(embedded_repo, dataset) -> None:
     from aisle.benchmarks.studies import response_cache_comparison
     from aisle.benchmarks.workloads import zipf_query_workload
