@@ -424,7 +424,7 @@ class TritonServer:
     def _start_watchdog(self) -> None:
         if not self.config.watch_stubs or self._process is None:
             return
-        self.watchdog = StubWatchdog(self._process.pid, self.control, on_event=self._report)
+        self.watchdog = StubWatchdog(self._process.pid, self.control, on_event=self._report, shm_prefix=self.shm_prefix)
         self.watchdog.start()
 
     @staticmethod

@@ -23,10 +23,11 @@ unloads the dead stub's model and loads it again through the model-control API (
   many live stubs as its config has instances, and a model short of them is recovered like a
   death seen directly. Without it such a model stays READY while every call to it fails.
 - A killed stub leaves its shared-memory region behind (the backend does not remove it when the
-  instance it cannot reach is unloaded): memory in /dev/shm, as large as the region had grown. The
-  watchdog reads each stub's region from its command line while it lives and removes a dead one's
-  after the unload. (One the census found has no command line left; the launcher removes its
-  server's regions at stop.)
+  instance it cannot reach is unloaded): memory in /dev/shm, as large as the region had grown.
+  Given the server's region prefix, the watchdog removes, once its reloads are done, every region
+  under it that no live stub names on its command line. Nothing else loads models on a server the
+  launcher runs (explicit mode, everything loaded before the watchdog starts), so no region of a
+  stub still starting is taken for a dead one's.
 - Requests that fail between the death and the unload (a few ms) cannot be helped: the stub is
   already gone. A load that fails is retried with a growing pause (RELOAD_BACKOFF_S) until the
   watchdog is stopped.
@@ -187,15 +188,16 @@ class StubWatchdog:
         *,
         rescan_interval_s: float = RESCAN_INTERVAL_S,
         on_event: Callable[[str], None] | None = None,
+        shm_prefix: str | None = None,
     ) -> None:
         self.server_pid = server_pid
         self.control = control
+        self.shm_prefix = shm_prefix  # the server's python-backend region prefix; None: leave /dev/shm alone
         self.rescan_interval_s = rescan_interval_s
         self.on_event = on_event or log.warning
         self.recoveries: list[Recovery] = []
         self._stop = threading.Event()
         self._watched: dict[int, tuple[int, str]] = {}  # pidfd -> (pid, model)
-        self._regions: dict[int, str] = {}  # pid -> shared-memory region, of each watched stub
         self._server = -1  # a pidfd of the server while the thread runs
         self._retired: set[int] = set()  # stubs our unloads are ending: never watched again
         self._stub_counts: dict[str, int] = {}  # model -> stubs its config runs, read once per load
@@ -248,11 +250,6 @@ class StubWatchdog:
             except ProcessLookupError:
                 continue  # died between the scan and now: its model is reloaded by the next death seen
             self._watched[fd] = (pid, model)
-            region = stub_region(pid)
-            if region is not None:
-                self._regions[pid] = region
-        watched = {pid for pid, _ in self._watched.values()}
-        self._regions = {pid: region for pid, region in self._regions.items() if pid in watched}
 
     def _server_gone(self) -> bool:
         """Whether the server has exited (its pidfd turns readable then)."""
@@ -318,6 +315,16 @@ class StubWatchdog:
         self.recoveries.extend(records.values())
         for record in records.values():
             self._reload(record)
+        self._remove_dead_regions()
+
+    def _remove_dead_regions(self) -> None:
+        """Remove the server's shared-memory regions that no live stub names (those of dead stubs)."""
+        if self.shm_prefix is None or self._stop.is_set():
+            return
+        live = {stub_region(pid) for pid in server_stubs(self.server_pid)}
+        for region in SHM_DIR.glob(f"{self.shm_prefix}*"):
+            if region.name not in live:
+                region.unlink(missing_ok=True)
 
     def _unload(self, record: Recovery) -> None:
         # Unloading ends every stub of the model (its other instances too): those exits are the
@@ -333,9 +340,6 @@ class StubWatchdog:
         except (urllib.error.URLError, OSError) as e:
             record.errors.append(f"unload: {e}")
         record.unloaded_at = time.monotonic()
-        region = self._regions.pop(record.pid, None) if record.pid is not None else None
-        if region is not None:
-            (SHM_DIR / region).unlink(missing_ok=True)
 
     def _reload(self, record: Recovery) -> None:
         self._stub_counts.pop(record.model, None)  # a load reads the config from disk again

@@ -230,7 +230,7 @@ def test_stubs_that_died_before_the_watchdog_started_are_found_by_its_census(unw
     with pytest.raises(InferenceServerException, match="not healthy"):
         embed(server, b"running shoes")
     assert is_ready(server.http_url)  # what Triton alone reports
-    watchdog = StubWatchdog(server.pid, server.control, on_event=print)
+    watchdog = StubWatchdog(server.pid, server.control, on_event=print, shm_prefix=server.shm_prefix)
     watchdog.start()
     try:
         deadline = time.monotonic() + 60
@@ -242,6 +242,8 @@ def test_stubs_that_died_before_the_watchdog_started_are_found_by_its_census(unw
         assert embed(server, b"running shoes")[0].shape == (1, build_schema().embedding_dim)
         time.sleep(1.0)  # a few censuses of the recovered server: nothing else taken for short
         assert len(watchdog.recoveries) == 1, watchdog.recoveries
+        live = sorted(str(stub_region(pid)) for pid in server_stubs(server.pid))
+        assert server_regions(server) == live, "the dead stubs' regions (seen by no pidfd) were left"
     finally:
         watchdog.stop()
 

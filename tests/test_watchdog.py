@@ -76,9 +76,13 @@ class CensusControl(FakeControl):
         return {"name": model, "backend": "python", "instance_group": [group]}
 
 
+#: The region prefix of the fake servers' stubs (a real server's is TritonServer.shm_prefix).
+FAKE_SHM_PREFIX = f"aisle_test_{os.getpid()}_"
+
+
 def fake_region(stubs: tuple[str, ...], index: int) -> Path:
     """The shared-memory file a fake server's stub `index` is started with (created with it)."""
-    return SHM_DIR / f"aisle_test_{os.getpid()}_{stubs[index]}_{index}"
+    return SHM_DIR / f"{FAKE_SHM_PREFIX}{stubs[index]}_{index}"
 
 
 def spawn_fake_server(tmp_path: Path, stubs: tuple[str, ...]) -> Iterator[subprocess.Popen]:
@@ -146,7 +150,9 @@ def test_server_stubs_finds_each_stub_child_and_its_model(fake_server: subproces
 
 def test_a_killed_stub_is_noticed_at_once_and_its_model_unloaded_then_loaded(fake_server: subprocess.Popen) -> None:
     control = FakeControl()
-    watchdog = StubWatchdog(fake_server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None)
+    watchdog = StubWatchdog(
+        fake_server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None, shm_prefix=FAKE_SHM_PREFIX
+    )
     watchdog.start()
     try:
         assert wait_for(lambda: watchdog.watched_models == sorted(MODELS))
@@ -159,6 +165,7 @@ def test_a_killed_stub_is_noticed_at_once_and_its_model_unloaded_then_loaded(fak
         assert recovery.model == "item_store" and recovery.pid == pid and recovery.attempts == 1
         assert recovery.died_at - killed_at < 0.5  # pidfd: no polling delay
         # The dead stub's shared memory is removed (a killed stub's would stay), the live ones' kept.
+        assert wait_for(lambda: not fake_region(MODELS, MODELS.index("item_store")).exists())
         assert [fake_region(MODELS, k).exists() for k in range(len(MODELS))] == [m != "item_store" for m in MODELS]
     finally:
         watchdog.stop()
