@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,18 @@ def wait_for(condition, timeout_s: float = 10.0) -> bool:
     return False
 
 
+@contextmanager
+def watching(server: subprocess.Popen, control: FakeControl, **options) -> Iterator[StubWatchdog]:
+    """A started watchdog of `server` that has seen every stub; stopped after the block."""
+    watchdog = StubWatchdog(server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None, **options)
+    watchdog.start()
+    try:
+        assert wait_for(lambda: watchdog.watched_models == sorted(MODELS))
+        yield watchdog
+    finally:
+        watchdog.stop()
+
+
 def test_stub_model_reads_the_model_from_the_stub_command_line() -> None:
     assert stub_model([f"/x/{STUB_NAME}", "/repo/query_encoder/1/model.py", "shm", "1048576"]) == "query_encoder"
     assert stub_model(["/usr/bin/python3", "/repo/query_encoder/1/model.py"]) is None
@@ -150,12 +163,7 @@ def test_server_stubs_finds_each_stub_child_and_its_model(fake_server: subproces
 
 def test_a_killed_stub_is_noticed_at_once_and_its_model_unloaded_then_loaded(fake_server: subprocess.Popen) -> None:
     control = FakeControl()
-    watchdog = StubWatchdog(
-        fake_server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None, shm_prefix=FAKE_SHM_PREFIX
-    )
-    watchdog.start()
-    try:
-        assert wait_for(lambda: watchdog.watched_models == sorted(MODELS))
+    with watching(fake_server, control, shm_prefix=FAKE_SHM_PREFIX) as watchdog:
         pid = next(p for p, m in server_stubs(fake_server.pid).items() if m == "item_store")
         killed_at = time.monotonic()
         os.kill(pid, signal.SIGKILL)
@@ -167,40 +175,29 @@ def test_a_killed_stub_is_noticed_at_once_and_its_model_unloaded_then_loaded(fak
         # The dead stub's shared memory is removed (a killed stub's would stay), the live ones' kept.
         assert wait_for(lambda: not fake_region(MODELS, MODELS.index("item_store")).exists())
         assert [fake_region(MODELS, k).exists() for k in range(len(MODELS))] == [m != "item_store" for m in MODELS]
-    finally:
-        watchdog.stop()
 
 
 def test_the_servers_own_exit_ends_the_watch_without_a_recovery(fake_server: subprocess.Popen) -> None:
     """A server that dies takes its stubs with it: no model to unload or load on a dead server."""
     control = FakeControl()
-    watchdog = StubWatchdog(fake_server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None)
-    watchdog.start()
-    try:
-        assert wait_for(lambda: watchdog.watched_models == sorted(MODELS))
+    with watching(fake_server, control) as watchdog:
         stubs = list(server_stubs(fake_server.pid))
         fake_server.kill()
+        fake_server.wait()  # gone before its stubs, as a real server's stubs notice its death later
         for pid in stubs:
             os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: not watchdog._thread.is_alive())
         assert control.calls == [] and watchdog.recoveries == []
-    finally:
-        watchdog.stop()
 
 
 def test_stubs_killed_together_are_all_unloaded_before_any_is_loaded(fake_server: subprocess.Popen) -> None:
     control = FakeControl()
-    watchdog = StubWatchdog(fake_server.pid, control, rescan_interval_s=0.1, on_event=lambda message: None)
-    watchdog.start()
-    try:
-        assert wait_for(lambda: watchdog.watched_models == sorted(MODELS))
+    with watching(fake_server, control):
         for pid in server_stubs(fake_server.pid):
             os.kill(pid, signal.SIGKILL)
         assert wait_for(lambda: sum(call == "load" for call, _ in control.calls) == len(MODELS))
         assert [call for call, _ in control.calls] == ["unload"] * len(MODELS) + ["load"] * len(MODELS)
         assert sorted(model for _, model in control.calls[: len(MODELS)]) == sorted(MODELS)
-    finally:
-        watchdog.stop()
 
 
 def test_a_stopped_watchdog_leaves_exiting_stubs_alone(fake_server: subprocess.Popen) -> None:
