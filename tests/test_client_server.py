@@ -54,6 +54,7 @@ from aisle.schema import (
     USER_HISTORY_IDS,
     ServingLimits,
 )
+from tests.fixtures.server import model_statistics
 
 DEFAULT_LIMITS = ServingLimits()
 
@@ -442,16 +443,14 @@ def test_cli_reports_a_bad_argument_as_a_user_error(
     assert "candidate_ids[0] = -5" in capsys.readouterr().err
 
 
-def test_a_failed_chunk_stops_the_calls_other_chunks(triton_server: TritonServer, raw: Raw) -> None:
+def test_a_failed_chunk_stops_the_calls_other_chunks(triton_server: TritonServer) -> None:
     """The first chunk's texts are not UTF-8: the call fails, and chunks that had not started are
     never sent (one chunk at a time: the failed one, and at most the one or two the pool's thread
     took up before the failure was seen, of eight)."""
 
     def embed_item_requests() -> int:
-        stats = raw.get_inference_statistics(EMBED_ITEM, as_json=True)
-        return int(stats["model_stats"][0]["inference_stats"]["success"]["count"]) + int(
-            stats["model_stats"][0]["inference_stats"]["fail"]["count"]
-        )
+        stats = model_statistics(triton_server.grpc_url, EMBED_ITEM)["inference_stats"]
+        return sum(int(stats.get(outcome, {}).get("count", 0)) for outcome in ("success", "fail"))
 
     chunks = 8
     texts: list[str | bytes] = [b"\xff\xfe"] + ["red running shoes"] * (ENCODER_MAX_BATCH * chunks - 1)

@@ -31,6 +31,7 @@ from aisle.benchmarks.workloads import WorkloadConfig
 from aisle.client import AisleClient, ClientConfig, InvalidInputError, ReplicaConfig
 from aisle.data.format import ITEMS, read_items
 from aisle.schema import RANK, SEARCH
+from tests.fixtures.server import model_statistics
 
 #: The fusion head: a composing model of rank (and search), loaded while the ensembles are not.
 HEAD = "fusion_head"
@@ -54,8 +55,7 @@ def ids(tiny_data: Path) -> np.ndarray:
 
 def counts(replica: Replica, model: str) -> tuple[int, int]:
     """(successful, failed) requests `model` has answered on `replica` since it started."""
-    with grpcclient.InferenceServerClient(replica.grpc_url) as triton:
-        stats = triton.get_inference_statistics(model, as_json=True)["model_stats"][0]["inference_stats"]
+    stats = model_statistics(replica.grpc_url, model)["inference_stats"]
     return int(stats.get("success", {}).get("count", 0)), int(stats.get("fail", {}).get("count", 0))
 
 

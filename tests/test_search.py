@@ -41,6 +41,7 @@ from aisle.schema import (
     TOP_K,
     USER_HISTORY_IDS,
 )
+from tests.fixtures.server import model_statistics
 from tests.test_serving import http_infer
 
 pytestmark = pytest.mark.server
@@ -214,8 +215,7 @@ def test_a_burst_of_bad_searches_leaves_the_server_ready_with_nothing_in_flight(
 
 def search_executions(server: TritonServer) -> tuple[int, int]:
     """catalog_search's (inferences, executions) so far, from Triton's statistics."""
-    with grpcclient.InferenceServerClient(server.grpc_url) as raw:
-        (stats,) = raw.get_inference_statistics(CATALOG_SEARCH, as_json=True)["model_stats"]
+    stats = model_statistics(server.grpc_url, CATALOG_SEARCH)
     return int(stats.get("inference_count", 0)), int(stats.get("execution_count", 0))
 
 
@@ -231,7 +231,7 @@ def test_concurrent_searches_of_different_shapes_batch_together_and_answer_as_al
             "query": ("running shoes", "wireless headphones", "")[k % 3],
             "user_history_ids": tuple(ids[k : k + k % 5]),
             "top_k": 3 + k % 4,
-            "filters": Filters(exclude_brands=tuple(brands[: k % 3]), exclude_ids=tuple(ids[:k % 4])),
+            "filters": Filters(exclude_brands=tuple(brands[: k % 3]), exclude_ids=tuple(ids[: k % 4])),
         }
         for k in range(24)
     ]
