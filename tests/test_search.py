@@ -10,8 +10,6 @@ import asyncio
 import dataclasses
 import json
 import math
-import re
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from aisle.benchmarks.drills.traffic import pending_requests
 from aisle.cli import main as aisle_main
 from aisle.client import AisleClient, AsyncAisleClient, Filters, InvalidInputError
 from aisle.data.format import ITEMS, Item, read_items, write_jsonl
@@ -193,14 +192,6 @@ def test_bad_search_is_invalid_argument_naming_the_tensor(
     assert tensor in caught.value.message() and value in caught.value.message(), caught.value.message()
 
 
-def pending_requests(server: TritonServer) -> dict[str, float]:
-    """nv_inference_pending_request_count per model, from Triton's Prometheus metrics."""
-    with urllib.request.urlopen(f"http://{server.metrics_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    pending = re.findall(r'^nv_inference_pending_request_count\{model="([^"]+)".*\} (\S+)$', text, re.M)
-    return {model: float(value) for model, value in pending}
-
-
 def test_a_burst_of_bad_searches_leaves_the_server_ready_with_nothing_in_flight(triton_server: TritonServer) -> None:
     for overrides, _, _ in list(BAD_SEARCHES.values()) * 3:
         with pytest.raises(InferenceServerException):
@@ -208,7 +199,7 @@ def test_a_burst_of_bad_searches_leaves_the_server_ready_with_nothing_in_flight(
     assert len(raw_search(triton_server, search_inputs())[0]) == 5
     with grpcclient.InferenceServerClient(triton_server.grpc_url) as raw:
         assert raw.is_server_ready() and raw.is_model_ready(SEARCH)
-    pending = pending_requests(triton_server)
+    pending = pending_requests(triton_server.metrics_url)
     assert SEARCH in pending and CATALOG_SEARCH in pending
     assert all(count == 0 for count in pending.values()), pending
 
