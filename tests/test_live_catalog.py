@@ -430,13 +430,10 @@ def _ready(url: str) -> tuple[int, str]:
 
 def _catalog_gauges(server, name: str) -> dict[str, float]:
     """Each catalog_search instance's value of gauge `name` on the server's /metrics."""
-    import re
-    import urllib.request
+    from aisle.benchmarks.drills.traffic import metric_samples
 
-    with urllib.request.urlopen(f"http://{server.metrics_url}/metrics", timeout=5) as answer:
-        text = answer.read().decode()
-    pattern = rf'^{name}{{(?=[^}}]*model="catalog_search")[^}}]*instance="([^"]+)"[^}}]*}} (\S+)$'
-    return {m.group(1): float(m.group(2)) for m in re.finditer(pattern, text, re.MULTILINE)}
+    samples = metric_samples(server.metrics_url, name)
+    return {labels["instance"]: value for labels, value in samples if labels.get("model") == "catalog_search"}
 
 
 @pytest.mark.server

@@ -291,16 +291,22 @@ def percentile_ms(sent: Sequence[Sent], q: float) -> float:
     return float(np.percentile(latencies, q) * 1e3) if latencies else float("nan")
 
 
+def metric_samples(metrics_url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of metric `name` on Triton's Prometheus endpoint, as (labels, value)."""
+    with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = re.findall(rf"^{re.escape(name)}\{{(.*)\}} (\S+)$", text, re.M)
+    return [(dict(re.findall(r'(\w+)="([^"]*)"', labels)), float(value)) for labels, value in samples]
+
+
 def pending_requests(metrics_url: str) -> dict[str, float]:
     """nv_inference_pending_request_count per model, from Triton's Prometheus metrics.
 
     Triton 2.51 exports no in-flight gauge; pending (queued, not yet executing) is the one that
     shows requests stuck inside the server.
     """
-    with urllib.request.urlopen(f"http://{metrics_url}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    pending = re.findall(r'^nv_inference_pending_request_count\{model="([^"]+)".*\} (\S+)$', text, re.M)
-    return {model: float(value) for model, value in pending}
+    samples = metric_samples(metrics_url, "nv_inference_pending_request_count")
+    return {labels["model"]: value for labels, value in samples}
 
 
 def wait_until_idle(metrics_url: str, timeout_s: float = 30.0) -> dict[str, float]:
