@@ -50,13 +50,16 @@ from aisle.export.repo_format import (
     version_catalog_dir,
 )
 from aisle.export.search_index import TEXT_DIGESTS_FILE, text_digest, write_index
-from aisle.retrieval import ATTRIBUTES_FILE, INDEX_FILE, IndexParams, ItemAttributes, load_index
+from aisle.retrieval import ATTRIBUTES_FILE, INDEX_FILE, FaissIndex, IndexParams, ItemAttributes, load_index
 from aisle.retrieval.attributes import category_path
+from aisle.retrieval.index import IVF
 from aisle.schema import ITEM_ENCODER, ITEM_TOKENIZER
 
 #: Texts per embed_item call when embedding through a server.
 REMOTE_BATCH = 64
 LOCK_FILE = ".lock"
+#: Catalog rows compared at a time when finding the rows an update carries over unchanged.
+COMPARE_CHUNK = 65_536
 
 
 class CatalogUpdateError(ExportError):
@@ -323,8 +326,18 @@ def _fsync_tree(directory: Path) -> None:
             os.close(fd)
 
 
-def _write_version(repo: Path, version: int, rows: Rows, retired: RetiredItems, *, progress: bool) -> None:
-    """Write a complete version directory, or nothing (a failure removes the partial one)."""
+def _write_version(
+    repo: Path,
+    base: CatalogVersion,
+    version: int,
+    rows: Rows,
+    retired: RetiredItems,
+    *,
+    retrain_index: bool,
+    progress: bool,
+) -> None:
+    """Write a complete version directory derived from `base`, or nothing (a failure removes the
+    partial one)."""
     repo = Path(repo)
     manifest = RepoManifest.load(repo)
     params = IndexParams.from_dict(manifest.index) if manifest.index else IndexParams()
@@ -338,13 +351,35 @@ def _write_version(repo: Path, version: int, rows: Rows, retired: RetiredItems, 
         catalog.save(staging)
         attributes.save(staging / ATTRIBUTES_FILE)
         np.save(staging / TEXT_DIGESTS_FILE, digests, allow_pickle=False)
-        write_index(staging, catalog, params, progress=progress)
+        previous = None if retrain_index else _previous_index(repo, base, catalog, params)
+        write_index(staging, catalog, params, progress=progress, previous=previous)
         _fsync_tree(staging)
         _check_opens(staging, params)
         staging.rename(final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _previous_index(
+    repo: Path, base: CatalogVersion, catalog: Catalog, params: IndexParams
+) -> tuple[FaissIndex, np.ndarray] | None:
+    """`base`'s IVF index and, per row of the new catalog, the row of it that holds the same item
+    with the same embedding (-1: new or changed), for an index that keeps base's centroids and
+    lists; None where base has no IVF index to keep."""
+    path = version_catalog_dir(repo, base.version) / INDEX_FILE
+    if params.kind != IVF or not path.is_file():
+        return None
+    index = FaissIndex.load(path, base.catalog.embeddings, params)
+    rows = base.rows_of(np.asarray(catalog.item_ids))
+    old, new = np.asarray(base.catalog.embeddings), np.asarray(catalog.embeddings)
+    for start in range(0, len(rows), COMPARE_CHUNK):  # in chunks: a 1M-row catalog is 1.5 GB
+        part = slice(start, start + COMPARE_CHUNK)
+        known = rows[part] >= 0
+        same = np.zeros_like(known)
+        same[known] = (old[rows[part][known]] == new[part][known]).all(axis=1)
+        rows[part][~same] = -1
+    return index, rows
 
 
 def _check_opens(directory: Path, params: IndexParams) -> None:
@@ -427,14 +462,17 @@ def upsert(
     *,
     embed: ItemEmbedder | None = None,
     keep: int = KEEP_VERSIONS,
+    retrain_index: bool = False,
     progress: bool = False,
 ) -> UpdateReport:
     """Add new items and replace existing ones (by item_id) in a new served catalog version.
 
     Only new items and items whose text changed are embedded (`embed`, default: `local_embedder`);
     an item whose price, rating, reviews or popularity alone changed keeps its embedding. A retired
-    item (deleted earlier) given again is back in the catalog and no longer retired. Returns once
-    served.json names the new version: the next batch of every catalog reader serves it.
+    item (deleted earlier) given again is back in the catalog and no longer retired. An IVF index
+    keeps the served version's centroids (FaissIndex.updated); retrain_index trains them anew on
+    the new catalog. Returns once served.json names the new version: the next batch of every
+    catalog reader serves it.
     """
     repo = Path(repo)
     _check_keep(keep)
@@ -469,7 +507,7 @@ def upsert(
         retired = base.catalog.retired_items.without(ids)
         started = time.perf_counter()
         version = _next_version(repo, state)
-        _write_version(repo, version, merged, retired, progress=progress)
+        _write_version(repo, base, version, merged, retired, retrain_index=retrain_index, progress=progress)
         _serve(repo, state, version, keep)
         return UpdateReport(
             version=version,
@@ -485,13 +523,20 @@ def upsert(
 
 
 def delete(
-    repo: Path, item_ids: Sequence[int], *, forget: bool = False, keep: int = KEEP_VERSIONS, progress: bool = False
+    repo: Path,
+    item_ids: Sequence[int],
+    *,
+    forget: bool = False,
+    keep: int = KEEP_VERSIONS,
+    retrain_index: bool = False,
+    progress: bool = False,
 ) -> UpdateReport:
     """Remove items by id in a new served catalog version; every id must be in the served catalog.
 
     A deleted item is retired (RetiredItems): never a candidate or a result again, but still
     counted in the user histories that name it. forget: remove the ids for good instead, served or
-    retired ones (a history naming one is then refused like any unknown id).
+    retired ones (a history naming one is then refused like any unknown id). An IVF index keeps
+    the served version's centroids unless retrain_index (see upsert).
     """
     repo = Path(repo)
     _check_keep(keep)
@@ -531,7 +576,9 @@ def delete(
             )
         started = time.perf_counter()
         version = _next_version(repo, state)
-        _write_version(repo, version, Rows.of_version(base, kept), retired, progress=progress)
+        _write_version(
+            repo, base, version, Rows.of_version(base, kept), retired, retrain_index=retrain_index, progress=progress
+        )
         _serve(repo, state, version, keep)
         return UpdateReport(
             version=version,

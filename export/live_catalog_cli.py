@@ -56,6 +56,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             default=KEEP_VERSIONS,
             help=f"catalog versions kept on disk, the served one included (default {KEEP_VERSIONS})",
         )
+        sub.add_argument(
+            "--retrain-index",
+            action="store_true",
+            help="train the IVF index's centroids anew on the new catalog (default: keep the served "
+            "version's centroids and the lists of unchanged items, far cheaper on a large catalog)",
+        )
 
 
 def remote_embedder(url: str):
@@ -78,14 +84,16 @@ def run_upsert(args: argparse.Namespace) -> int:
 
     items = read_item_updates(args.items)
     embed = remote_embedder(args.url) if args.url else None
-    print(upsert(args.repo, items, embed=embed, keep=args.keep, progress=True).summary())
+    report = upsert(args.repo, items, embed=embed, keep=args.keep, retrain_index=args.retrain_index, progress=True)
+    print(report.summary())
     return 0
 
 
 def run_delete(args: argparse.Namespace) -> int:
     from aisle.export.live_catalog import delete
 
-    print(delete(args.repo, args.ids, forget=args.forget, keep=args.keep).summary())
+    report = delete(args.repo, args.ids, forget=args.forget, keep=args.keep, retrain_index=args.retrain_index)
+    print(report.summary())
     return 0
 
 

@@ -46,10 +46,23 @@ def write_search_files(
     return params
 
 
-def write_index(directory: Path, catalog: Catalog, params: IndexParams, *, progress: bool) -> None:
-    """The retrieval index `params` describe, saved beside the catalog (exact search needs no file)."""
-    with tqdm(total=1, desc=f"building {params.kind} index", disable=not progress or params.kind == "exact") as bar:
-        index = build_index(np.asarray(catalog.embeddings), params)
+def write_index(
+    directory: Path,
+    catalog: Catalog,
+    params: IndexParams,
+    *,
+    progress: bool,
+    previous: tuple[FaissIndex, np.ndarray] | None = None,
+) -> None:
+    """The retrieval index `params` describe, saved beside the catalog (exact search needs no file).
+
+    previous: (an earlier version's IVF index, the row of it each catalog row carries over unchanged
+    or -1): the index keeps its centroids and lists instead of training anew (FaissIndex.updated).
+    """
+    embeddings = np.asarray(catalog.embeddings)
+    action = "updating" if previous else "building"
+    with tqdm(total=1, desc=f"{action} {params.kind} index", disable=not progress or params.kind == "exact") as bar:
+        index = previous[0].updated(embeddings, previous[1]) if previous else build_index(embeddings, params)
         bar.update()
     if isinstance(index, FaissIndex):
         index.save(Path(directory) / INDEX_FILE)

@@ -123,6 +123,56 @@ def test_price_change_alone_keeps_the_embedding_and_a_text_change_reembeds(
     assert after.features[row][0] == pytest.approx(first.price / 2)
 
 
+def test_an_ivf_catalog_update_keeps_its_centroids_and_the_lists_of_unchanged_items(
+    embedded_repo: Path, tmp_path: Path, catalog_items: list[Item]
+) -> None:
+    """Items added, retitled, repriced and deleted: the new version's index has the served one's
+    centroids and, list for list, what adding the whole new catalog to them gives (unchanged items
+    where they were, the others assigned); --retrain-index trains the centroids anew."""
+    from aisle.benchmarks.catalog_scale import scaled_repo
+    from aisle.export.live_catalog import delete, local_embedder, upsert
+    from aisle.export.repo_format import Catalog, RepoManifest, served_catalog_dir
+    from aisle.retrieval import INDEX_FILE, FaissIndex, IndexParams
+    from aisle.retrieval.index import load_faiss
+
+    faiss = load_faiss()
+    repo = scaled_repo(embedded_repo, tmp_path / "ivf", 2000, index_kind="ivf")
+    params = IndexParams.from_dict(RepoManifest.load(repo).index)
+
+    def served() -> tuple[Catalog, object]:
+        directory = served_catalog_dir(repo)
+        catalog = Catalog.load(directory)
+        return catalog, FaissIndex.load(directory / INDEX_FILE, catalog.embeddings, params).index
+
+    def centroids(index) -> np.ndarray:  # an IVF index's coarse quantizer holds them
+        return index.quantizer.reconstruct_n(0, index.nlist)
+
+    _, rendered = served()
+    first, second, third = catalog_items[:3]
+    new = dataclasses.replace(first, item_id=int(first.item_id) + 10_000_000, title="Saffron Linen Hammock Chair")
+    retitled = dataclasses.replace(second, title=second.title + " Deluxe Edition")
+    repriced = dataclasses.replace(first, price=first.price / 2)
+    embed = local_embedder(repo)
+    upsert(repo, [new, retitled, repriced], embed=embed)
+    delete(repo, [third.item_id])
+
+    catalog, updated = served()
+    np.testing.assert_array_equal(centroids(updated), centroids(rendered))
+    reference = faiss.IndexIVFFlat(
+        faiss.clone_index(updated.quantizer), catalog.dim, params.nlist, faiss.METRIC_INNER_PRODUCT
+    )
+    reference.add(np.ascontiguousarray(catalog.embeddings))
+    for number in range(params.nlist):
+        ids = [
+            faiss.rev_swig_ptr(i.invlists.get_ids(number), i.invlists.list_size(number)) for i in (updated, reference)
+        ]
+        assert ids[0].tolist() == ids[1].tolist(), f"list {number}"
+
+    upsert(repo, [dataclasses.replace(repriced, price=first.price)], embed=embed, retrain_index=True)
+    _, retrained = served()
+    assert not np.array_equal(centroids(retrained), centroids(rendered))
+
+
 def test_failure_halfway_leaves_the_served_version_untouched(
     repo: Path, catalog_items: list[Item], monkeypatch: pytest.MonkeyPatch
 ) -> None:

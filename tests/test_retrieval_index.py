@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,14 +157,26 @@ def test_selective_filter_takes_the_exact_path(catalog) -> None:
     assert rows[0].tolist() == brute_force(embeddings, embeddings[5], 10, mask)
 
 
-def test_ann_index_round_trips_through_its_file(catalog, indexes, tmp_path) -> None:
+@pytest.mark.parametrize("kind", [IVF, HNSW])
+def test_ann_index_round_trips_through_its_file_and_maps_it_instead_of_copying(
+    catalog, indexes, tmp_path, kind: str
+) -> None:
     _, embeddings = catalog
-    index = indexes[IVF]
-    index.save(tmp_path / "index.faiss")
-    loaded = load_index(tmp_path / "index.faiss", embeddings, IndexParams.from_dict(index.params.to_dict()))
+    index = indexes[kind]
+    path = tmp_path / f"{kind}.faiss"
+    index.save(path)
+    loaded = load_index(path, embeddings, IndexParams.from_dict(index.params.to_dict()))
     queries = embeddings[:4]
     for a, b in zip(index.search(queries, 25), loaded.search(queries, 25)):
         np.testing.assert_array_equal(a, b)
+    # The vectors are a view of the file (shared page cache), not a copy on this process's heap.
+    assert str(path) in Path("/proc/self/maps").read_text()
+
+
+def test_ann_index_load_refuses_a_mismatched_catalog_or_a_missing_file(catalog, indexes, tmp_path) -> None:
+    _, embeddings = catalog
+    index = indexes[IVF]
+    index.save(tmp_path / "index.faiss")
     with pytest.raises(RetrievalError, match="rebuild the index"):
         load_index(tmp_path / "index.faiss", embeddings[:-1], index.params)
     with pytest.raises(RetrievalError, match="not found"):
@@ -208,3 +221,40 @@ def test_ann_benchmark_writes_its_report(tmp_path) -> None:
     assert result["ivf"]["qps_batch1"] > 0 and 0 <= result["ivf"]["recall_at_100"] <= 1
     assert json.loads((tmp_path / ann.RESULT_JSON).read_text())["results"][0]["items"] == 3000
     assert (tmp_path / ann.RESULT_PLOT).stat().st_size > 0
+
+
+def test_an_updated_ivf_index_is_the_index_its_centroids_give_the_changed_catalog(catalog, indexes) -> None:
+    """Rows deleted, changed and added, then reordered (new ids sort between old ones): the update
+    keeps unchanged rows in their lists and assigns the others, list for list what adding the
+    whole changed catalog to an index with the same centroids gives."""
+    from aisle.retrieval.index import load_faiss
+
+    _, embeddings = catalog
+    index = indexes[IVF]
+    rng = np.random.default_rng(3)
+    kept = np.sort(rng.choice(len(embeddings), size=len(embeddings) - 10, replace=False))
+    previous_rows = np.concatenate([kept, np.full(20, -1)])
+    vectors = np.concatenate([embeddings[kept], unit_rows(rng, 20)])
+    vectors[:5], previous_rows[:5] = unit_rows(rng, 5), -1  # five items whose text changed
+    order = rng.permutation(len(vectors))
+    vectors, previous_rows = vectors[order], previous_rows[order]
+
+    updated = index.updated(vectors, previous_rows)
+
+    faiss = load_faiss()
+    centroids = faiss.extract_index_ivf(index.index).quantizer
+    reference = faiss.IndexIVFFlat(
+        faiss.clone_index(centroids), vectors.shape[1], index.params.nlist, faiss.METRIC_INNER_PRODUCT
+    )
+    reference.add(vectors)
+    for number in range(index.params.nlist):
+        lists = [faiss.extract_index_ivf(i).invlists for i in (updated.index, reference)]
+        ids = [faiss.rev_swig_ptr(inv.get_ids(number), inv.list_size(number)).tolist() for inv in lists]
+        assert ids[0] == ids[1], f"list {number}"
+    expected = FaissIndex(reference, vectors, index.params)
+    for a, b in zip(updated.search(vectors[:6], 25), expected.search(vectors[:6], 25)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(RetrievalError, match="previous_rows"):
+        index.updated(vectors, np.full(len(vectors), len(embeddings)))
+    with pytest.raises(RetrievalError, match="only an IVF index"):
+        indexes[HNSW].updated(vectors, previous_rows)

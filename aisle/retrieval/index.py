@@ -7,8 +7,9 @@ cosines. `mask` is a boolean [N] (one filter for the whole batch) or [B, N] (one
 the catalog rows; a masked-out row is never returned and never takes one of the k slots.
 
 Neither index copies the catalog's embeddings: ExactIndex reads the served catalog's matrix, and
-the ANN index keeps a reference to it for its exact fallback (faiss holds its own copy of the
-vectors inside the index, the price of its memory layout).
+the ANN index keeps a reference to it for its exact fallback. faiss keeps its own copy of the
+vectors inside the index (the price of its memory layout); an index loaded from its file maps that
+copy from the file rather than reading it (see FaissIndex.load).
 
 Why IVF-Flat rather than HNSW (measured by `python -m aisle.benchmarks.ann`, see ANN_MIN_ITEMS;
 at 50k items HNSW M=32 built in 30.0 s vs IVF 7.8 s, answered 314 vs 721 q/s at k=300, recall@100
@@ -295,6 +296,50 @@ class FaissIndex:
         index.add(embeddings)
         return cls(index, embeddings, params)
 
+    def updated(self, embeddings: np.ndarray, previous_rows: np.ndarray) -> FaissIndex:
+        """An IVF index over a changed catalog (`embeddings`) on this index's trained centroids.
+
+        previous_rows[i] >= 0 says row i holds this index's row previous_rows[i] unchanged: it stays
+        in the same inverted list, with no training and no assignment; the other rows (new or
+        changed items) go to their nearest centroid. The result equals adding every row to an empty
+        index with these centroids, which is what makes a live-catalog update of a large catalog
+        cheap: 1,000,000 items with 1,000 new ones took 1.1 s against 44 s for that add and 82 s
+        for a build that trains the centroids again (2 cores). The centroids stay those trained
+        when the catalog was rendered (or last retrained), so a catalog that drifts far from it
+        wants a retrain (`aisle catalog upsert --retrain-index`).
+        """
+        from faiss.contrib.ivf_tools import add_preassigned
+
+        faiss = load_faiss()
+        if self.params.kind != IVF:
+            raise RetrievalError(f"only an IVF index keeps its lists across catalog versions, not {self.params.kind}")
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        previous_rows = np.asarray(previous_rows, np.int64)
+        if previous_rows.shape != (len(embeddings),) or previous_rows.max(initial=-1) >= self.index.ntotal:
+            raise RetrievalError(
+                f"previous_rows: expected {len(embeddings)} rows of this index ({self.index.ntotal}) or -1"
+            )
+        ivf = faiss.extract_index_ivf(self.index)
+        carried = previous_rows >= 0
+        assignment = np.empty(len(embeddings), np.int64)
+        assignment[carried] = self._lists_of_rows(ivf)[previous_rows[carried]]
+        if not carried.all():
+            assignment[~carried] = ivf.quantizer.search(embeddings[~carried], 1)[1][:, 0]
+        index = faiss.IndexIVFFlat(faiss.clone_index(ivf.quantizer), ivf.d, ivf.nlist, faiss.METRIC_INNER_PRODUCT)
+        add_preassigned(index, embeddings, assignment)
+        return FaissIndex(index, embeddings, self.params)
+
+    @staticmethod
+    def _lists_of_rows(ivf: Any) -> np.ndarray:
+        """int64 [ntotal]: the inverted list that holds each row (an IVF index's ids are rows)."""
+        faiss = load_faiss()
+        lists = np.empty(ivf.ntotal, np.int64)
+        for number in range(ivf.nlist):
+            size = ivf.invlists.list_size(number)
+            if size:
+                lists[faiss.rev_swig_ptr(ivf.invlists.get_ids(number), size)] = number
+        return lists
+
     def save(self, path: Path) -> None:
         faiss = load_faiss()
         faiss.write_index(self.index, str(path))
@@ -304,7 +349,13 @@ class FaissIndex:
         faiss = load_faiss()
         if not Path(path).is_file():
             raise RetrievalError(f"{path}: index file not found")
-        return cls(faiss.read_index(str(path)), embeddings, params)
+        # Mapped, not read (IO_FLAG_MMAP_IFC: IVF lists and HNSW's flat storage are views of the
+        # file): every catalog reader instance of a replica shares one copy in the page cache, and
+        # a reader switching to a new version opens its index in milliseconds instead of copying it
+        # (200,000 items: 8 ms and +1 MiB peak RSS against 222 ms and +296 MiB; searches equal and
+        # as fast). A version's files are written once into a new directory and never rewritten in
+        # place, so the mapping stays valid while a reader holds it.
+        return cls(faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC), embeddings, params)
 
     def _search_params(self, selector: object | None, widen: float) -> object:
         """faiss search parameters; `widen` (N / allowed rows) scales the probes a filter thins out."""
