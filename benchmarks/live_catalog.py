@@ -35,11 +35,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from aisle.benchmarks.errors import BenchmarkError
 from aisle.data.format import Dataset, Item
+
+if TYPE_CHECKING:
+    from aisle.model_repository.server import TritonServer
 
 #: Worker i sends search requests when i is even, rank requests when odd.
 MIXED = ("search", "rank")
@@ -237,14 +241,30 @@ def _deletable_ids(dataset: Dataset, requests: Sequence[dict]) -> tuple[np.ndarr
     return np.array([*sorted(in_histories), *sorted(allowed - in_histories)], np.int64), len(in_histories)
 
 
-async def run_drill(url: str, server_pid: int, repo: Path, dataset: Dataset, config: DrillConfig) -> DrillReport:
-    """The drill against a running server that serves `repo` (which this writes catalog versions into)."""
+def reader_open_seconds(metrics_url: str, version: int) -> dict[str, float]:
+    """Seconds each catalog reader (model/instance) already on `version` took to open it: what the
+    batch that switched it waited for (the readers' aisle_catalog_open_seconds gauges)."""
+    from aisle.benchmarks.drills.traffic import metric_samples
+    from aisle.model_repository.catalog_store import CATALOG_OPEN_SECONDS_METRIC, CATALOG_VERSION_METRIC
+
+    def reader(labels: dict[str, str]) -> str:
+        return f"{labels['model']}/{labels['instance']}"
+
+    versions = metric_samples(metrics_url, CATALOG_VERSION_METRIC)
+    on_version = {reader(labels) for labels, value in versions if value == version}
+    samples = metric_samples(metrics_url, CATALOG_OPEN_SECONDS_METRIC)
+    return {reader(labels): value for labels, value in samples if reader(labels) in on_version}
+
+
+async def run_drill(server: TritonServer, dataset: Dataset, config: DrillConfig) -> DrillReport:
+    """The drill against a running server (it writes catalog versions into the repository served)."""
     from aisle.benchmarks.cpu import process_tree_rss_bytes
     from aisle.benchmarks.workloads import WorkloadConfig, rank_workload, search_workload
     from aisle.client import InvalidInputError
     from aisle.export.live_catalog import delete, rollback, upsert
     from aisle.export.live_catalog_cli import remote_embedder
 
+    url, repo = server.grpc_url, Path(server.config.repo)
     report = DrillReport()
     workloads = WorkloadConfig(requests=128, seed=config.seed)
     searches = search_workload(dataset, workloads).requests
@@ -265,7 +285,7 @@ async def run_drill(url: str, server_pid: int, repo: Path, dataset: Dataset, con
     pause_s = config.duration_s / (config.upserts + 2)
 
     def rss_mb() -> float:
-        return process_tree_rss_bytes(server_pid) / 2**20
+        return process_tree_rss_bytes(server.pid) / 2**20
 
     async with _client(url) as client, _client(url) as checker:
         load = Load(client, searches, ranks, config.concurrency)
@@ -289,6 +309,7 @@ async def run_drill(url: str, server_pid: int, repo: Path, dataset: Dataset, con
                         "call_to_return_s": returned - called,
                         "title_check_s": time.perf_counter() - returned,
                         "misses": len(misses),
+                        "reader_open_s": reader_open_seconds(server.metrics_url, result.version),
                     }
                 )
                 print(f"upsert {k + 1}: {result.summary()}; {len(misses)} of {len(batch)} titles not found", flush=True)
@@ -434,7 +455,6 @@ def refresh_model_sources(repo: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from aisle.benchmarks.cpu import find_server_pid
     from aisle.data.format import load_dataset
     from aisle.model_repository.server import ServerConfig, TritonServer, free_ports
 
@@ -472,15 +492,12 @@ def main(argv: list[str] | None = None) -> int:
         grpc_port, http_port, metrics_port = free_ports(3)
         server = TritonServer(ServerConfig(repo, grpc_port=grpc_port, http_port=http_port, metrics_port=metrics_port))
         with server:
-            pid = find_server_pid(grpc_port)
-            if pid is None:
-                raise BenchmarkError(f"no tritonserver process found for gRPC port {grpc_port}")
             if args.model_control_study:
                 study = asyncio.run(
                     model_control_study(server.grpc_url, server.http_url, repo, dataset, concurrency=args.concurrency)
                 )
             else:
-                report = asyncio.run(run_drill(server.grpc_url, pid, repo, dataset, config))
+                report = asyncio.run(run_drill(server, dataset, config))
     args.out.mkdir(parents=True, exist_ok=True)
     if args.model_control_study:
         (args.out / "model_control_study.json").write_text(json.dumps(study, indent=2) + "\n")

@@ -14,7 +14,13 @@ import triton_python_backend_utils as pb_utils
 from threadpoolctl import threadpool_limits
 
 from aisle.model_repository.batching import Logic, Outcome
-from aisle.model_repository.catalog_store import FollowsServedCatalog, ReaderState
+from aisle.model_repository.catalog_store import (
+    CATALOG_OPEN_SECONDS_METRIC,
+    CATALOG_SWITCH_FAILED_METRIC,
+    CATALOG_VERSION_METRIC,
+    FollowsServedCatalog,
+    ReaderState,
+)
 from aisle.model_repository.context import ModelContext
 from aisle.model_repository.errors import InvalidInput
 
@@ -28,14 +34,10 @@ def to_response(outcome: Outcome) -> Any:
     )
 
 
-#: The server's /metrics gauges of every catalog reader instance (model and instance labels).
-CATALOG_VERSION_METRIC = "aisle_catalog_version"
-CATALOG_SWITCH_FAILED_METRIC = "aisle_catalog_switch_failed"
-
-
 class CatalogGauges:
     """A catalog reader's state as gauges on Triton's /metrics, so a scrape of every replica shows
-    which catalog version each one answers from, and which could not open the served one."""
+    which catalog version each one answers from, which could not open the served one, and how long
+    each took to open its version."""
 
     def __init__(self, labels: dict[str, str]) -> None:
         gauge = pb_utils.MetricFamily.GAUGE
@@ -48,13 +50,20 @@ class CatalogGauges:
                 description="1 while the served catalog version failed to open here (answers from an older one)",
                 kind=gauge,
             ),
+            pb_utils.MetricFamily(
+                name=CATALOG_OPEN_SECONDS_METRIC,
+                description="seconds this reader took to open the version it answers from (the batch that "
+                "switched to it waited as long)",
+                kind=gauge,
+            ),
         ]
         self.metrics = [family.Metric(labels=labels) for family in self.families]
 
     def __call__(self, state: ReaderState) -> None:
-        version, failed = self.metrics
+        version, failed, open_s = self.metrics
         version.set(float(state.version))
         failed.set(float(state.switch_failed))
+        open_s.set(state.open_s)
 
     def close(self) -> None:
         """Metrics before their families, as the python backend requires."""

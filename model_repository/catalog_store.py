@@ -92,12 +92,20 @@ class SwitchReport:
             self.path.unlink(missing_ok=True)
 
 
+#: The server's /metrics gauges of every catalog reader instance (model and instance labels), set
+#: from its ReaderState (adapter.CatalogGauges).
+CATALOG_VERSION_METRIC = "aisle_catalog_version"
+CATALOG_SWITCH_FAILED_METRIC = "aisle_catalog_switch_failed"
+CATALOG_OPEN_SECONDS_METRIC = "aisle_catalog_open_seconds"
+
+
 @dataclass(frozen=True)
 class ReaderState:
     """What one catalog reader serves, for the server's metrics (adapter.CatalogGauges)."""
 
     version: int  # the catalog version it answers from
     switch_failed: bool  # the served version did not open: it answers from an older one
+    open_s: float  # seconds it took to open that version (the batch that switched waited as long)
 
 
 class FollowsServedCatalog:
@@ -125,7 +133,9 @@ class FollowsServedCatalog:
         self.build = build
         self.key = served_state_key(context.repo)
         self.version = ServedCatalog.read(context.repo).version
+        started = time.perf_counter()
         self.logic = build(context)
+        self.open_s = time.perf_counter() - started
         self.report = SwitchReport(context.decl.name)
         #: Called with the reader's state at every change (and by whoever registers, at once).
         self.observers: list[Callable[[ReaderState], None]] = []
@@ -145,7 +155,7 @@ class FollowsServedCatalog:
         observer(self.state())
 
     def state(self) -> ReaderState:
-        return ReaderState(self.version, self.failed_key is not None)
+        return ReaderState(self.version, self.failed_key is not None, self.open_s)
 
     def _notify(self) -> None:
         state = self.state()
@@ -154,6 +164,7 @@ class FollowsServedCatalog:
 
     def _switch(self, key: object) -> None:
         version = ServedCatalog.read(self.context.repo).version
+        started = time.perf_counter()
         try:
             logic = self.build(self.context)
         except Exception as e:  # noqa: BLE001 - keep serving the open version; the retry thread tries again
@@ -172,6 +183,7 @@ class FollowsServedCatalog:
             if key != served_state_key(self.context.repo):
                 return
             self.logic, self.key, self.version, self.failed_key = logic, key, version, None
+            self.open_s = time.perf_counter() - started
             self.report.cleared()
         self._notify()
 

@@ -233,9 +233,7 @@ def test_bad_arguments_are_refused_before_sending_naming_the_argument(
 
 
 def test_numpy_id_arrays_and_bytes_texts_are_accepted() -> None:
-    request = rank_request(
-        b"caf\xc3\xa9", np.array([3, 1], dtype=np.uint16), np.array([], dtype=np.int32), None
-    )
+    request = rank_request(b"caf\xc3\xa9", np.array([3, 1], dtype=np.uint16), np.array([], dtype=np.int32), None)
     assert request.ids.dtype == np.int64
     (call,) = embed_request(EMBED_QUERY, [b"raw", "text"]).calls(SCHEMA, "r")
     assert list(deserialize_bytes_tensor(call.inputs[0]._get_content())) == [b"raw", b"text"]

@@ -166,7 +166,6 @@ def test_every_replica_serves_the_shared_repositorys_live_catalog(overlay: tuple
     assert f"--exclude=./{versions.relative_to('/models')} " in init["command"][-1]
 
 
-
 def test_the_launcher_runs_the_targets_tritonserver_and_drains_on_sigterm(overlay: tuple[str, list[dict]]) -> None:
     """aisle serve (token-locked control API, stub watchdog, /ready, drain on SIGTERM) around the
     image's tritonserver, or around the tensorrt repository's start script, which builds the

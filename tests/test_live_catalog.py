@@ -356,7 +356,6 @@ def live_server(embedded_repo: Path, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.mark.server
 def test_upserts_and_delete_under_load_fail_no_request(live_server, tiny_data: Path) -> None:
     """Bounded drill: mixed search + rank load while the catalog changes; every guarantee checked."""
-    from aisle.benchmarks.cpu import find_server_pid
     from aisle.benchmarks.live_catalog import DrillConfig, run_drill
     from aisle.data.format import load_dataset
 
@@ -369,13 +368,13 @@ def test_upserts_and_delete_under_load_fail_no_request(live_server, tiny_data: P
         freshness_items=20,
         items_preset="tiny",
     )
-    pid = find_server_pid(live_server.config.grpc_port)
-    assert pid is not None
-    report = asyncio.run(
-        run_drill(live_server.grpc_url, pid, Path(live_server.config.repo), load_dataset(tiny_data), config)
-    )
+    report = asyncio.run(run_drill(live_server, load_dataset(tiny_data), config))
     assert report.violations == []
     assert report.failed == 0 and report.requests > 50
+    # Each upsert's searches switched a catalog_search instance, which says how long its open took.
+    for upsert in report.upserts:
+        opened = [s for reader, s in upsert["reader_open_s"].items() if reader.startswith("catalog_search/")]
+        assert opened and all(0 < s < 10 for s in opened), upsert["reader_open_s"]
     assert report.title_checks == 40 and report.deleted_seen == 0
     assert "was deleted from the catalog (only user histories may name it)" in report.rank_deleted_error
     assert report.history_deleted_change == 0.0
@@ -524,4 +523,5 @@ def test_a_replica_whose_reader_cannot_open_the_served_version_is_not_ready_unti
         assert _ready(live_server.readiness_url) == (200, "ready\n")
         assert _catalog_gauges(live_server, "aisle_catalog_switch_failed")[stale] == 0.0
         assert _catalog_gauges(live_server, "aisle_catalog_version")[stale] == served
+        assert 0 < _catalog_gauges(live_server, "aisle_catalog_open_seconds")[stale] < 10
         assert item.item_id in client.search(item.title, top_k=10).ids.tolist()

@@ -348,7 +348,6 @@ def test_bad_input_is_invalid_argument_naming_the_field_and_server_stays_ready(
     ],
     ids=["unknown-candidate", "negative-history"],
 )
-
 def test_bad_input_over_http_is_400_naming_the_field(triton_server, inputs: dict, field: str, value: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as caught:
         http_infer(triton_server, RANK, inputs, SCORES)
