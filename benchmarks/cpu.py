@@ -67,6 +67,20 @@ def process_tree_rss_bytes(root_pid: int) -> int:
     return sum(int(table[pid][21]) for pid in process_tree(root_pid, table) if pid in table) * PAGE_BYTES
 
 
+def process_tree_pss_bytes(root_pid: int) -> int:
+    """Proportional memory of `root_pid` and its live descendants: a page shared by n of them (a
+    catalog file every catalog reader maps) counts 1/n in each, so the sum counts it once. The
+    measure for a server whose stubs map the same files, where the RSS sum counts them per stub."""
+    total_kib = 0
+    for pid in process_tree(root_pid, _process_table()):
+        try:
+            rollup = (PROC / str(pid) / "smaps_rollup").read_text()
+        except OSError:  # it exited meanwhile
+            continue
+        total_kib += next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+    return total_kib * 1024
+
+
 def find_server_pid(grpc_port: int) -> int | None:
     """The pid of a local tritonserver started with --grpc-port=`grpc_port`, if any."""
     flag = f"--grpc-port={grpc_port}".encode()

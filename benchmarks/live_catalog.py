@@ -58,6 +58,9 @@ class DrillConfig:
     upserts / upsert_items: how many upserts of how many new items each.
     delete_items: ids removed by the one delete (half rendered items no request names, the rest new items).
     freshness_items: new items of the freshness measurement after the load (0 skips it).
+    warmup_s: load before the first upsert, after which the server's memory is first read: enough
+        for the load to have touched the catalog's pages (seconds on a small catalog; on 1,000,000
+        items with IVF, ~30 s before the probed lists are all in).
     title_top_k: results searched per title check (a new item must be among them); the default is
         the served max_results, which equals search's retrieval depth: "retrievable" = in stage 1's
         candidates. How many were also in the top 10 is reported beside.
@@ -71,6 +74,7 @@ class DrillConfig:
     upsert_items: int = 200
     delete_items: int = 100
     freshness_items: int = 1000
+    warmup_s: float = 3.0
     title_top_k: int = 100
     embed_url: bool = False
     items_preset: str = "small"
@@ -101,9 +105,12 @@ class DrillReport:
     #: (retired items keep their embedding for histories: 0 expected); None if that rank failed.
     history_deleted_change: float | None = None
     deleted_in_load_histories: int = 0  # deleted ids the load's own requests name in their histories
-    rss_before_mb: float = 0.0
-    rss_after_upserts_mb: float = 0.0
-    rss_change_pct: float = 0.0
+    #: The server's memory (tritonserver + stubs, PSS: a page the stubs share, such as a mapped
+    #: catalog file, counts once) after the warm-up and after the upserts: a version kept alive
+    #: after its switch would add its pages.
+    pss_before_mb: float = 0.0
+    pss_after_upserts_mb: float = 0.0
+    pss_change_pct: float = 0.0
     rollback_identical: bool | None = None
     rollback: dict = field(default_factory=dict)
     freshness: dict = field(default_factory=dict)
@@ -111,7 +118,7 @@ class DrillReport:
     cpu_cores: int = os.cpu_count() or 0
     violations: list[str] = field(default_factory=list)
 
-    def check(self, rss_tolerance_pct: float = 10.0) -> None:
+    def check(self, memory_tolerance_pct: float = 10.0) -> None:
         """Fill `violations` from the measurements."""
         v = self.violations
         if self.failed:
@@ -124,18 +131,18 @@ class DrillReport:
             v.append(f"rank with a deleted id did not fail INVALID_ARGUMENT: {self.rank_deleted_error!r}")
         if self.history_deleted_change is None or self.history_deleted_change > 1e-5:
             v.append(f"a history naming a deleted item changed its scores by {self.history_deleted_change}")
-        if abs(self.rss_change_pct) > rss_tolerance_pct:
-            v.append(f"server RSS changed {self.rss_change_pct:+.1f}% over the upserts (> {rss_tolerance_pct}%)")
+        if abs(self.pss_change_pct) > memory_tolerance_pct:
+            v.append(f"server PSS changed {self.pss_change_pct:+.1f}% over the upserts (> {memory_tolerance_pct}%)")
         if self.rollback_identical is False:
             v.append("rollback did not restore the previous results exactly")
 
 
-def new_items(existing: Sequence[Item], count: int, seed: int, preset: str = "small") -> list[Item]:
-    """`count` generated items with ids above the catalog's and titles it does not already hold."""
+def new_items(existing: Sequence[Item], count: int, seed: int, first_id: int, preset: str = "small") -> list[Item]:
+    """`count` generated items with ids from `first_id` on and titles `existing` do not already hold."""
     from aisle.data.generator import PRESETS, generate
 
     titles = {item.title for item in existing}
-    next_id = max(item.item_id for item in existing) + 1
+    next_id = first_id
     items: list[Item] = []
     attempt = 0
     while len(items) < count:
@@ -258,11 +265,12 @@ def reader_open_seconds(metrics_url: str, version: int) -> dict[str, float]:
 
 async def run_drill(server: TritonServer, dataset: Dataset, config: DrillConfig) -> DrillReport:
     """The drill against a running server (it writes catalog versions into the repository served)."""
-    from aisle.benchmarks.cpu import process_tree_rss_bytes
+    from aisle.benchmarks.cpu import process_tree_pss_bytes
     from aisle.benchmarks.workloads import WorkloadConfig, rank_workload, search_workload
     from aisle.client import InvalidInputError
     from aisle.export.live_catalog import delete, rollback, upsert
     from aisle.export.live_catalog_cli import remote_embedder
+    from aisle.export.repo_format import Catalog, served_catalog_dir
 
     url, repo = server.grpc_url, Path(server.config.repo)
     report = DrillReport()
@@ -270,7 +278,11 @@ async def run_drill(server: TritonServer, dataset: Dataset, config: DrillConfig)
     searches = search_workload(dataset, workloads).requests
     ranks = rank_workload(dataset, workloads).requests
     count = config.upserts * config.upsert_items + config.freshness_items
-    fresh = new_items(dataset.items, count, config.seed, config.items_preset)
+    # Above every id the served catalog holds or retired: a catalog grown past the dataset (the
+    # scaled catalogs of benchmarks/catalog_scale.py) holds ids the dataset does not.
+    served = Catalog.load(served_catalog_dir(repo))
+    first_id = int(max(served.item_ids.max(), served.retired_items.item_ids.max(initial=0))) + 1
+    fresh = new_items(dataset.items, count, config.seed, first_id, config.items_preset)
     batches = [fresh[k * config.upsert_items : (k + 1) * config.upsert_items] for k in range(config.upserts)]
     freshness_batch = fresh[config.upserts * config.upsert_items :]
     deletable, in_histories = _deletable_ids(dataset, [*searches, *ranks])
@@ -284,16 +296,16 @@ async def run_drill(server: TritonServer, dataset: Dataset, config: DrillConfig)
     # Spread the changes over the load: upserts, delete, then a tail of load on the final version.
     pause_s = config.duration_s / (config.upserts + 2)
 
-    def rss_mb() -> float:
-        return process_tree_rss_bytes(server.pid) / 2**20
+    def memory_mb() -> float:
+        return process_tree_pss_bytes(server.pid) / 2**20
 
     async with _client(url) as client, _client(url) as checker:
         load = Load(client, searches, ranks, config.concurrency)
         began = time.perf_counter()
         tasks = load.start()
         try:
-            await asyncio.sleep(min(3.0, pause_s))
-            report.rss_before_mb = rss_mb()
+            await asyncio.sleep(config.warmup_s)
+            report.pss_before_mb = memory_mb()
             for k, batch in enumerate(batches):
                 called = time.perf_counter()
                 result = await asyncio.to_thread(upsert, repo, batch, embed=embed)
@@ -314,8 +326,8 @@ async def run_drill(server: TritonServer, dataset: Dataset, config: DrillConfig)
                 )
                 print(f"upsert {k + 1}: {result.summary()}; {len(misses)} of {len(batch)} titles not found", flush=True)
                 await asyncio.sleep(max(0.0, pause_s - (time.perf_counter() - called)))
-            report.rss_after_upserts_mb = rss_mb()
-            report.rss_change_pct = 100 * (report.rss_after_upserts_mb / report.rss_before_mb - 1)
+            report.pss_after_upserts_mb = memory_mb()
+            report.pss_change_pct = 100 * (report.pss_after_upserts_mb / report.pss_before_mb - 1)
             history_rank = ("lamp", kept_ids, [int(doomed[-1])])
             before = await checker.rank(*history_rank)
             result = await asyncio.to_thread(delete, repo, doomed.tolist())
@@ -468,6 +480,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upsert-items", type=int, default=200)
     parser.add_argument("--delete-items", type=int, default=100)
     parser.add_argument("--freshness-items", type=int, default=1000)
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="seconds of load before the first upsert and memory reading"
+    )
     parser.add_argument("--embed-url", action="store_true", help="embed through the server's embed_item")
     parser.add_argument(
         "--model-control-study",
@@ -482,6 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         upsert_items=args.upsert_items,
         delete_items=args.delete_items,
         freshness_items=args.freshness_items,
+        warmup_s=args.warmup,
         embed_url=args.embed_url,
     )
     dataset = load_dataset(args.data)

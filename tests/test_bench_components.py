@@ -537,3 +537,31 @@ def test_the_int8_studys_weight_only_quantisation_writes_matmulnbits_close_to_fp
     fp32, int8 = (session(path, 1).run(None, feed)[0] for path in (source, quantised))
     cosine = (fp32 * int8).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(int8, axis=1)
     assert cosine.min() > 0.99 and not np.array_equal(fp32, int8), cosine
+
+
+def test_tree_pss_counts_a_file_two_children_map_once_where_the_rss_sum_counts_it_twice(tmp_path: Path) -> None:
+    from aisle.benchmarks.cpu import process_tree_pss_bytes, process_tree_rss_bytes
+
+    mib = 2**20
+    shared = tmp_path / "catalog.bin"
+    shared.write_bytes(os.urandom(32 * mib))
+    touch = (
+        "import mmap, sys\nf = open(sys.argv[1], 'rb')\nm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)\n"
+        "sum(m[i] for i in range(0, len(m), 4096))\nprint(flush=True)\ninput()"
+    )
+    me = os.getpid()
+    rss, pss = process_tree_rss_bytes(me), process_tree_pss_bytes(me)
+    children = [
+        subprocess.Popen([sys.executable, "-c", touch, str(shared)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        for _ in range(2)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            child.stdout.readline()  # it has touched every page of the file and is still alive
+        rss_added, pss_added = process_tree_rss_bytes(me) - rss, process_tree_pss_bytes(me) - pss
+        assert rss_added >= 64 * mib  # the file, once per child
+        assert 32 * mib <= pss_added <= rss_added - 24 * mib  # the file once
+    finally:
+        for child in children:
+            child.communicate(b"\n", timeout=10)
