@@ -13,6 +13,8 @@ Vectorised over a batch: a zero part contributes nothing, so one formula covers 
 
 from __future__ import annotations
 
+from functools import cached_property
+
 import numpy as np
 
 from aisle.retrieval.attributes import POPULARITY_COLUMN
@@ -48,15 +50,25 @@ def retrieval_vectors(
 
 
 class Popularity:
-    """The catalog rows by descending popularity (schema.ITEM_FEATURES column), sorted once.
+    """The catalog rows by descending popularity (schema.ITEM_FEATURES column), sorted once, when
+    first asked: only requests with neither query nor history need it, and a catalog reader builds
+    one per catalog version at the switch, where the sort (109 ms on 1,000,000 items) would delay
+    the batch that switched.
 
     NaN popularity ranks last; ties keep row order. `top` is then one gather per mask.
     """
 
     def __init__(self, features: np.ndarray) -> None:
-        popularity = np.nan_to_num(features[:, POPULARITY_COLUMN].astype(np.float64), nan=-np.inf)
-        self.order = np.argsort(-popularity, kind="stable")
-        self.scores = features[self.order, POPULARITY_COLUMN].astype(np.float32)
+        self.features = features
+
+    @cached_property
+    def order(self) -> np.ndarray:
+        popularity = np.nan_to_num(self.features[:, POPULARITY_COLUMN].astype(np.float64), nan=-np.inf)
+        return np.argsort(-popularity, kind="stable")
+
+    @cached_property
+    def scores(self) -> np.ndarray:
+        return self.features[self.order, POPULARITY_COLUMN].astype(np.float32)
 
     def top(self, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k most popular allowed rows and their popularity, padded like an index's search ([k])."""
