@@ -67,18 +67,31 @@ def process_tree_rss_bytes(root_pid: int) -> int:
     return sum(int(table[pid][21]) for pid in process_tree(root_pid, table) if pid in table) * PAGE_BYTES
 
 
-def process_tree_pss_bytes(root_pid: int) -> int:
+def process_tree_pss_bytes(root_pid: int, field: str = "Pss") -> int:
     """Proportional memory of `root_pid` and its live descendants: a page shared by n of them (a
     catalog file every catalog reader maps) counts 1/n in each, so the sum counts it once. The
-    measure for a server whose stubs map the same files, where the RSS sum counts them per stub."""
+    measure for a server whose stubs map the same files, where the RSS sum counts them per stub.
+    field: a line of /proc/<pid>/smaps_rollup, e.g. "Pss_Anon" for the private heap a leak grows
+    (file pages are the page cache's, and a mapped file counts pages the kernel maps around each
+    one touched, more of them the more of the file is cached)."""
     total_kib = 0
     for pid in process_tree(root_pid, _process_table()):
         try:
             rollup = (PROC / str(pid) / "smaps_rollup").read_text()
         except OSError:  # it exited meanwhile
             continue
-        total_kib += next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+        total_kib += next(int(line.split()[1]) for line in rollup.splitlines() if line.startswith(f"{field}:"))
     return total_kib * 1024
+
+
+def mapped_files(pid: int) -> set[Path]:
+    """The files `pid` maps now (empty if it exited)."""
+    try:
+        lines = (PROC / str(pid) / "maps").read_text().splitlines()
+    except OSError:
+        return set()
+    fields = (line.split(maxsplit=5) for line in lines)  # address perms offset device inode path
+    return {Path(parts[5]) for parts in fields if len(parts) == 6 and parts[5].startswith("/")}
 
 
 def find_server_pid(grpc_port: int) -> int | None:

@@ -105,12 +105,19 @@ class DrillReport:
     #: (retired items keep their embedding for histories: 0 expected); None if that rank failed.
     history_deleted_change: float | None = None
     deleted_in_load_histories: int = 0  # deleted ids the load's own requests name in their histories
-    #: The server's memory (tritonserver + stubs, PSS: a page the stubs share, such as a mapped
-    #: catalog file, counts once) after the warm-up and after the upserts: a version kept alive
-    #: after its switch would add its pages.
+    #: The server's memory (tritonserver + stubs, PSS: a page the stubs share counts once) after
+    #: the warm-up and after the upserts: all of it, and the anonymous part that leaked objects
+    #: would grow (checked). File pages move with the page cache (a freshly written version is
+    #: cached whole, so touching it maps more of it), so versions kept open are checked by
+    #: `stale_versions` instead.
     pss_before_mb: float = 0.0
     pss_after_upserts_mb: float = 0.0
-    pss_change_pct: float = 0.0
+    anon_before_mb: float = 0.0
+    anon_after_upserts_mb: float = 0.0
+    anon_change_pct: float = 0.0
+    #: Server processes mapping files of more than one catalog version after the upserts (pid ->
+    #: versions): a switch that failed to release the version it left. Expected: none.
+    stale_versions: dict[str, list[int]] = field(default_factory=dict)
     rollback_identical: bool | None = None
     rollback: dict = field(default_factory=dict)
     freshness: dict = field(default_factory=dict)
@@ -131,8 +138,13 @@ class DrillReport:
             v.append(f"rank with a deleted id did not fail INVALID_ARGUMENT: {self.rank_deleted_error!r}")
         if self.history_deleted_change is None or self.history_deleted_change > 1e-5:
             v.append(f"a history naming a deleted item changed its scores by {self.history_deleted_change}")
-        if abs(self.pss_change_pct) > memory_tolerance_pct:
-            v.append(f"server PSS changed {self.pss_change_pct:+.1f}% over the upserts (> {memory_tolerance_pct}%)")
+        if abs(self.anon_change_pct) > memory_tolerance_pct:
+            v.append(
+                f"server anonymous memory changed {self.anon_change_pct:+.1f}% over the upserts "
+                f"(> {memory_tolerance_pct}%)"
+            )
+        if self.stale_versions:
+            v.append(f"server processes still map an old catalog version: {self.stale_versions}")
         if self.rollback_identical is False:
             v.append("rollback did not restore the previous results exactly")
 
@@ -248,6 +260,26 @@ def _deletable_ids(dataset: Dataset, requests: Sequence[dict]) -> tuple[np.ndarr
     return np.array([*sorted(in_histories), *sorted(allowed - in_histories)], np.int64), len(in_histories)
 
 
+def versions_mapped(server_pid: int, repo: Path) -> dict[int, set[int]]:
+    """Per process of the server tree, the catalog versions whose files it maps (processes mapping
+    none left out). A reader holds one: it releases the version it switched away from."""
+    from aisle.benchmarks.cpu import mapped_files, process_tree
+    from aisle.export.repo_format import BASE_CATALOG_VERSION, catalog_dir, catalog_versions_dir
+
+    rendered, later = catalog_dir(repo).resolve(), catalog_versions_dir(repo).resolve()
+    found: dict[int, set[int]] = {}
+    for pid in process_tree(server_pid):
+        versions = set()
+        for path in mapped_files(pid):
+            if path.is_relative_to(later):
+                versions.add(int(path.relative_to(later).parts[0]))
+            elif path.is_relative_to(rendered):
+                versions.add(BASE_CATALOG_VERSION)
+        if versions:
+            found[pid] = versions
+    return found
+
+
 def reader_open_seconds(metrics_url: str, version: int) -> dict[str, float]:
     """Seconds each catalog reader (model/instance) already on `version` took to open it: what the
     batch that switched it waited for (the readers' aisle_catalog_open_seconds gauges)."""
@@ -296,8 +328,8 @@ async def run_drill(server: TritonServer, dataset: Dataset, config: DrillConfig)
     # Spread the changes over the load: upserts, delete, then a tail of load on the final version.
     pause_s = config.duration_s / (config.upserts + 2)
 
-    def memory_mb() -> float:
-        return process_tree_pss_bytes(server.pid) / 2**20
+    def memory_mb(field: str = "Pss") -> float:
+        return process_tree_pss_bytes(server.pid, field) / 2**20
 
     async with _client(url) as client, _client(url) as checker:
         load = Load(client, searches, ranks, config.concurrency)
@@ -305,7 +337,7 @@ async def run_drill(server: TritonServer, dataset: Dataset, config: DrillConfig)
         tasks = load.start()
         try:
             await asyncio.sleep(config.warmup_s)
-            report.pss_before_mb = memory_mb()
+            report.pss_before_mb, report.anon_before_mb = memory_mb(), memory_mb("Pss_Anon")
             for k, batch in enumerate(batches):
                 called = time.perf_counter()
                 result = await asyncio.to_thread(upsert, repo, batch, embed=embed)
@@ -326,8 +358,10 @@ async def run_drill(server: TritonServer, dataset: Dataset, config: DrillConfig)
                 )
                 print(f"upsert {k + 1}: {result.summary()}; {len(misses)} of {len(batch)} titles not found", flush=True)
                 await asyncio.sleep(max(0.0, pause_s - (time.perf_counter() - called)))
-            report.pss_after_upserts_mb = memory_mb()
-            report.pss_change_pct = 100 * (report.pss_after_upserts_mb / report.pss_before_mb - 1)
+            report.pss_after_upserts_mb, report.anon_after_upserts_mb = memory_mb(), memory_mb("Pss_Anon")
+            report.anon_change_pct = 100 * (report.anon_after_upserts_mb / report.anon_before_mb - 1)
+            mapped = versions_mapped(server.pid, repo)
+            report.stale_versions = {str(pid): sorted(v) for pid, v in mapped.items() if len(v) > 1}
             history_rank = ("lamp", kept_ids, [int(doomed[-1])])
             before = await checker.rank(*history_rank)
             result = await asyncio.to_thread(delete, repo, doomed.tolist())

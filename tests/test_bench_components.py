@@ -539,8 +539,8 @@ def test_the_int8_studys_weight_only_quantisation_writes_matmulnbits_close_to_fp
     assert cosine.min() > 0.99 and not np.array_equal(fp32, int8), cosine
 
 
-def test_tree_pss_counts_a_file_two_children_map_once_where_the_rss_sum_counts_it_twice(tmp_path: Path) -> None:
-    from aisle.benchmarks.cpu import process_tree_pss_bytes, process_tree_rss_bytes
+def test_a_file_two_children_map_counts_once_in_tree_pss_twice_in_the_rss_sum(tmp_path: Path) -> None:
+    from aisle.benchmarks.cpu import mapped_files, process_tree_pss_bytes, process_tree_rss_bytes
 
     mib = 2**20
     shared = tmp_path / "catalog.bin"
@@ -562,6 +562,8 @@ def test_tree_pss_counts_a_file_two_children_map_once_where_the_rss_sum_counts_i
         rss_added, pss_added = process_tree_rss_bytes(me) - rss, process_tree_pss_bytes(me) - pss
         assert rss_added >= 64 * mib  # the file, once per child
         assert 32 * mib <= pss_added <= rss_added - 24 * mib  # the file once
+        assert all(shared.resolve() in mapped_files(child.pid) for child in children)
+        assert shared.resolve() not in mapped_files(me)
     finally:
         for child in children:
             child.communicate(b"\n", timeout=10)
