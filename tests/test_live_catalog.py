@@ -133,9 +133,8 @@ def test_an_ivf_catalog_update_keeps_its_centroids_and_the_lists_of_unchanged_it
     from aisle.export.live_catalog import delete, local_embedder, upsert
     from aisle.export.repo_format import Catalog, RepoManifest, served_catalog_dir
     from aisle.retrieval import INDEX_FILE, FaissIndex, IndexParams
-    from aisle.retrieval.index import load_faiss
+    from tests.test_retrieval_index import assert_lists_as_added_afresh
 
-    faiss = load_faiss()
     repo = scaled_repo(embedded_repo, tmp_path / "ivf", 2000, index_kind="ivf")
     params = IndexParams.from_dict(RepoManifest.load(repo).index)
 
@@ -158,15 +157,7 @@ def test_an_ivf_catalog_update_keeps_its_centroids_and_the_lists_of_unchanged_it
 
     catalog, updated = served()
     np.testing.assert_array_equal(centroids(updated), centroids(rendered))
-    reference = faiss.IndexIVFFlat(
-        faiss.clone_index(updated.quantizer), catalog.dim, params.nlist, faiss.METRIC_INNER_PRODUCT
-    )
-    reference.add(np.ascontiguousarray(catalog.embeddings))
-    for number in range(params.nlist):
-        ids = [
-            faiss.rev_swig_ptr(i.invlists.get_ids(number), i.invlists.list_size(number)) for i in (updated, reference)
-        ]
-        assert ids[0].tolist() == ids[1].tolist(), f"list {number}"
+    assert_lists_as_added_afresh(updated, updated.quantizer, np.asarray(catalog.embeddings))
 
     upsert(repo, [dataclasses.replace(repriced, price=first.price)], embed=embed, retrain_index=True)
     _, retrained = served()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -223,6 +224,22 @@ def test_ann_benchmark_writes_its_report(tmp_path) -> None:
     assert (tmp_path / ann.RESULT_PLOT).stat().st_size > 0
 
 
+def assert_lists_as_added_afresh(updated: Any, centroids: Any, vectors: np.ndarray) -> Any:
+    """`updated` (a faiss IVF index) holds, list for list, the rows that adding every row of
+    `vectors` to an empty index on `centroids` (a coarse quantizer) places there; returns that index."""
+    from aisle.retrieval.index import load_faiss
+
+    faiss = load_faiss()
+    nlist = faiss.extract_index_ivf(updated).nlist
+    reference = faiss.IndexIVFFlat(faiss.clone_index(centroids), vectors.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    reference.add(np.ascontiguousarray(vectors))
+    for number in range(nlist):
+        lists = [faiss.extract_index_ivf(i).invlists for i in (updated, reference)]
+        ids = [faiss.rev_swig_ptr(inv.get_ids(number), inv.list_size(number)).tolist() for inv in lists]
+        assert ids[0] == ids[1], f"list {number}"
+    return reference
+
+
 def test_an_updated_ivf_index_is_the_index_its_centroids_give_the_changed_catalog(catalog, indexes) -> None:
     """Rows deleted, changed and added, then reordered (new ids sort between old ones): the update
     keeps unchanged rows in their lists and assigns the others, list for list what adding the
@@ -241,16 +258,8 @@ def test_an_updated_ivf_index_is_the_index_its_centroids_give_the_changed_catalo
 
     updated = index.updated(vectors, previous_rows)
 
-    faiss = load_faiss()
-    centroids = faiss.extract_index_ivf(index.index).quantizer
-    reference = faiss.IndexIVFFlat(
-        faiss.clone_index(centroids), vectors.shape[1], index.params.nlist, faiss.METRIC_INNER_PRODUCT
-    )
-    reference.add(vectors)
-    for number in range(index.params.nlist):
-        lists = [faiss.extract_index_ivf(i).invlists for i in (updated.index, reference)]
-        ids = [faiss.rev_swig_ptr(inv.get_ids(number), inv.list_size(number)).tolist() for inv in lists]
-        assert ids[0] == ids[1], f"list {number}"
+    centroids = load_faiss().extract_index_ivf(index.index).quantizer
+    reference = assert_lists_as_added_afresh(updated.index, centroids, vectors)
     expected = FaissIndex(reference, vectors, index.params)
     for a, b in zip(updated.search(vectors[:6], 25), expected.search(vectors[:6], 25)):
         np.testing.assert_array_equal(a, b)
