@@ -133,9 +133,7 @@ class FollowsServedCatalog:
         self.build = build
         self.key = served_state_key(context.repo)
         self.version = ServedCatalog.read(context.repo).version
-        started = time.perf_counter()
-        self.logic = build(context)
-        self.open_s = time.perf_counter() - started
+        self.logic, self.open_s = self._open()
         self.report = SwitchReport(context.decl.name)
         #: Called with the reader's state at every change (and by whoever registers, at once).
         self.observers: list[Callable[[ReaderState], None]] = []
@@ -162,11 +160,16 @@ class FollowsServedCatalog:
         for observer in self.observers:
             observer(state)
 
+    def _open(self) -> tuple[Logic, float]:
+        """The logic of the served version, built now, and the seconds its build took."""
+        started = time.perf_counter()
+        logic = self.build(self.context)
+        return logic, time.perf_counter() - started
+
     def _switch(self, key: object) -> None:
         version = ServedCatalog.read(self.context.repo).version
-        started = time.perf_counter()
         try:
-            logic = self.build(self.context)
+            logic, open_s = self._open()
         except Exception as e:  # noqa: BLE001 - keep serving the open version; the retry thread tries again
             reason = f"catalog version {served_catalog_dir(self.context.repo).name!r} did not open: {e!r}"
             retrying = f"still serving the open version, retrying every {self.RETRY_S:.0f} s"
@@ -182,8 +185,7 @@ class FollowsServedCatalog:
             # finishes after a newer version was served must not swap an older one back in.
             if key != served_state_key(self.context.repo):
                 return
-            self.logic, self.key, self.version, self.failed_key = logic, key, version, None
-            self.open_s = time.perf_counter() - started
+            self.logic, self.key, self.version, self.failed_key, self.open_s = logic, key, version, None, open_s
             self.report.cleared()
         self._notify()
 
